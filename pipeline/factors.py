@@ -1,0 +1,353 @@
+"""The factor registry: every perturbation factor, declared once.
+
+A factor has a name, a kind (``scene``: needs a render; ``image``: a batched
+2D op on the render), a domain, a default, units and a one-line doc. The same
+name is the sweep axis, the store dimension, the xarray coordinate, the CLI
+option (``--name``) and the viewer widget.
+
+Validation happens here, when values enter the system (CLI, spec, viewer),
+never deep inside a render::
+
+    >>> params = validate({"object": "dog", "yaw": 30})
+    >>> params["pitch"]            # every factor present, defaults filled in
+    0.0
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from PIL import ImageColor
+
+__all__ = [
+    "FactorError",
+    "Interval",
+    "Choice",
+    "Colour",
+    "AssetRef",
+    "Factor",
+    "FACTORS",
+    "register",
+    "get",
+    "names",
+    "validate",
+    "validate_value",
+    "scene_params",
+    "parse_cli_value",
+]
+
+
+class FactorError(ValueError):
+    """A factor name or value is not acceptable; the message is one line."""
+
+
+# --------------------------------------------------------------------------
+# Domains
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A closed numeric interval ``[lo, hi]``; ``integer`` restricts to ints."""
+
+    lo: float
+    hi: float
+    integer: bool = False
+
+    def validate(self, name: str, value: Any, units: str) -> float | int:
+        if isinstance(value, bool):
+            raise FactorError(f"{name}={value!r} is not a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise FactorError(f"{name}={value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise FactorError(f"{name}={value!r} is not a finite number")
+        if not self.lo <= number <= self.hi:
+            raise FactorError(
+                f"{name}={value!r} is outside its domain [{_fmt(self.lo)}, {_fmt(self.hi)}] {units}".rstrip()
+            )
+        if self.integer:
+            if number != int(number):
+                raise FactorError(f"{name}={value!r} must be a whole number")
+            return int(number)
+        return number
+
+    def describe(self) -> str:
+        return f"[{_fmt(self.lo)}, {_fmt(self.hi)}]" + (" (integer)" if self.integer else "")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a fixed set of strings."""
+
+    values: tuple[str, ...]
+
+    def validate(self, name: str, value: Any, units: str) -> str:
+        text = str(value)
+        if text not in self.values:
+            raise FactorError(f"{name}={value!r} is not one of {', '.join(self.values)}")
+        return text
+
+    def describe(self) -> str:
+        return "{" + ", ".join(self.values) + "}"
+
+
+_HEX = re.compile(r"^#[0-9a-f]{6}$")
+
+
+def normalise_colour(value: Any) -> str | None:
+    """``'red'``, ``'#F00'``, ``'#ff0000'`` → ``'#ff0000'``; None if not a colour."""
+    text = str(value).strip().lower()
+    if len(text) > 32:
+        return None
+    try:
+        rgb = ImageColor.getrgb(text)
+    except ValueError:
+        return None
+    return "#{:02x}{:02x}{:02x}".format(*rgb[:3])
+
+
+def colour_to_rgb(value: str) -> tuple[float, float, float]:
+    """``'#ff8000'`` → ``(1.0, 0.502, 0.0)`` (linear in [0, 1], no gamma)."""
+    r, g, b = ImageColor.getrgb(value)[:3]
+    return (r / 255.0, g / 255.0, b / 255.0)
+
+
+@dataclass(frozen=True)
+class Colour:
+    """An sRGB colour: a CSS/X11 name or ``#rrggbb``; stored as ``#rrggbb``."""
+
+    def validate(self, name: str, value: Any, units: str) -> str:
+        colour = normalise_colour(value)
+        if colour is None:
+            raise FactorError(f"{name}={value!r} is not a colour (use a name like 'red' or '#rrggbb')")
+        return colour
+
+    def describe(self) -> str:
+        return "colour name or #rrggbb"
+
+
+@dataclass(frozen=True)
+class AssetRef:
+    """A reference resolved against the asset catalogue.
+
+    ``options`` returns the accepted ids (looked up lazily, so the catalogue is
+    read only when a value is validated). ``extra`` are literal values also
+    accepted (``'none'``, ``'on'``, ...). ``colour`` also accepts a colour;
+    ``mesh_path`` also accepts the path of a user's mesh file.
+    """
+
+    options: Callable[[], Sequence[str]]
+    extra: tuple[str, ...] = ()
+    colour: bool = False
+    mesh_path: bool = False
+    what: str = "value"
+
+    def validate(self, name: str, value: Any, units: str) -> str:
+        text = str(value).strip()
+        if text in self.extra or text in self.options():
+            return text
+        if self.mesh_path and Path(text).suffix.lower() in MESH_SUFFIXES:
+            if not Path(text).is_file():
+                raise FactorError(f"{name}={text!r}: mesh file not found")
+            return str(Path(text).resolve())
+        if self.colour:
+            colour = normalise_colour(text)
+            if colour is not None:
+                return colour
+        choices = [*self.extra, *self.options()]
+        hint = difflib.get_close_matches(text, choices, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise FactorError(f"{name}={text!r} is not a known {self.what}{extra}; known: {', '.join(choices)}")
+
+    def describe(self) -> str:
+        parts = [*self.extra, *self.options()]
+        text = "{" + ", ".join(parts) + "}"
+        if self.colour:
+            text += " or a colour"
+        if self.mesh_path:
+            text += " or a mesh file path"
+        return text
+
+
+MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl", ".off", ".ac")
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+# --------------------------------------------------------------------------
+# Factors
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One perturbation factor. ``group`` is the viewer's control group."""
+
+    name: str
+    kind: str
+    domain: Interval | Choice | Colour | AssetRef
+    default: Any
+    units: str
+    doc: str
+    group: str
+    long_name: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("scene", "image"):
+            raise ValueError(f"factor {self.name}: kind must be 'scene' or 'image', not {self.kind!r}")
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ValueError(f"factor name {self.name!r} must be snake_case")
+
+    def validate(self, value: Any) -> Any:
+        """Return the canonical form of ``value`` or raise :class:`FactorError`."""
+        return self.domain.validate(self.name, value, self.units)
+
+    @property
+    def numeric(self) -> bool:
+        return isinstance(self.domain, Interval)
+
+
+FACTORS: dict[str, Factor] = {}
+
+
+def register(factor: Factor) -> Factor:
+    """Add ``factor`` to the registry; names are unique."""
+    if factor.name in FACTORS:
+        raise ValueError(f"factor {factor.name!r} is already registered")
+    FACTORS[factor.name] = factor
+    return factor
+
+
+def get(name: str) -> Factor:
+    """The factor called ``name``, or a :class:`FactorError` with a suggestion."""
+    try:
+        return FACTORS[name]
+    except KeyError:
+        hint = difflib.get_close_matches(name, FACTORS, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise FactorError(f"unknown factor {name!r}{extra}") from None
+
+
+def names(kind: str | None = None) -> list[str]:
+    """Registered factor names, in declaration order, optionally of one kind."""
+    return [f.name for f in FACTORS.values() if kind is None or f.kind == kind]
+
+
+def validate_value(name: str, value: Any) -> Any:
+    """Canonical value of one factor, or a one-line :class:`FactorError`."""
+    return get(name).validate(value)
+
+
+def validate(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate ``values`` and fill in defaults: a dict of every factor."""
+    unknown = [k for k in values if k not in FACTORS]
+    if unknown:
+        get(unknown[0])  # raises with a suggestion
+    params = {name: f.default for name, f in FACTORS.items()}
+    for name, value in values.items():
+        params[name] = FACTORS[name].validate(value)
+    if params["morph_target"] == "none" and params["morph_t"] != 0:
+        raise FactorError("morph_t needs a morph_target (morph_target is 'none')")
+    return params
+
+
+def scene_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The scene-kind subset of validated ``params``: what a render depends on."""
+    return {k: params[k] for k in names("scene")}
+
+
+def parse_cli_value(name: str, text: str) -> Any:
+    """Parse a command-line string for factor ``name`` (numbers for intervals)."""
+    factor = get(name)
+    if factor.numeric:
+        try:
+            return float(text)
+        except ValueError:
+            raise FactorError(f"{name}={text!r} is not a number") from None
+    return text
+
+
+# --------------------------------------------------------------------------
+# Scene factors (rendered by pipeline.scene)
+# --------------------------------------------------------------------------
+
+
+def _object_ids() -> list[str]:
+    from pipeline import assets
+
+    return assets.object_ids()
+
+
+def _texture_ids() -> list[str]:
+    from pipeline import assets
+
+    return [*assets.object_ids(), *(f"pattern:{p}" for p in assets.pattern_ids())]
+
+
+def _background_ids() -> list[str]:
+    from pipeline import assets
+
+    return assets.background_ids()
+
+
+_SCENE = [
+    Factor("object", "scene", AssetRef(_object_ids, mesh_path=True, what="object"), "dog", "",
+           "Which 3D object: a catalogue id or the path of your own mesh file.", "Object & shape"),
+    Factor("morph_target", "scene", AssetRef(_object_ids, extra=("none",), what="object"), "none", "",
+           "Second object of a shape morph ('none': no morph).", "Object & shape"),
+    Factor("morph_t", "scene", Interval(0.0, 1.0), 0.0, "fraction",
+           "Shape morph from object (0) to morph_target (1); texture is unaffected.", "Object & shape"),
+    Factor("texture", "scene", AssetRef(_texture_ids, extra=("on", "off"), what="texture"), "on", "",
+           "Surface texture: 'on' (the object's own), 'off' (plain grey), another object's id, or pattern:<id>.",
+           "Object & shape"),
+    Factor("tint", "scene", Colour(), "#ffffff", "sRGB",
+           "Colour multiplied into the object's surface colour (white: no tint).", "Object & shape"),
+    Factor("yaw", "scene", Interval(-180.0, 180.0), 0.0, "degrees",
+           "Camera azimuth around the object; 0 sees its front, 90 its left side, 180 its back.", "Camera"),
+    Factor("pitch", "scene", Interval(-85.0, 85.0), 0.0, "degrees",
+           "Camera elevation; positive looks down on the object from above.", "Camera"),
+    Factor("roll", "scene", Interval(-180.0, 180.0), 0.0, "degrees",
+           "Rotation of the image about the view axis, counter-clockwise.", "Camera"),
+    Factor("distance", "scene", Interval(1.0, 10.0), 2.2, "object sizes",
+           "Camera distance from the object's centre (zoom); the object's largest side is 1.", "Camera"),
+    Factor("pan_x", "scene", Interval(-0.5, 0.5), 0.0, "image widths",
+           "Moves the object right in the image (camera translation parallel to the image).", "Camera"),
+    Factor("pan_y", "scene", Interval(-0.5, 0.5), 0.0, "image heights",
+           "Moves the object up in the image (camera translation parallel to the image).", "Camera"),
+    Factor("light_azimuth", "scene", Interval(-180.0, 180.0), 30.0, "degrees",
+           "Direction the key light comes from, around the view axis: 0 from the camera, 90 from the right.",
+           "Lighting & shading"),
+    Factor("light_elevation", "scene", Interval(-90.0, 90.0), 30.0, "degrees",
+           "Key light elevation relative to the camera; positive comes from above.", "Lighting & shading"),
+    Factor("light_intensity", "scene", Interval(0.0, 20.0), 3.0, "W/m^2",
+           "Key (directional) light intensity, pyrender units.", "Lighting & shading"),
+    Factor("light_color", "scene", Colour(), "#ffffff", "sRGB",
+           "Key light colour.", "Lighting & shading"),
+    Factor("ambient", "scene", Interval(0.0, 2.0), 0.4, "intensity",
+           "Uniform ambient light level (white).", "Lighting & shading"),
+    Factor("shading", "scene", Choice(("smooth", "flat", "unlit", "silhouette")), "smooth", "",
+           "smooth: interpolated normals; flat: faceted; unlit: colour without lighting; "
+           "silhouette: solid black shape.", "Lighting & shading"),
+]
+
+# --------------------------------------------------------------------------
+# Image factors (applied to the RGBA render by pipeline.imageops)
+# --------------------------------------------------------------------------
+
+_IMAGE = [
+    Factor("background", "image", AssetRef(_background_ids, extra=("none",), colour=True, what="background"),
+           "white", "",
+           "Behind the object: a photo id, a solid colour, or 'none' (transparent, alpha 0).", "Background"),
+]
+
+for _factor in (*_SCENE, *_IMAGE):
+    register(_factor)

@@ -1,0 +1,237 @@
+"""Render scene-factor values into an RGBA image and a depth map.
+
+pyrender + trimesh through EGL (Mesa llvmpipe on a CPU, the NVIDIA driver on
+a GPU); 4x multisampled, so edges are anti-aliased. One :class:`Renderer`
+per process is reused (:func:`default_renderer`); it keeps the OpenGL context,
+the uploaded meshes and textures between renders, so a sweep that changes
+only the camera or the light re-uploads nothing.
+
+Conventions (all in the object's normalised frame: +y up, the object faces
++z, its largest side is 1):
+
+- the camera orbits the object's centre: ``yaw`` about +y (0 sees the front,
+  90 the object's left side), ``pitch`` above the horizon, at ``distance``;
+  ``roll`` turns the image counter-clockwise; ``pan_x``/``pan_y`` move the
+  object right/up by that fraction of the image;
+- the key light is fixed to the camera (a studio light): ``light_azimuth`` 0
+  and ``light_elevation`` 0 light the object from the camera.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+# EGL must be chosen before pyrender (and PyOpenGL) are first imported.
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+from pipeline import factors  # noqa: E402
+from pipeline.assets import Part  # noqa: E402
+from pipeline.surface import surface  # noqa: E402
+
+__all__ = ["RenderResult", "Renderer", "default_renderer", "render_scene", "render", "camera_pose", "YFOV_DEGREES"]
+
+#: Vertical (and horizontal: images are square) field of view.
+YFOV_DEGREES = 30.0
+
+
+@dataclass
+class RenderResult:
+    """``rgba`` (H, W, 4) uint8, straight (not premultiplied) alpha, 0 outside
+    the object; ``depth`` (H, W) float32 distance from the camera plane in
+    object sizes, ``inf`` where there is no object."""
+
+    rgba: np.ndarray
+    depth: np.ndarray
+
+
+def _rot(axis: str, degrees: float) -> np.ndarray:
+    a = np.radians(degrees)
+    c, s = np.cos(a), np.sin(a)
+    m = np.eye(4)
+    i, j = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
+
+
+def _translate(x: float, y: float, z: float) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, 3] = (x, y, z)
+    return m
+
+
+def camera_pose(yaw: float, pitch: float, roll: float, distance: float, pan_x: float, pan_y: float) -> np.ndarray:
+    """Camera-to-world 4x4 pose (OpenGL camera: looks along its -z, +y up)."""
+    frame_width = 2.0 * distance * np.tan(np.radians(YFOV_DEGREES) / 2.0)
+    return (
+        _rot("y", yaw)
+        @ _rot("x", -pitch)
+        @ _translate(0.0, 0.0, distance)
+        @ _rot("z", -roll)
+        @ _translate(-pan_x * frame_width, -pan_y * frame_width, 0.0)
+    )
+
+
+def _smooth_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted normals shared by all corners at the same position (N, 3)."""
+    _, group = np.unique(np.round(vertices, 6), axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    tri = vertices[faces]
+    face_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    acc = np.zeros((group.max() + 1, 3))
+    for k in range(3):
+        np.add.at(acc, group[faces[:, k]], face_normals)
+    normals = acc[group]
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    return np.where(length > 0, normals / np.maximum(length, 1e-12), [0.0, 1.0, 0.0])
+
+
+def _primitive(part: Part, smooth: bool):
+    import pyrender
+
+    v, f = part.vertices, part.faces
+    if smooth:
+        positions, indices, uv = v, f, part.uv
+        normals = _smooth_normals(v, f)
+    else:
+        positions = v[f].reshape(-1, 3)
+        indices = np.arange(len(positions)).reshape(-1, 3)
+        uv = None if part.uv is None else part.uv[f].reshape(-1, 2)
+        tri = positions.reshape(-1, 3, 3)
+        n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+        normals = np.repeat(n, 3, axis=0)
+    texture = None
+    if part.image is not None and uv is not None:
+        channels = "RGBA" if part.image.shape[2] == 4 else "RGB"
+        texture = pyrender.Texture(source=part.image, source_channels=channels)
+    material = pyrender.MetallicRoughnessMaterial(
+        baseColorFactor=list(part.colour),
+        baseColorTexture=texture,
+        metallicFactor=0.0,
+        roughnessFactor=0.8,
+        doubleSided=True,
+    )
+    primitive = pyrender.Primitive(
+        positions=positions.astype(np.float32),
+        normals=normals.astype(np.float32),
+        texcoord_0=None if texture is None else uv.astype(np.float32),
+        indices=indices.astype(np.uint32),
+        material=material,
+    )
+    return primitive, np.asarray(part.colour, dtype=np.float64)
+
+
+class Renderer:
+    """Renders scene factors; holds one OpenGL context per image size.
+
+    Not thread-safe: use one per thread or process (Dask workers each get one
+    through :func:`default_renderer`).
+    """
+
+    def __init__(self, mesh_cache_size: int = 8):
+        import pyrender
+
+        self._pyrender = pyrender
+        self._offscreen: dict[int, Any] = {}
+        self._meshes: dict[tuple, tuple[Any, list]] = {}
+        self._mesh_cache_size = mesh_cache_size
+        self._scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0])
+        self._camera = pyrender.PerspectiveCamera(yfov=np.radians(YFOV_DEGREES), aspectRatio=1.0, znear=0.05, zfar=50.0)
+        self._camera_node = self._scene.add(self._camera)
+        self._light = pyrender.DirectionalLight()
+        self._light_node = self._scene.add(self._light)
+        self._mesh_node = None
+        self._mesh_key: tuple | None = None
+
+    def _mesh(self, key: tuple, parts: tuple[Part, ...], smooth: bool):
+        if key not in self._meshes:
+            if len(self._meshes) >= self._mesh_cache_size:
+                self._meshes.pop(next(iter(self._meshes)))
+            built = [_primitive(p, smooth) for p in parts]
+            mesh = self._pyrender.Mesh(primitives=[prim for prim, _ in built])
+            self._meshes[key] = (mesh, built)
+        return self._meshes[key]
+
+    def _offscreen_renderer(self, size: int):
+        if size not in self._offscreen:
+            self._offscreen[size] = self._pyrender.OffscreenRenderer(size, size)
+        return self._offscreen[size]
+
+    def render(self, params: Mapping[str, Any], size: int = 224) -> RenderResult:
+        """Render validated factor values (see :func:`pipeline.factors.validate`).
+
+        Only scene factors are read; ``size`` is the square image side in pixels.
+        """
+        p = params
+        parts = surface(p["object"], p["morph_target"], float(p["morph_t"]), p["texture"])
+        smooth = p["shading"] != "flat"
+        key = (p["object"], p["morph_target"], float(p["morph_t"]), p["texture"], smooth)
+        mesh, built = self._mesh(key, parts, smooth)
+        if self._mesh_key != key:
+            if self._mesh_node is not None:
+                self._scene.remove_node(self._mesh_node)
+            self._mesh_node = self._scene.add(mesh)
+            self._mesh_key = key
+
+        tint = np.array([*factors.colour_to_rgb(p["tint"]), 1.0])
+        for primitive, base in built:
+            factor = np.array([0.0, 0.0, 0.0, 1.0]) if p["shading"] == "silhouette" else base * tint
+            primitive.material.baseColorFactor = factor
+
+        pose = camera_pose(p["yaw"], p["pitch"], p["roll"], p["distance"], p["pan_x"], p["pan_y"])
+        self._scene.set_pose(self._camera_node, pose)
+        self._scene.set_pose(self._light_node, pose @ _rot("y", p["light_azimuth"]) @ _rot("x", -p["light_elevation"]))
+        self._light.color = np.array(factors.colour_to_rgb(p["light_color"]))
+        self._light.intensity = float(p["light_intensity"])
+        self._scene.ambient_light = np.full(3, float(p["ambient"]))
+
+        flags = self._pyrender.RenderFlags.RGBA
+        if p["shading"] in ("unlit", "silhouette"):
+            flags |= self._pyrender.RenderFlags.FLAT
+        colour, depth = self._offscreen_renderer(size).render(self._scene, flags=flags)
+        return RenderResult(rgba=_unpremultiply(colour), depth=np.where(depth > 0, depth, np.inf).astype(np.float32))
+
+    def close(self) -> None:
+        for r in self._offscreen.values():
+            r.delete()
+        self._offscreen.clear()
+
+
+def _unpremultiply(colour: np.ndarray) -> np.ndarray:
+    """Multisample resolve blends edges with the transparent-black clear colour,
+    which premultiplies them by alpha; undo that so alpha is straight."""
+    rgba = colour.astype(np.float32)
+    alpha = rgba[..., 3:4]
+    rgb = np.where(alpha > 0, rgba[..., :3] * 255.0 / np.maximum(alpha, 1.0), 0.0)
+    out = np.concatenate([np.clip(np.round(rgb), 0, 255), alpha], axis=-1)
+    return out.astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=1)
+def default_renderer() -> Renderer:
+    """The process's renderer (created on first use, then reused)."""
+    return Renderer()
+
+
+def render_scene(values: Mapping[str, Any], size: int = 224) -> RenderResult:
+    """Validate ``values`` (factor name → value, defaults filled) and render the scene."""
+    return default_renderer().render(factors.validate(values), size)
+
+
+def render(values: Mapping[str, Any], size: int = 224) -> np.ndarray:
+    """Validate and render scene and background: (size, size, 4) uint8 RGBA.
+
+    Alpha is 255 everywhere unless the background is 'none'.
+    """
+    from pipeline import imageops
+
+    params = factors.validate(values)
+    result = default_renderer().render(params, size)
+    backgrounds, opaque = imageops.background_batch([params["background"]], size)
+    out = imageops.composite(imageops.to_tensor(result.rgba), backgrounds, opaque)
+    return imageops.to_uint8(out)[0]
