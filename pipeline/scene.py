@@ -126,18 +126,32 @@ def _primitive(part: Part, smooth: bool):
     return primitive, np.asarray(part.colour, dtype=np.float64)
 
 
+def _load_triton_first() -> None:
+    """Import Triton (if installed) before the first EGL context exists.
+
+    Mesa's llvmpipe and Triton each carry an LLVM; when Mesa's is loaded first,
+    a later ``import triton`` (which torch and torchvision do lazily) crashes
+    the process with a segmentation fault. Loaded in this order, both work.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
+
+
 class Renderer:
-    """Renders scene factors; holds one OpenGL context per image size.
+    """Renders scene factors; holds one OpenGL context for all image sizes.
 
     Not thread-safe: use one per thread or process (Dask workers each get one
     through :func:`default_renderer`).
     """
 
     def __init__(self, mesh_cache_size: int = 8):
+        _load_triton_first()
         import pyrender
 
         self._pyrender = pyrender
-        self._offscreen: dict[int, Any] = {}
+        self._offscreen: Any = None
         self._meshes: dict[tuple, tuple[Any, list]] = {}
         self._mesh_cache_size = mesh_cache_size
         self._scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0])
@@ -158,9 +172,12 @@ class Renderer:
         return self._meshes[key]
 
     def _offscreen_renderer(self, size: int):
-        if size not in self._offscreen:
-            self._offscreen[size] = self._pyrender.OffscreenRenderer(size, size)
-        return self._offscreen[size]
+        # One context for every size: uploaded meshes belong to a context.
+        if self._offscreen is None:
+            self._offscreen = self._pyrender.OffscreenRenderer(size, size)
+        elif self._offscreen.viewport_width != size:
+            self._offscreen.viewport_width = self._offscreen.viewport_height = size
+        return self._offscreen
 
     def render(self, params: Mapping[str, Any], size: int = 224) -> RenderResult:
         """Render validated factor values (see :func:`pipeline.factors.validate`).
@@ -197,9 +214,9 @@ class Renderer:
         return RenderResult(rgba=_unpremultiply(colour), depth=np.where(depth > 0, depth, np.inf).astype(np.float32))
 
     def close(self) -> None:
-        for r in self._offscreen.values():
-            r.delete()
-        self._offscreen.clear()
+        if self._offscreen is not None:
+            self._offscreen.delete()
+            self._offscreen = None
 
 
 def _unpremultiply(colour: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Feature visualisation with lucent (torch-lucent), precomputed into the store."""

@@ -1,0 +1,241 @@
+"""The ``perturber`` command.
+
+    perturber render --object dog --yaw 30 --pitch 10 --background meadow -o out.png
+    perturber sheet --objects all --sweep yaw=-90,0,90,180 -o sheet.png
+    perturber assets [--fetch]
+
+Every factor of the registry is an option ``--name value`` of ``render`` and
+``sheet`` (``perturber render --help`` lists them with domain, units and
+default). Errors in input are reported in one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pipeline import factors
+
+__all__ = ["main", "parse_sweep"]
+
+
+class CLIError(Exception):
+    """A one-line error for the user."""
+
+
+def _add_factor_options(parser: argparse.ArgumentParser) -> None:
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in factors.FACTORS.values():
+        group = groups.setdefault(f.group, parser.add_argument_group(f.group))
+        units = f" [{f.units}]" if f.units else ""
+        domain = f.domain.describe() if not isinstance(f.domain, factors.AssetRef) else "see `perturber assets`"
+        group.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            metavar="VALUE",
+            default=None,
+            help=f"{f.doc}{units} Domain: {domain}. Default: {f.default}.",
+        )
+
+
+def _factor_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        name: factors.parse_cli_value(name, getattr(args, name))
+        for name in factors.FACTORS
+        if getattr(args, name, None) is not None
+    }
+
+
+def parse_sweep(text: str) -> tuple[str, list[Any]]:
+    """``'yaw=0,45,90'`` or ``'yaw=-180:180:9'`` (start:stop:count) → ('yaw', values)."""
+    if "=" not in text:
+        raise CLIError(f"--sweep {text!r}: expected FACTOR=v1,v2,... or FACTOR=start:stop:count")
+    name, spec = text.split("=", 1)
+    factor = factors.get(name.strip().replace("-", "_"))
+    if factor.numeric and spec.count(":") == 2:
+        start, stop, count = spec.split(":")
+        try:
+            values = list(np.linspace(float(start), float(stop), int(count)))
+        except ValueError:
+            raise CLIError(f"--sweep {text!r}: start:stop:count must be numbers") from None
+    else:
+        values = [factors.parse_cli_value(factor.name, v.strip()) for v in spec.split(",") if v.strip()]
+    if not values:
+        raise CLIError(f"--sweep {text!r}: no values")
+    return factor.name, [factor.validate(v) for v in values]
+
+
+def _save_png(image: np.ndarray, out: str) -> None:
+    from PIL import Image
+
+    path = Path(out)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from pipeline import scene
+
+    values = _factor_values(args)
+    params = factors.validate(values)
+    image = scene.render(params, args.size)
+    _save_png(image, args.output)
+    if args.depth:
+        result = scene.default_renderer().render(params, args.size)
+        np.save(args.depth, result.depth)
+    print(f"wrote {args.output} ({args.size}x{args.size} RGBA)")
+    for line in _attributions(params):
+        print(f"  {line}")
+    return 0
+
+
+def _attributions(params: dict[str, Any]) -> list[str]:
+    from pipeline import assets
+
+    ids = [params["object"], params["morph_target"], params["texture"], params["background"]]
+    pattern = assets.pattern_of(params["texture"])
+    if pattern:
+        ids.append(pattern)
+    lines = []
+    for asset_id in ids:
+        line = assets.attribution(asset_id)
+        if line and line not in lines:
+            lines.append(line)
+    return lines
+
+
+def contact_sheet(rows: Sequence[dict[str, Any]], sweep: tuple[str, list[Any]], size: int, progress: bool = True) -> np.ndarray:
+    """Render every row (factor values) at every sweep value: an (H, W, 3) uint8 sheet.
+
+    Labels name the row's object and the swept value; the footer lists the
+    attribution of every asset shown (CC-BY).
+    """
+    from PIL import Image, ImageDraw
+    from tqdm import tqdm
+
+    from pipeline import scene
+
+    name, values = sweep
+    label_h, pad = 18, 4
+    jobs = [(r, v) for r in rows for v in values]
+    tiles = []
+    credits: list[str] = []
+    for row, value in tqdm(jobs, desc="rendering", unit="image", disable=not progress):
+        params = factors.validate({**row, name: value})
+        tiles.append(scene.render(params, size))
+        credits.extend(c for c in _attributions(params) if c not in credits)
+    footer_h = 14 * len(credits) + 2 * pad
+    width = len(values) * (size + pad) + pad
+    height = len(rows) * (size + label_h + pad) + pad + label_h + footer_h
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, value in enumerate(values):
+        text = f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+        draw.text((pad + j * (size + pad), pad), text, fill="black")
+    for i, row in enumerate(rows):
+        y0 = pad + label_h + i * (size + label_h + pad)
+        for j in range(len(values)):
+            tile = Image.fromarray(tiles[i * len(values) + j]).convert("RGBA")
+            checker = Image.new("RGBA", tile.size, (255, 255, 255, 255))
+            sheet.paste(Image.alpha_composite(checker, tile).convert("RGB"), (pad + j * (size + pad), y0 + label_h))
+        label = ", ".join(f"{k}={v}" for k, v in row.items())
+        draw.text((pad, y0 + 2), label, fill="black")
+    y = height - footer_h + pad
+    for line in credits:
+        draw.text((pad, y), line, fill=(60, 60, 60))
+        y += 14
+    return np.asarray(sheet)
+
+
+def cmd_sheet(args: argparse.Namespace) -> int:
+    from pipeline import assets
+
+    base = _factor_values(args)
+    objects = assets.object_ids() if args.objects == "all" else [o.strip() for o in args.objects.split(",") if o.strip()]
+    rows = []
+    for entry in objects:  # 'dog' or 'dog:cat' (a shape morph from dog to cat)
+        obj, _, target = entry.partition(":")
+        row = {**base, "object": factors.validate_value("object", obj)}
+        if target:
+            row["morph_target"] = factors.validate_value("morph_target", target)
+        rows.append(row)
+    sweep = parse_sweep(args.sweep)
+    if sweep[0] == "object":
+        raise CLIError("--sweep object=...: use --objects for rows of objects")
+    image = contact_sheet(rows, sweep, args.size, progress=not args.quiet)
+    _save_png(image, args.output)
+    print(f"wrote {args.output}: {len(rows)} objects x {len(sweep[1])} values of {sweep[0]}")
+    return 0
+
+
+def cmd_assets(args: argparse.Namespace) -> int:
+    from pipeline import assets
+
+    if args.fetch:
+        packages, command = assets.fetch(run=True)
+        if not packages:
+            print("all assets are installed")
+        elif command and command.startswith("apt-get"):
+            print(f"installed: {' '.join(packages)}")
+        else:
+            print(f"missing Debian packages: {' '.join(packages)}\nrun: {command}")
+            print("without apt: download each file from its upstream address into a folder named by PERTURBER_ASSET_DIR")
+    rows = assets.asset_status()
+    widths = [max(len(r[k]) for r in rows + [dict(section="kind", id="id", status="status", licence="licence", source="package")]) for k in ("section", "id", "licence", "source")]
+    print(f"{'kind':<{widths[0]}}  {'id':<{widths[1]}}  {'licence':<{widths[2]}}  {'package':<{widths[3]}}  status")
+    for r in rows:
+        print(f"{r['section']:<{widths[0]}}  {r['id']:<{widths[1]}}  {r['licence']:<{widths[2]}}  {r['source']:<{widths[3]}}  {r['status']}")
+    missing = sum(r["status"] != "ok" for r in rows)
+    return 1 if missing and args.fetch else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="perturber", description="Explore how ImageNet CNNs respond to 3D scene perturbations.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("render", help="render one scene to a PNG", description="Render one scene (every factor is an option).")
+    p.add_argument("-o", "--output", default="render.png", help="output PNG (default: render.png)")
+    p.add_argument("--size", type=int, default=224, help="image side in pixels (default: 224)")
+    p.add_argument("--depth", metavar="NPY", help="also save the depth map (H, W) float32, object sizes, inf = empty")
+    _add_factor_options(p)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("sheet", help="contact sheet: objects x values of one factor",
+                       description="Render a grid: one row per object, one column per value of the swept factor.")
+    p.add_argument("--objects", default="all",
+                   help="comma-separated object ids ('a:b' morphs a into b), or 'all' (default)")
+    p.add_argument("--sweep", default="yaw=-90,-45,0,45,90,180",
+                   help="FACTOR=v1,v2,... or FACTOR=start:stop:count (default: yaw=-90,-45,0,45,90,180)")
+    p.add_argument("-o", "--output", default="contact-sheet.png", help="output PNG")
+    p.add_argument("--size", type=int, default=160, help="tile side in pixels (default: 160)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_factor_options(p)
+    p.set_defaults(func=cmd_sheet)
+
+    p = sub.add_parser("assets", help="list built-in assets with status and licence")
+    p.add_argument("--fetch", action="store_true", help="install missing assets (apt) or say exactly what to install")
+    p.set_defaults(func=cmd_assets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.assets import AssetError
+
+    args = build_parser().parse_args(argv)
+    if getattr(args, "size", 224) is not None and not 16 <= getattr(args, "size", 224) <= 4096:
+        print("perturber: error: --size must be between 16 and 4096 pixels", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except (factors.FactorError, AssetError, CLIError) as exc:
+        print(f"perturber: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
