@@ -107,8 +107,13 @@ def _primitive(part: Part, smooth: bool):
         normals = np.repeat(n, 3, axis=0)
     texture = None
     if part.image is not None and uv is not None:
-        channels = "RGBA" if part.image.shape[2] == 4 else "RGB"
-        texture = pyrender.Texture(source=part.image, source_channels=channels)
+        # Upload RGBA: 4-byte pixels keep every row 4-byte aligned, which
+        # OpenGL's default unpack alignment assumes (RGB rows of odd widths
+        # would shear the texture into coloured stripes).
+        image = part.image
+        if image.shape[2] == 3:
+            image = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], axis=2)
+        texture = pyrender.Texture(source=image, source_channels="RGBA")
     material = pyrender.MetallicRoughnessMaterial(
         baseColorFactor=list(part.colour),
         baseColorTexture=texture,

@@ -162,3 +162,21 @@ def test_models_import_after_rendering_does_not_crash():
     code = "from pipeline import scene; scene.render({}, 32); import torchvision.models; print('ok')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-500:]
+
+
+def test_textures_of_odd_width_are_not_sheared(tmp_path):
+    # A solid-colour texture 37 px wide: RGB rows of 111 bytes are not 4-byte
+    # aligned; uploaded naively, each row shifts the channels (coloured stripes).
+    from PIL import Image
+
+    Image.new("RGB", (37, 29), (200, 30, 30)).save(tmp_path / "red.png")
+    (tmp_path / "quad.mtl").write_text("newmtl skin\nKd 1 1 1\nmap_Kd red.png\n")
+    (tmp_path / "quad.obj").write_text(
+        "mtllib quad.mtl\nusemtl skin\nv -1 -1 0\nv 1 -1 0\nv 1 1 0\nv -1 1 0\n"
+        "vt 0 0\nvt 1 0\nvt 1 1\nvt 0 1\nf 1/1 2/2 3/3\nf 1/1 3/3 4/4\n"
+    )
+    image = scene.render({"object": str(tmp_path / "quad.obj"), "yaw": 0, "pitch": 0,
+                          "shading": "unlit", "background": "none"}, 64)
+    solid = image[..., 3] == 255
+    assert solid.sum() > 500
+    assert np.abs(image[solid][:, :3].astype(int) - [200, 30, 30]).max() <= 3
