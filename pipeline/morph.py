@@ -32,6 +32,8 @@ RESOLUTION = 128
 HALF_WIDTH = 0.6
 #: Thickness, in voxels, of the shell that keeps open sheets and thin rods.
 SHELL_VOXELS = 0.25
+#: Half-thickness, in voxels, of the shell around thin rods and open sheets.
+THIN_SHELL_VOXELS = 0.35
 #: Below this winding number, a cell connected to the outside is outside.
 AMBIGUOUS_WINDING = 0.95
 
@@ -41,22 +43,32 @@ def grid_axis(resolution: int = RESOLUTION) -> np.ndarray:
     return np.linspace(-HALF_WIDTH, HALF_WIDTH, resolution)
 
 
+def _thin_faces(v: np.ndarray, f: np.ndarray, depth: float) -> np.ndarray:
+    """Faces with no inside within ``depth`` behind them on either side:
+    thin rods, open sheets. (M,) bool."""
+    import igl
+
+    tri = v[f]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    centres = tri.mean(1)
+    behind = np.abs(igl.fast_winding_number(v, f, centres - depth * normals))
+    front = np.abs(igl.fast_winding_number(v, f, centres + depth * normals))
+    return (behind < 0.5) & (front < 0.5)
+
+
 def _compute_field(vertices: np.ndarray, faces: np.ndarray, resolution: int) -> np.ndarray:
     import igl
 
     g = grid_axis(resolution)
+    step = g[1] - g[0]
+    shape = (resolution,) * 3
     points = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
     v = np.ascontiguousarray(vertices, dtype=np.float64)
     f = np.ascontiguousarray(faces, dtype=np.int64)
-    winding = igl.fast_winding_number(v, f, points)
+    winding = np.abs(igl.fast_winding_number(v, f, points)).reshape(shape)
     sq_dist, _, _ = igl.point_mesh_squared_distance(points, v, f)
-    dist = np.sqrt(sq_dist)
-    # Offset the surface outward by half a voxel: single-sided sheets (ears,
-    # windows) have no inside, and would vanish from a pure signed field.
-    step = g[1] - g[0]
-    shape = (resolution,) * 3
-    winding = np.abs(winding).reshape(shape)
-    dist = dist.reshape(shape)
+    dist = np.sqrt(sq_dist).reshape(shape)
     # An open-bottomed part (a vehicle body without a floor) has a winding
     # number a little over 0.5 beneath it. Where the winding number is that
     # ambiguous and the cell is reachable from outside without touching the
@@ -66,7 +78,18 @@ def _compute_field(vertices: np.ndarray, faces: np.ndarray, resolution: int) -> 
     border = np.unique(np.concatenate([labels[[0, -1]].ravel(), labels[:, [0, -1]].ravel(), labels[:, :, [0, -1]].ravel()]))
     exterior = np.isin(labels, border[border > 0])
     inside = (winding > 0.5) & ~(exterior & (winding < AMBIGUOUS_WINDING))
+    # Offset the surface outward by a fraction of a voxel, so that surfaces
+    # between grid points still cross the zero level.
     sdf = np.where(inside, -dist, dist - SHELL_VOXELS * step)
+    # Thin rods and open sheets (roof rails, ears) have no inside at this
+    # resolution and would vanish: give them a shell of THIN_SHELL_VOXELS.
+    thin = _thin_faces(v, f, 0.5 * step)
+    if thin.any():
+        near = dist.ravel() < 2 * step  # only cells near the surface can change
+        sq_thin, _, _ = igl.point_mesh_squared_distance(points[near], v, np.ascontiguousarray(f[thin]))
+        shell = np.full(dist.size, np.inf)
+        shell[near] = np.sqrt(sq_thin) - THIN_SHELL_VOXELS * step
+        sdf = np.minimum(sdf, shell.reshape(shape))
     return sdf.astype(np.float32)
 
 
@@ -75,7 +98,7 @@ def _field_key(object_id: str, resolution: int) -> str:
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(vertices, dtype=np.float64).tobytes())
     h.update(np.ascontiguousarray(faces, dtype=np.int64).tobytes())
-    h.update(f"v4-{resolution}-{SHELL_VOXELS}-{AMBIGUOUS_WINDING}".encode())
+    h.update(f"v5-{resolution}-{SHELL_VOXELS}-{THIN_SHELL_VOXELS}-{AMBIGUOUS_WINDING}".encode())
     return h.hexdigest()[:16]
 
 
