@@ -226,7 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.assets import AssetError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        option = next((u for u in unknown if u.startswith("--")), None)
+        if option is not None and args.command in ("render", "sheet"):
+            try:
+                factors.get(option[2:].split("=")[0].replace("-", "_"))
+            except factors.FactorError as exc:
+                print(f"perturber: error: {exc}", file=sys.stderr)
+                return 2
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "size", 224) is not None and not 16 <= getattr(args, "size", 224) <= 4096:
         print("perturber: error: --size must be between 16 and 4096 pixels", file=sys.stderr)
         return 2

@@ -4,9 +4,12 @@ The catalogue meshes are triangle soups (not watertight, many pieces), so a
 vertex correspondence does not exist. Instead each object becomes a signed
 distance field on a common grid over the normalised unit box: the sign from
 the generalized winding number (robust to holes and loose pieces), the
-magnitude from the distance to the nearest triangle. The morph at ``t`` is the
-zero level set of ``(1 - t) * sdf_a + t * sdf_b``, extracted by marching
-cubes: a closed (watertight) mesh at every ``t``, ``t = 0`` and ``t = 1``
+magnitude from the distance to the nearest triangle. Two repairs make the fields
+faithful to real assets: cells under an open-bottomed part (a vehicle body
+without a floor) that are reachable from outside are outside, and thin rods
+and open sheets (roof rails, ears) get a thin shell so they do not vanish
+between grid points. The morph at ``t`` is the zero level set of
+``(1 - t) * sdf_a + t * sdf_b``, extracted by marching cubes: a closed (watertight) mesh at every ``t``, ``t = 0`` and ``t = 1``
 reproducing the two shapes up to the grid resolution.
 
 Fields take seconds to compute and are cached on disk per object and

@@ -36,6 +36,7 @@ def test_help_lists_every_factor():
         (["--yaw", "999"], "yaw=999.0 is outside its domain"),
         (["--object", "missing.obj"], "mesh file not found"),
         (["--size", "5"], "--size must be between"),
+        (["--yaww", "5"], "unknown factor 'yaww' (did you mean 'yaw'?)"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path):

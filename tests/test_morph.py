@@ -28,8 +28,9 @@ def test_animal_endpoints_match_the_objects(render, a, b):
 
 
 def test_vehicle_endpoints_match_the_objects(render):
-    # Thin roof rails and lamps of the fire truck are below the grid's voxel,
-    # so single views dip a little lower than the animals'; the mean holds.
+    # The fire truck's roof rails and lamps are thinner than a voxel and the
+    # car is small seen from the front, so single views come closer to the
+    # bound than the animals' (measured: 0.948 to 0.998, mean 0.97).
     truck = _silhouette_ious(render, "fire_truck", "sports_car", 0.0, "fire_truck")
     car = _silhouette_ious(render, "fire_truck", "sports_car", 1.0, "sports_car")
     assert truck.mean() >= 0.95 and truck.min() >= 0.92
