@@ -42,6 +42,8 @@ __all__ = [
     "asset_status",
     "fetch",
     "imagenet_class_indices",
+    "attribution",
+    "pattern_of",
     "cache_dir",
 ]
 
@@ -183,9 +185,9 @@ def fetch(run: bool = True) -> tuple[list[str], str | None]:
 
 def imagenet_class_indices(asset_id: str) -> list[int]:
     """ImageNet-1k indices of the classes ``asset_id`` should read as."""
-    from torchvision.models import ResNet50_Weights
+    from pipeline.models import imagenet_categories
 
-    names = ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
+    names = imagenet_categories()
     groups = {"@dogs": range(151, 269), "@cats": range(281, 286)}
     out: list[int] = []
     for cls in _entry("objects", asset_id)["classes"]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -157,7 +158,7 @@ class Renderer:
 
         self._pyrender = pyrender
         self._offscreen: Any = None
-        self._meshes: dict[tuple, tuple[Any, list]] = {}
+        self._meshes: OrderedDict[tuple, tuple[Any, list]] = OrderedDict()
         self._mesh_cache_size = mesh_cache_size
         self._scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0])
         self._camera = pyrender.PerspectiveCamera(yfov=np.radians(YFOV_DEGREES), aspectRatio=1.0, znear=0.05, zfar=50.0)
@@ -168,9 +169,12 @@ class Renderer:
         self._mesh_key: tuple | None = None
 
     def _mesh(self, key: tuple, parts: tuple[Part, ...], smooth: bool):
-        if key not in self._meshes:
+        """The pyrender mesh for ``key``, least recently used evicted first."""
+        if key in self._meshes:
+            self._meshes.move_to_end(key)
+        else:
             if len(self._meshes) >= self._mesh_cache_size:
-                self._meshes.pop(next(iter(self._meshes)))
+                self._meshes.popitem(last=False)
             built = [_primitive(p, smooth) for p in parts]
             mesh = self._pyrender.Mesh(primitives=[prim for prim, _ in built])
             self._meshes[key] = (mesh, built)
