@@ -2,8 +2,8 @@
 
 pyrender + trimesh through EGL (Mesa llvmpipe on a CPU, the NVIDIA driver on
 a GPU); 4x multisampled, so edges are anti-aliased. One :class:`Renderer`
-per process is reused (:func:`default_renderer`); it keeps the OpenGL context,
-the uploaded meshes and textures between renders, so a sweep that changes
+per process (per thread, in a threaded worker) is reused (:func:`default_renderer`); it keeps the OpenGL context,
+the uploaded mesh and textures between renders, so a sweep that changes
 only the camera or the light re-uploads nothing.
 
 Conventions (all in the object's normalised frame: +y up, the object faces
@@ -19,8 +19,8 @@ Conventions (all in the object's normalised frame: +y up, the object faces
 
 from __future__ import annotations
 
-import functools
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -148,8 +148,8 @@ def _load_triton_first() -> None:
 class Renderer:
     """Renders scene factors; holds one OpenGL context for all image sizes.
 
-    Not thread-safe: use one per thread or process (Dask workers each get one
-    through :func:`default_renderer`).
+    Not thread-safe: use one per thread (:func:`default_renderer` gives each
+    thread its own).
     """
 
     def __init__(self, mesh_cache_size: int = 8):
@@ -238,10 +238,19 @@ def _unpremultiply(colour: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-@functools.lru_cache(maxsize=1)
+_local = threading.local()
+
+
 def default_renderer() -> Renderer:
-    """The process's renderer (created on first use, then reused)."""
-    return Renderer()
+    """This thread's renderer, created on first use and then reused.
+
+    An OpenGL context is current in one thread at a time, so each thread (a
+    Dask worker thread, say) gets its own; a single-threaded process has one.
+    """
+    renderer = getattr(_local, "renderer", None)
+    if renderer is None:
+        renderer = _local.renderer = Renderer()
+    return renderer
 
 
 def render_scene(values: Mapping[str, Any], size: int = 224) -> RenderResult:

@@ -180,3 +180,19 @@ def test_textures_of_odd_width_are_not_sheared(tmp_path):
     solid = image[..., 3] == 255
     assert solid.sum() > 500
     assert np.abs(image[solid][:, :3].astype(int) - [200, 30, 30]).max() <= 3
+
+
+def test_threads_render_concurrently_and_identically(render):
+    # Each thread gets its own renderer (an OpenGL context is per thread).
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [{"object": o, "yaw": y} for o in ("dog", "cat") for y in (0, 90, 180)]
+    expected = [render(size=64, **j).rgba for j in jobs]
+
+    def work(j):
+        return scene.default_renderer().render(factors.validate(j), 64).rgba
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        got = list(pool.map(work, jobs * 2))
+    for i, image in enumerate(got):
+        assert np.array_equal(image, expected[i % len(jobs)])
