@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.assets import AssetError
 
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="perturber: %(message)s")
+    logging.getLogger("pipeline").setLevel(logging.INFO)
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:

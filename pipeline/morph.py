@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
+import time
 
 import numpy as np
 from scipy import ndimage
 
 from pipeline import assets
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RESOLUTION", "grid_axis", "shape_field", "morph_mesh"]
 
@@ -119,7 +123,10 @@ def shape_field(object_id: str, resolution: int = RESOLUTION) -> np.ndarray:
         except (OSError, ValueError):
             pass  # a corrupt cache file: recompute it
     vertices, faces = assets.load_object(object_id).merged()
+    log.info("computing the %d^3 shape field of %s (once; cached in %s)", resolution, object_id, path.parent)
+    start = time.perf_counter()
     field = _compute_field(vertices, faces, resolution)
+    log.info("shape field of %s done in %.1f s", object_id, time.perf_counter() - start)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
     np.save(tmp, field)

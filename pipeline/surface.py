@@ -117,6 +117,8 @@ def surface(object_id: str, morph_target: str = "none", morph_t: float = 0.0, te
     ``texture``: 'on' (the texture of ``object_id``), 'off' (plain grey),
     another object's id (its texture transferred), or 'pattern:<id>'.
     """
+    if texture == object_id:
+        texture = "on"  # its own texture
     shape = _shape(object_id, morph_target, morph_t)
     obj = assets.load_object(object_id)
     if shape is None:

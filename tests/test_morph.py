@@ -83,3 +83,9 @@ def test_field_cache_is_reused(tmp_path, monkeypatch):
     assert first.shape == (32, 32, 32) and (first < 0).any() and (first > 0).any()
     morph.shape_field.cache_clear()
     assets.cache_dir()
+
+
+@pytest.mark.parametrize("object_id", ["bulldog", "siamese_cat", "truck", "teddy_bear", "teapot"])
+def test_every_catalogue_shape_survives_the_field(render, object_id):
+    # Morphing an object into itself goes through its field: the shape must come back.
+    assert _silhouette_ious(render, object_id, object_id, 0.0, object_id).min() >= 0.95
