@@ -331,11 +331,11 @@ _SCENE = [
            "Lighting & shading"),
     Factor("light_elevation", "scene", Interval(-90.0, 90.0), 30.0, "degrees",
            "Key light elevation relative to the camera; positive comes from above.", "Lighting & shading"),
-    Factor("light_intensity", "scene", Interval(0.0, 20.0), 3.0, "lux",
+    Factor("light_intensity", "scene", Interval(0.0, 20.0), 4.0, "lux",
            "Key (directional) light illuminance, as pyrender defines it.", "Lighting & shading"),
     Factor("light_color", "scene", Colour(), "#ffffff", "sRGB",
            "Key light colour.", "Lighting & shading"),
-    Factor("ambient", "scene", Interval(0.0, 2.0), 0.4, "fraction",
+    Factor("ambient", "scene", Interval(0.0, 2.0), 0.25, "fraction",
            "Uniform white ambient light: this fraction of the surface colour is added.", "Lighting & shading"),
     Factor("shading", "scene", Choice(("smooth", "flat", "unlit", "silhouette")), "smooth", "",
            "smooth: interpolated normals; flat: faceted; unlit: colour without lighting; "

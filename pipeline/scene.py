@@ -13,8 +13,9 @@ Conventions (all in the object's normalised frame: +y up, the object faces
   90 the object's left side), ``pitch`` above the horizon, at ``distance``;
   ``roll`` turns the image counter-clockwise; ``pan_x``/``pan_y`` move the
   object right/up by that fraction of the image;
-- the key light is fixed to the camera (a studio light): ``light_azimuth`` 0
-  and ``light_elevation`` 0 light the object from the camera.
+- the key light is fixed to the camera's orbit (a studio light): ``light_azimuth``
+  0 and ``light_elevation`` 0 light the object from the camera; ``roll``
+  rotates the image with its lighting.
 """
 
 from __future__ import annotations
@@ -211,7 +212,10 @@ class Renderer:
 
         pose = camera_pose(p["yaw"], p["pitch"], p["roll"], p["distance"], p["pan_x"], p["pan_y"])
         self._scene.set_pose(self._camera_node, pose)
-        self._scene.set_pose(self._light_node, pose @ _rot("y", p["light_azimuth"]) @ _rot("x", -p["light_elevation"]))
+        # The light turns with the camera's orbit but not with its roll: roll
+        # is a rotation of the whole image, its lighting included.
+        orbit = _rot("y", p["yaw"]) @ _rot("x", -p["pitch"])
+        self._scene.set_pose(self._light_node, orbit @ _rot("y", p["light_azimuth"]) @ _rot("x", -p["light_elevation"]))
         self._light.color = np.array(factors.colour_to_rgb(p["light_color"]))
         self._light.intensity = float(p["light_intensity"])
         self._scene.ambient_light = np.full(3, float(p["ambient"]))

@@ -36,13 +36,16 @@ def test_yaw_front_and_back_differ(render):
     assert np.array_equal(render(yaw=-180).rgba, back.rgba)
 
 
-def test_roll_rotates_the_image(render):
-    upright = render(roll=0, size=128)
-    rolled = render(roll=90, size=128)
+@pytest.mark.parametrize("texture", ["on", "off"])
+def test_roll_rotates_the_image(render, texture):
+    # The default light comes from the upper right; the rolled image's light too is rotated.
+    upright = render(roll=0, texture=texture, size=128)
+    rolled = render(roll=90, texture=texture, size=128)
     expected = np.rot90(upright.rgba, k=1)  # counter-clockwise
     assert iou(mask(rolled), expected[..., 3] > 127) > 0.97
-    diff = np.abs(rolled.rgba.astype(int) - expected.astype(int))
-    assert np.median(diff[mask(rolled)]) <= 8
+    both = (rolled.rgba[..., 3] == 255) & (expected[..., 3] == 255)
+    diff = np.abs(rolled.rgba.astype(int) - expected.astype(int))[both][:, :3]
+    assert np.median(diff) <= 4 and diff.mean() <= 8  # texture filtering differs a little
 
 
 def test_pitch_changes_the_view(render):
