@@ -327,7 +327,7 @@ _SCENE = [
     Factor("pan_y", "scene", Interval(-0.5, 0.5), 0.0, "image heights",
            "Moves the object up in the image (camera translation parallel to the image).", "Camera"),
     Factor("light_azimuth", "scene", Interval(-180.0, 180.0), 30.0, "degrees",
-           "Direction the key light comes from, around the view axis: 0 from the camera, 90 from the right.",
+           "Direction the key light comes from, turning about the camera's vertical: 0 from the camera, 90 from its right.",
            "Lighting & shading"),
     Factor("light_elevation", "scene", Interval(-90.0, 90.0), 30.0, "degrees",
            "Key light elevation relative to the camera; positive comes from above.", "Lighting & shading"),
