@@ -176,6 +176,24 @@ class AssetRef:
         return text
 
 
+@dataclass(frozen=True)
+class ExpressionText:
+    """A sandboxed colour expression over r, g, b and p (see :mod:`pipeline.expression`)."""
+
+    def validate(self, name: str, value: Any, units: str) -> str:
+        from pipeline.expression import ExpressionError, compile_expression
+
+        text = str(value)
+        try:
+            compile_expression(text)
+        except ExpressionError as exc:
+            raise FactorError(f"{name}: {exc}") from None
+        return text
+
+    def describe(self) -> str:
+        return "an expression over r, g, b, p: one value (grey) or three (r, g, b)"
+
+
 MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl", ".off", ".ac")
 
 
@@ -194,7 +212,7 @@ class Factor:
 
     name: str
     kind: str
-    domain: Interval | Choice | Colour | AssetRef
+    domain: Interval | Choice | Colour | AssetRef | ExpressionText
     default: Any
     units: str
     doc: str
@@ -346,10 +364,49 @@ _SCENE = [
 # Image factors (applied to the RGBA render by pipeline.imageops)
 # --------------------------------------------------------------------------
 
+#: The colour expression's default: the original tool's contrast (p = 1: identity).
+DEFAULT_EXPRESSION = "((r - 0.5) * p + 0.5, (g - 0.5) * p + 0.5, (b - 0.5) * p + 0.5)"
+
 _IMAGE = [
     Factor("background", "image", AssetRef(_background_ids, extra=("none",), colour=True, what="background"),
            "white", "",
            "Behind the object: a photo id, a solid colour, or 'none' (transparent, alpha 0).", "Background"),
+    Factor("fade", "image", Interval(0.0, 1.0), 0.0, "fraction",
+           "Fade to black: 0 unchanged, 1 black.", "Colour"),
+    Factor("brightness", "image", Interval(-1.0, 1.0), 0.0, "offset",
+           "Added to every channel (channels run from 0 to 1).", "Colour"),
+    Factor("contrast", "image", Interval(0.0, 5.0), 1.0, "factor",
+           "Scales each channel about mid-grey: (x - 0.5) * contrast + 0.5.", "Colour"),
+    Factor("saturation", "image", Interval(0.0, 5.0), 1.0, "factor",
+           "Multiplies HSV saturation: 0 grey, 1 unchanged.", "Colour"),
+    Factor("hue", "image", Interval(-180.0, 180.0), 0.0, "degrees",
+           "Rotates HSV hue; 180 swaps each colour for its complement.", "Colour"),
+    Factor("gamma", "image", Interval(0.1, 10.0), 1.0, "exponent",
+           "Raises each channel to this power: above 1 darkens, below 1 brightens.", "Colour"),
+    Factor("expression", "image", ExpressionText(), DEFAULT_EXPRESSION, "",
+           "Your own colour expression over r, g, b in [0, 1] and the slider p (sandboxed).", "Colour"),
+    Factor("expression_p", "image", Interval(-10.0, 10.0), 1.0, "",
+           "The slider parameter p of the colour expression.", "Colour"),
+    Factor("band_low", "image", Interval(0.0, 4.0), 1.0, "gain",
+           "Gain of the coarse band (periods of 16 px and more) of a Laplacian pyramid.", "Frequency"),
+    Factor("band_mid", "image", Interval(0.0, 4.0), 1.0, "gain",
+           "Gain of the middle band (periods of 4 to 16 px) of a Laplacian pyramid.", "Frequency"),
+    Factor("band_high", "image", Interval(0.0, 4.0), 1.0, "gain",
+           "Gain of the fine band (periods of 2 to 4 px) of a Laplacian pyramid.", "Frequency"),
+    Factor("blur", "image", Interval(0.0, 20.0), 0.0, "pixels",
+           "Gaussian blur, standard deviation in pixels of the model input.", "Frequency"),
+    Factor("noise_uniform", "image", Interval(0.0, 1.0), 0.0, "amplitude",
+           "Adds uniform noise in [-a, a] to every channel.", "Frequency"),
+    Factor("noise_gaussian", "image", Interval(0.0, 1.0), 0.0, "std",
+           "Adds Gaussian noise of this standard deviation to every channel.", "Frequency"),
+    Factor("noise_salt_pepper", "image", Interval(0.0, 1.0), 0.0, "fraction",
+           "Sets this fraction of pixels to black or white.", "Frequency"),
+    Factor("noise_seed", "image", Interval(0, 2**31 - 1, integer=True), 0, "",
+           "Seed of the noise factors (same seed, same noise).", "Frequency"),
+    Factor("shuffle", "image", Interval(1, 32, integer=True), 1, "patches per side",
+           "Cuts the image into k x k patches and permutes them (1: unchanged).", "Spatial"),
+    Factor("shuffle_seed", "image", Interval(0, 2**31 - 1, integer=True), 0, "",
+           "Seed of the patch permutation.", "Spatial"),
 ]
 
 for _factor in (*_SCENE, *_IMAGE):

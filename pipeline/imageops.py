@@ -1,18 +1,58 @@
-"""Image factors: pure batched torch ops on RGBA renders.
+"""Image factors: pure batched torch ops on rendered images.
 
-An op takes ``images`` (B, C, H, W) float in [0, 1] and per-sample parameters
-(tensors of shape (B,) or (B, ...)) and returns new images; it never samples
-parameters. Ops run on whatever device the images are on.
+Every op takes ``images`` (B, 3, H, W) float in [0, 1] and per-sample
+parameters as tensors of shape (B,), and returns new images of the same
+shape, clamped to [0, 1]. Ops never sample parameters: noise and shuffles take
+a seed per sample, and draw from a generator seeded with it on the CPU, so the
+same seed gives the same pixels on any device. Ops run on the images' device.
+
+:func:`apply_image_factors` applies all image factors of a batch in a fixed
+order (:data:`ORDER`): background composite, colour, frequency, spatial, noise.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-__all__ = ["composite", "to_tensor", "to_uint8", "background_batch"]
+__all__ = [
+    "ORDER",
+    "composite",
+    "fade",
+    "brightness",
+    "contrast",
+    "saturation",
+    "hue_shift",
+    "gamma",
+    "colour_expression",
+    "laplacian_pyramid",
+    "collapse_pyramid",
+    "band_gains",
+    "gaussian_blur",
+    "patch_shuffle",
+    "uniform_noise",
+    "gaussian_noise",
+    "salt_and_pepper",
+    "apply_image_factors",
+    "to_tensor",
+    "to_uint8",
+    "background_batch",
+]
+
+
+def _per_sample(value: torch.Tensor | float, images: torch.Tensor) -> torch.Tensor:
+    """A (B,) parameter as (B, 1, 1, 1) on the images' device and dtype."""
+    t = torch.as_tensor(value, dtype=images.dtype, device=images.device)
+    return t.reshape(-1, 1, 1, 1).expand(images.shape[0], 1, 1, 1)
+
+
+# --------------------------------------------------------------------------
+# Background
+# --------------------------------------------------------------------------
 
 
 def composite(images: torch.Tensor, backgrounds: torch.Tensor, opaque: torch.Tensor) -> torch.Tensor:
@@ -26,6 +66,293 @@ def composite(images: torch.Tensor, backgrounds: torch.Tensor, opaque: torch.Ten
     rgb = images[:, :3] * alpha + backgrounds * (1.0 - alpha)
     out = torch.cat([rgb, torch.ones_like(alpha)], dim=1)
     return torch.where(opaque[:, None, None, None], out, images)
+
+
+# --------------------------------------------------------------------------
+# Colour
+# --------------------------------------------------------------------------
+
+
+def fade(images: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
+    """Fade to black: ``amount`` (B,) in [0, 1], 0 unchanged, 1 black."""
+    return images * (1.0 - _per_sample(amount, images))
+
+
+def brightness(images: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Add ``offset`` (B,) in [-1, 1] to every channel."""
+    return (images + _per_sample(offset, images)).clamp(0.0, 1.0)
+
+
+def contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Scale about mid-grey: ``(x - 0.5) * factor + 0.5`` (the original tool's contrast)."""
+    return ((images - 0.5) * _per_sample(factor, images) + 0.5).clamp(0.0, 1.0)
+
+
+def gamma(images: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """``x ** exponent`` per sample; exponent > 0, 1 unchanged, > 1 darkens."""
+    return images.clamp(0.0, 1.0).pow(_per_sample(exponent, images))
+
+
+def _rgb_to_hsv(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, 3, H, W) RGB → hue in turns [0, 1), saturation, value; each (B, H, W)."""
+    r, g, b = rgb.unbind(1)
+    value, _ = rgb.max(1)
+    minimum, _ = rgb.min(1)
+    delta = value - minimum
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    hue = torch.where(
+        value == r, ((g - b) / safe) % 6.0, torch.where(value == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0)
+    )
+    hue = torch.where(delta > 0, hue / 6.0, torch.zeros_like(hue))
+    sat = torch.where(value > 0, delta / torch.where(value > 0, value, torch.ones_like(value)), torch.zeros_like(value))
+    return hue, sat, value
+
+
+def _hsv_to_rgb(hue: torch.Tensor, sat: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_rgb_to_hsv`: (B, 3, H, W)."""
+    h6 = (hue % 1.0) * 6.0
+    k = torch.stack([(5.0 + h6) % 6.0, (3.0 + h6) % 6.0, (1.0 + h6) % 6.0], dim=1)
+    weight = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+    return value[:, None] - (value * sat)[:, None] * weight
+
+
+def saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Multiply HSV saturation by ``factor`` (B,) ≥ 0 (0: grey, 1: unchanged), clamped to 1."""
+    hue, sat, value = _rgb_to_hsv(images)
+    sat = (sat * _per_sample(factor, images)[:, 0]).clamp(0.0, 1.0)
+    return _hsv_to_rgb(hue, sat, value)
+
+
+def hue_shift(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate HSV hue by ``degrees`` (B,); 360 is a full turn."""
+    hue, sat, value = _rgb_to_hsv(images)
+    return _hsv_to_rgb(hue + _per_sample(degrees, images)[:, 0] / 360.0, sat, value)
+
+
+def colour_expression(images: torch.Tensor, text: str, p: torch.Tensor) -> torch.Tensor:
+    """A user's sandboxed colour expression over r, g, b and slider ``p`` (B,)."""
+    from pipeline.expression import apply_expression
+
+    return apply_expression(images, text, torch.as_tensor(p, dtype=images.dtype, device=images.device))
+
+
+# --------------------------------------------------------------------------
+# Frequency
+# --------------------------------------------------------------------------
+
+_BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+
+
+def _smooth(images: torch.Tensor) -> torch.Tensor:
+    """Separable 5-tap binomial low-pass, edge pixels repeated (B, C, H, W)."""
+    c = images.shape[1]
+    k = _BINOMIAL.to(images)
+    x = F.pad(images, (2, 2, 0, 0), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c)
+    x = F.pad(x, (0, 0, 2, 2), mode="replicate")
+    return F.conv2d(x, k.view(1, 1, 5, 1).expand(c, 1, 5, 1), groups=c)
+
+
+def _up(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+def laplacian_pyramid(images: torch.Tensor, levels: int = 4) -> list[torch.Tensor]:
+    """Laplacian pyramid: ``levels`` detail bands (finest first) then the low-pass residual.
+
+    Each band has half the resolution of the one before. :func:`collapse_pyramid`
+    of the result reproduces ``images`` exactly (up to float rounding).
+    """
+    bands = []
+    current = images
+    for _ in range(levels):
+        down = _smooth(current)[:, :, ::2, ::2]
+        bands.append(current - _up(down, current.shape[-2:]))
+        current = down
+    bands.append(current)
+    return bands
+
+
+def collapse_pyramid(bands: Sequence[torch.Tensor], gains: Sequence[torch.Tensor | float] | None = None) -> torch.Tensor:
+    """Rebuild an image from :func:`laplacian_pyramid` bands, each scaled by its gain
+    (a float or a (B,) tensor; default 1)."""
+    gains = gains if gains is not None else [1.0] * len(bands)
+    image = bands[-1] * _per_sample(gains[-1], bands[-1])
+    for band, g in zip(reversed(bands[:-1]), reversed(gains[:-1])):
+        image = _up(image, band.shape[-2:]) + band * _per_sample(g, band)
+    return image
+
+
+def band_gains(images: torch.Tensor, low: torch.Tensor, mid: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Scale three frequency bands of a 4-level Laplacian pyramid (gains (B,) each).
+
+    high: the finest level (periods of 2 to 4 pixels); mid: the next two
+    (4 to 16 pixels); low: the coarsest detail level and the residual
+    (16 pixels and up). All gains 1 reproduce the input.
+    """
+    bands = laplacian_pyramid(images, levels=4)
+    out = collapse_pyramid(bands, [high, mid, mid, low, low])
+    return out.clamp(0.0, 1.0)
+
+
+def _gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, 2 * radius + 1) normalised 1-D Gaussians; sigma 0 gives a delta."""
+    x = torch.arange(-radius, radius + 1, dtype=sigma.dtype, device=sigma.device)
+    s = sigma.reshape(-1, 1)
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    k = torch.exp(-0.5 * (x / safe) ** 2)
+    delta = (x == 0).to(sigma.dtype).expand_as(k)
+    k = torch.where(s > 0, k, delta)
+    return k / k.sum(1, keepdim=True)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur with per-sample ``sigma`` (B,) in pixels (0: unchanged).
+
+    The kernel reaches ``ceil(3 * max sigma)`` pixels; borders are mirrored
+    (``reflect``, as scipy's ``mode='mirror'``).
+    """
+    b, c, h, w = images.shape
+    sigma = torch.as_tensor(sigma, dtype=images.dtype, device=images.device).reshape(-1).expand(b)
+    radius = int(math.ceil(3.0 * float(sigma.max()))) if b else 0
+    if radius == 0:
+        return images
+    radius = min(radius, h - 1, w - 1)
+    k = _gaussian_kernels(sigma, radius).repeat_interleave(c, dim=0)  # (B*C, K)
+    x = images.reshape(1, b * c, h, w)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k.view(b * c, 1, 1, -1), groups=b * c)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.view(b * c, 1, -1, 1), groups=b * c)
+    return x.reshape(b, c, h, w)
+
+
+# --------------------------------------------------------------------------
+# Spatial
+# --------------------------------------------------------------------------
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(int(seed))
+
+
+def patch_shuffle(images: torch.Tensor, k: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """Cut each image into a k×k grid of patches and permute them (seeded).
+
+    k (B,) integers ≥ 1 (1: unchanged); seed (B,) integers. With sides not
+    divisible by k, the remainder strip at the right and bottom stays in place.
+    """
+    out = images.clone()
+    ks = [int(v) for v in torch.as_tensor(k).reshape(-1).expand(images.shape[0])]
+    seeds = [int(v) for v in torch.as_tensor(seed).reshape(-1).expand(images.shape[0])]
+    h, w = images.shape[-2:]
+    for i, (kk, s) in enumerate(zip(ks, seeds)):
+        if kk <= 1:
+            continue
+        ph, pw = h // kk, w // kk
+        grid = images[i, :, : ph * kk, : pw * kk]
+        patches = grid.reshape(-1, kk, ph, kk, pw).permute(1, 3, 0, 2, 4).reshape(kk * kk, -1, ph, pw)
+        order = torch.randperm(kk * kk, generator=_generator(s)).to(images.device)
+        shuffled = patches[order].reshape(kk, kk, -1, ph, pw).permute(2, 0, 3, 1, 4).reshape(-1, ph * kk, pw * kk)
+        out[i, :, : ph * kk, : pw * kk] = shuffled
+    return out
+
+
+# --------------------------------------------------------------------------
+# Noise
+# --------------------------------------------------------------------------
+
+
+def _draws(images: torch.Tensor, seed: torch.Tensor, draw) -> torch.Tensor:
+    """Per-sample random tensors (B, ...) drawn on the CPU from each sample's seed."""
+    seeds = [int(v) for v in torch.as_tensor(seed).reshape(-1).expand(images.shape[0])]
+    return torch.stack([draw(_generator(s)) for s in seeds]).to(device=images.device, dtype=images.dtype)
+
+
+def uniform_noise(images: torch.Tensor, amplitude: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """Add uniform noise in [-amplitude, amplitude] (B,), seeded per sample."""
+    shape = images.shape[1:]
+    noise = _draws(images, seed, lambda g: torch.rand(shape, generator=g) * 2.0 - 1.0)
+    return (images + noise * _per_sample(amplitude, images)).clamp(0.0, 1.0)
+
+
+def gaussian_noise(images: torch.Tensor, sigma: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """Add Gaussian noise of standard deviation ``sigma`` (B,), seeded per sample."""
+    shape = images.shape[1:]
+    noise = _draws(images, seed, lambda g: torch.randn(shape, generator=g))
+    return (images + noise * _per_sample(sigma, images)).clamp(0.0, 1.0)
+
+
+def salt_and_pepper(images: torch.Tensor, fraction: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """Set a ``fraction`` (B,) of pixels to black or white (half each), seeded per sample."""
+    shape = (1, *images.shape[2:])
+    u = _draws(images, seed, lambda g: torch.rand(shape, generator=g))
+    f = _per_sample(fraction, images)
+    out = torch.where(u < f / 2.0, torch.zeros_like(images), images)
+    return torch.where((u >= f / 2.0) & (u < f), torch.ones_like(images), out)
+
+
+# --------------------------------------------------------------------------
+# All image factors of a batch
+# --------------------------------------------------------------------------
+
+#: (factor names, op) in the order they are applied; an op is skipped when every
+#: sample of the batch has its factors at their identity values.
+ORDER: list[tuple[tuple[str, ...], Any]] = [
+    (("fade",), fade),
+    (("brightness",), brightness),
+    (("contrast",), contrast),
+    (("saturation",), saturation),
+    (("hue",), hue_shift),
+    (("gamma",), gamma),
+    (("expression", "expression_p"), colour_expression),
+    (("band_low", "band_mid", "band_high"), band_gains),
+    (("blur",), gaussian_blur),
+    (("shuffle", "shuffle_seed"), patch_shuffle),
+    (("noise_uniform", "noise_seed"), uniform_noise),
+    (("noise_gaussian", "noise_seed"), gaussian_noise),
+    (("noise_salt_pepper", "noise_seed"), salt_and_pepper),
+]
+
+#: Values at which an op leaves the image unchanged.
+IDENTITY = {
+    "fade": 0.0, "brightness": 0.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.0, "gamma": 1.0,
+    "band_low": 1.0, "band_mid": 1.0, "band_high": 1.0, "blur": 0.0, "shuffle": 1,
+    "noise_uniform": 0.0, "noise_gaussian": 0.0, "noise_salt_pepper": 0.0,
+}
+
+
+def apply_image_factors(rgba: torch.Tensor, params: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    """Apply every image factor to a batch of renders.
+
+    rgba (B, 4, H, W) float in [0, 1], straight alpha; ``params`` B validated
+    factor dicts (:func:`pipeline.factors.validate`). Returns (B, 4, H, W):
+    RGB after all ops; alpha 1 except where the background is 'none'.
+    """
+    from pipeline.factors import DEFAULT_EXPRESSION
+
+    size = rgba.shape[-1]
+    backgrounds, opaque = background_batch([p["background"] for p in params], size, rgba.device)
+    images = composite(rgba, backgrounds, opaque)
+    alpha, rgb = images[:, 3:], images[:, :3]
+    for names, op in ORDER:
+        if names[0] == "expression":
+            texts = {p["expression"] for p in params}
+            if texts == {DEFAULT_EXPRESSION} and all(p["expression_p"] == 1.0 for p in params):
+                continue
+            for text in texts:  # one batched call per distinct expression
+                idx = [i for i, p in enumerate(params) if p["expression"] == text]
+                pv = torch.tensor([params[i]["expression_p"] for i in idx])
+                rgb[idx] = op(rgb[idx], text, pv)
+            continue
+        if all(p[names[0]] == IDENTITY[names[0]] for p in params):
+            continue
+        args = [torch.tensor([p[n] for p in params], dtype=torch.float64) for n in names]
+        rgb = op(rgb, *args)
+    return torch.cat([rgb, alpha], dim=1)
+
+
+# --------------------------------------------------------------------------
+# Conversions
+# --------------------------------------------------------------------------
 
 
 def to_tensor(rgba: np.ndarray | Sequence[np.ndarray], device: str | torch.device = "cpu") -> torch.Tensor:

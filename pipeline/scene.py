@@ -263,14 +263,11 @@ def render_scene(values: Mapping[str, Any], size: int = 224) -> RenderResult:
 
 
 def render(values: Mapping[str, Any], size: int = 224) -> np.ndarray:
-    """Validate and render scene and background: (size, size, 4) uint8 RGBA.
-
-    Alpha is 255 everywhere unless the background is 'none'.
-    """
+    """Validate, render the scene and apply every image factor (background
+    included): (size, size, 4) uint8 RGBA, alpha 255 unless the background is 'none'."""
     from pipeline import imageops
 
     params = factors.validate(values)
     result = default_renderer().render(params, size)
-    backgrounds, opaque = imageops.background_batch([params["background"]], size)
-    out = imageops.composite(imageops.to_tensor(result.rgba), backgrounds, opaque)
+    out = imageops.apply_image_factors(imageops.to_tensor(result.rgba), [params])
     return imageops.to_uint8(out)[0]
