@@ -64,8 +64,9 @@ __all__ = [
     "compile_expression",
 ]
 
-DEFAULT_EXPRESSION = "((r - 0.5) * p + 0.5, (g - 0.5) * p + 0.5, (b - 0.5) * p + 0.5)"
-"""The original tool's contrast: p = 1 is the identity, p = 0 is flat grey."""
+# The default (the original tool's contrast: p = 1 is the identity, p = 0 flat
+# grey) is declared once, with the `expression` factor.
+from pipeline.factors import DEFAULT_EXPRESSION  # noqa: E402
 
 MAX_LENGTH = 500  # characters
 MAX_NODES = 200  # AST nodes (values, operations and calls)
