@@ -2,10 +2,11 @@
 
     perturber render --object dog --yaw 30 --pitch 10 --background meadow -o out.png
     perturber sheet --objects all --sweep yaw=-90,0,90,180 -o sheet.png
+    perturber predict --object dog --yaw 30 --hue 90 --models efficientnet_lite0,efficientnet_lite2
     perturber assets [--fetch]
 
-Every factor of the registry is an option ``--name value`` of ``render`` and
-``sheet`` (``perturber render --help`` lists them with domain, units and
+Every factor of the registry is an option ``--name value`` of ``render``,
+``sheet`` and ``predict`` (``perturber render --help`` lists them with domain, units and
 default). Errors in input are reported in one line, exit status 2.
 """
 
@@ -194,6 +195,43 @@ def cmd_assets(args: argparse.Namespace) -> int:
     return 1 if missing and args.fetch else 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipeline import engine, figures, models
+
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    for name in names:
+        models.spec(name)
+    layer = args.layer
+    result = engine.evaluate([_factor_values(args)], names, layers=[layer] if layer else None, size=args.size, k=args.top_k)
+    categories = models.imagenet_categories()
+    for name in names:
+        print(f"{name}:")
+        logits = result.logits[name][0]
+        for rank, (c, p) in enumerate(zip(result.top_class[name][0].tolist(), result.top_prob[name][0].tolist()), 1):
+            print(f"  {rank}. {categories[c]:<28} p={p:.3f}  logit={float(logits[c]):.2f}")
+    if args.save_input:
+        _save_png(result.images[0], args.save_input)
+        print(f"wrote {args.save_input} (model input, {args.size}x{args.size})")
+    if args.activation_figure:
+        if not layer:
+            raise CLIError("--activation-figure needs --layer")
+        for name in names:
+            act = result.activations[name][layer][0].numpy()
+            order = np.argsort(-act.max((1, 2)))[: args.neurons]  # strongest positive responses
+            path = args.activation_figure if len(names) == 1 else _suffixed(args.activation_figure, name)
+            figures.activation_figure(result.images[0], act[order], [int(i) for i in order],
+                                      f"{name} {layer}: the {len(order)} neurons with the highest activation", path)
+            print(f"wrote {path}")
+    for line in _attributions(result.params[0]):
+        print(f"  {line}")
+    return 0
+
+
+def _suffixed(path: str, suffix: str) -> str:
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}-{suffix}{p.suffix}"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perturber", description="Explore how ImageNet CNNs respond to 3D scene perturbations.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,6 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_factor_options(p)
     p.set_defaults(func=cmd_sheet)
 
+    p = sub.add_parser("predict", help="top-5 predictions of models on one scene",
+                       description="Render one scene, apply the image factors and print each model's top-k.")
+    p.add_argument("--models", default="efficientnet_lite0", help="comma-separated model names (see data/models.yaml)")
+    p.add_argument("--size", type=int, default=224, help="render side in pixels (default: 224)")
+    p.add_argument("--top-k", type=int, default=5, help="how many classes to print (default: 5)")
+    p.add_argument("--save-input", metavar="PNG", help="save the model input image")
+    p.add_argument("--layer", help="a layer to record (friendly name, e.g. stage4, or a module path)")
+    p.add_argument("--activation-figure", metavar="PNG", help="save the layer's most active neurons over the input")
+    p.add_argument("--neurons", type=int, default=12, help="how many neurons the figure shows (default: 12)")
+    _add_factor_options(p)
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("assets", help="list built-in assets with status and licence")
     p.add_argument("--fetch", action="store_true", help="install missing assets (apt) or say exactly what to install")
     p.set_defaults(func=cmd_assets)
@@ -225,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.assets import AssetError
+    from pipeline.models import ModelError
 
     import logging
 
@@ -234,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         option = next((u for u in unknown if u.startswith("--")), None)
-        if option is not None and args.command in ("render", "sheet"):
+        if option is not None and args.command in ("render", "sheet", "predict"):
             try:
                 factors.get(option[2:].split("=")[0].replace("-", "_"))
             except factors.FactorError as exc:
@@ -246,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (factors.FactorError, AssetError, CLIError) as exc:
+    except (factors.FactorError, AssetError, ModelError, CLIError) as exc:
         print(f"perturber: error: {exc}", file=sys.stderr)
         return 2
 
