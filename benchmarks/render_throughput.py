@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
+import sys
 import time
 from datetime import date
 
@@ -24,20 +23,14 @@ import numpy as np  # noqa: E402
 
 from pipeline import factors, scene  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(__file__))
+import report  # noqa: E402
+
 
 def _gl_renderer() -> str:
     from OpenGL import GL
 
     return GL.glGetString(GL.GL_RENDERER).decode()
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def measure(size: int, n: int) -> tuple[dict[str, float], str]:
@@ -78,7 +71,7 @@ def main() -> None:
     lines = [
         f"## Rendering throughput ({args.size} px)",
         "",
-        f"Measured {date.today().isoformat()} with `make benchmark` on {_cpu()}; "
+        f"Measured {date.today().isoformat()} with `make benchmark` on {report.cpu()}; "
         f"OpenGL renderer: {gl}; {args.n} renders per case, one process, one renderer.",
         "",
         "| case | renders/s | relative to camera sweep |",
@@ -89,12 +82,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        path = args.write
-        old = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-        head, marker, rest = old.partition(lines[0].split(" (")[0])
-        tail = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
-        with open(path, "w") as f:
-            f.write(head.rstrip() + "\n\n" + text + ("\n" + tail if tail else ""))
+        report.write_section(args.write, text)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 
 from pipeline import factors, imageops, models, scene
 
-__all__ = ["Evaluation", "evaluate", "model_input"]
+__all__ = ["Evaluation", "evaluate", "model_input", "default_batch_size"]
 
 
 @dataclass
@@ -45,6 +45,12 @@ class Evaluation:
     renders: int = 0
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Images per model call: small on a CPU, where EfficientNet-Lite is fastest
+    at batch 4 (large batches fall out of cache; docs/benchmarks.md), large on a GPU."""
+    return 64 if device.type == "cuda" else 4
+
+
 def model_input(rgba: torch.Tensor) -> torch.Tensor:
     """RGBA (B, 4, H, W) → RGB (B, 3, H, W): where alpha < 1 (background 'none')
     the image is shown over black, as a model sees a transparent pixel."""
@@ -70,7 +76,7 @@ def evaluate(
     size: int = 224,
     k: int = 5,
     device: str | torch.device | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> Evaluation:
     """Evaluate B points (factor name → value; unnamed factors take defaults).
 
@@ -78,11 +84,12 @@ def evaluate(
     every model, or per model. ``neurons``: layer → channel indices to keep
     (default: all channels). ``size``: render side in pixels; each model
     resizes to its own input size. Runs on ``device`` (default: CUDA when
-    available) in batches of ``batch_size``.
+    available) in batches of ``batch_size`` (default: :func:`default_batch_size`).
     """
     if not points:
         raise ValueError("evaluate() needs at least one point")
     device = torch.device(device) if device is not None else models.best_device()
+    batch_size = batch_size or default_batch_size(device)
     params = [factors.validate(p) for p in points]
     specs = [models.spec(m) for m in model_names]
 
