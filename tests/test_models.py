@@ -129,26 +129,19 @@ def test_lite_weights_verified_and_layers_resolve(name):
 
     paths = {layer: s.layer_path(layer) for layer in s.layers}
     assert len(paths) >= 7
-    with torch.no_grad(), capture(model, list(paths.values())) as acts:
+    blocks = [f"_blocks.{i}" for i in range(len(model._blocks))]
+    with torch.no_grad(), capture(model, sorted(set(paths.values()) | set(blocks))) as acts:
         model(torch.zeros(1, 3, s.input_size, s.input_size))
     for layer, path_ in paths.items():
         t = acts[path_]
         assert t.ndim == 4 and t.shape[0] == 1, (layer, t.shape)
 
-
-@pytest.mark.parametrize("name", LITES)
-def test_lite_stage_layers_are_the_last_block_of_their_stage(name):
-    s = spec(name)
-    model = load_model(name, "cpu")
-    blocks = [f"_blocks.{i}" for i in range(len(model._blocks))]
-    with torch.no_grad(), capture(model, blocks) as acts:
-        model(torch.zeros(1, 3, s.input_size, s.input_size))
+    # stage2..stage7 name the last block of each stage (stage1 is a single block)
     shapes = [tuple(acts[b].shape) for b in blocks]
     stage_ends = [i for i in range(len(shapes)) if i == len(shapes) - 1 or shapes[i + 1] != shapes[i]]
     named = sorted(int(s.layers[k].split(".")[1]) for k in s.layers if k.startswith("stage"))
-    # stage2..stage7: every stage end but the first (stage1 is one block)
     assert named == stage_ends[1:]
-    assert s.layers["head"] == "_conv_head"
+    assert s.layers["head"] == "_conv_head" and acts["_conv_head"].shape[1] == 1280
 
 
 def test_load_efficientnet_lite_helper():
@@ -186,15 +179,14 @@ def test_classify_uint8_images():
     model = load_model("efficientnet_lite0", "cpu")
     img = skdata.chelsea()
     rgba = np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], axis=2)
-    probs = models.classify(model, np.stack([img, img]), 224)
-    assert probs.shape == (2, 1000)
-    assert torch.allclose(probs.sum(dim=1), torch.ones(2), atol=1e-4)
-    assert torch.allclose(models.classify(model, rgba[None], 224)[0], probs[0])  # alpha dropped
+    probs = models.classify(model, rgba[None], 224)  # alpha is dropped
+    assert probs.shape == (1, 1000)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(1), atol=1e-4)
+    with torch.no_grad():
+        direct = model(preprocess(_chelsea(), spec("efficientnet_lite0"))).softmax(dim=1)
+    assert torch.allclose(probs, direct, atol=1e-5)
     top3 = [models.imagenet_categories()[i] for i in probs[0].topk(3).indices.tolist()]
     assert CATS & set(top3), top3
-    with torch.no_grad():
-        direct = model(preprocess(_chelsea(), spec("efficientnet_lite0"))).softmax(dim=1)[0]
-    assert torch.allclose(probs[0], direct, atol=1e-5)
 
 
 # --------------------------------------------------------------------------
@@ -228,7 +220,8 @@ def test_user_madry_entry_loads_exactly(user_registry, madry_ckpt, tmp_path):
     for k, v in state.items():
         assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], v), k
 
-    cached = tmp_path / "cache" / "weights" / path.name
+    cached = models.cached_path(path.as_uri())
+    assert cached.is_relative_to(tmp_path / "cache" / "weights") and cached.name == path.name
     assert cached.is_file() and sha256_of(cached) == sha
 
     with torch.no_grad(), capture(model, [s.layer_path("layer3"), s.layer_path("block")]) as acts:
@@ -242,7 +235,8 @@ def test_download_once_then_from_cache(user_registry, tmp_path):
     src.parent.mkdir()
     src.write_bytes(b"weights" * 1000)
     got = models.download(src.as_uri(), "m")
-    assert got == tmp_path / "cache" / "weights" / "blob.bin"
+    assert got == models.cached_path(src.as_uri()) and got.name == "blob.bin"
+    assert got.is_relative_to(tmp_path / "cache" / "weights")
     assert got.read_bytes() == src.read_bytes()
     assert not list(got.parent.glob("*.part"))
     src.unlink()  # the second call must not touch the source
@@ -485,14 +479,11 @@ def test_registry_bad_entry(user_registry, entry, fragment):
     _one_line(e)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _parse_entry calls len(entry['mean']) unguarded, so a scalar mean/std raises TypeError, not a ModelError",
-)
 def test_registry_scalar_mean_is_a_model_error(user_registry):
     path = user_registry({"bad": {"architecture": "a", "weights": {"file": "/a"}, "input_size": 224, "mean": 0.5, "std": STD}}, defaults=False)
-    with pytest.raises(ModelError, match="three values"):
+    with pytest.raises(ModelError, match="mean and std must be lists of numbers") as e:
         models.registry([str(path)])
+    _one_line(e)
 
 
 def test_registry_file_errors(tmp_path):
@@ -522,6 +513,49 @@ def test_pip_weights_errors(user_registry):
     with pytest.raises(ModelError, match="is missing from") as e:
         load_model("nofile", "cpu")
     _one_line(e)
+
+
+def test_torchvision_weights_verified_offline(user_registry, tmp_path):
+    # the built-in resnet50 entry: a file already in the cache is not re-fetched,
+    # and its sha256 must start with the prefix in torchvision's file name
+    import torchvision.models as tvm
+
+    url = tvm.get_weight(spec("resnet50").weights["torchvision"]).url
+    name = url.rsplit("/", 1)[-1]
+    seeded = models.cached_path(url)
+    assert seeded.is_relative_to(tmp_path / "cache")
+    seeded.parent.mkdir(parents=True)
+    seeded.write_bytes(b"not resnet50 weights")
+    with pytest.raises(ModelError, match="checksum mismatch") as e:
+        models.weights_file(spec("resnet50"))
+    assert name in _one_line(e)
+
+    user_registry({"m": {"architecture": "torchvision:resnet18", "weights": {"torchvision": "ResNet18_Weights.NOPE"}}})
+    with pytest.raises(ModelError, match="unknown torchvision weights") as e:
+        load_model("m", "cpu")
+    _one_line(e)
+
+
+def test_url_without_scheme_is_a_model_error(user_registry, tmp_path):
+    user_registry({"m": {"architecture": "torchvision:resnet18", "weights": {"url": "example.invalid/weights.pt", "sha256": "ab" * 32}}})
+    try:
+        with pytest.raises(ModelError, match="cannot download"):
+            load_model("m", "cpu")
+    finally:
+        assert not list((tmp_path / "cache" / "weights").glob("**/*.part"))
+
+
+def test_same_file_name_from_two_urls(user_registry, tmp_path):
+    a, b = tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt"
+    for path, value in [(a, 1.0), (b, 2.0)]:
+        path.parent.mkdir()
+        torch.save({"w": torch.full((2,), value)}, path)
+    user_registry({
+        "first": {"architecture": "torchvision:resnet18", "weights": {"url": a.as_uri(), "sha256": sha256_of(a)}},
+        "second": {"architecture": "torchvision:resnet18", "weights": {"url": b.as_uri(), "sha256": sha256_of(b)}},
+    })
+    assert sha256_of(models.weights_file(spec("first"))) == sha256_of(a)
+    assert sha256_of(models.weights_file(spec("second"))) == sha256_of(b)
 
 
 # --------------------------------------------------------------------------
