@@ -119,10 +119,7 @@ def main() -> None:
         f"| speed-up | {fast / slow:.2f}x |",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        report.write_section(args.write, text)
+    report.publish(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -79,10 +79,7 @@ def main() -> None:
         *[f"| {k} | {v:.1f} | {v / base:.2f} |" for k, v in rates.items()],
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        report.write_section(args.write, text)
+    report.publish(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -33,3 +33,11 @@ def write_section(path: str, text: str) -> None:
         rest.append(text.rstrip() + "\n")
     with open(path, "w") as f:
         f.write(head.rstrip() + "\n\n" + "\n".join(s.rstrip() + "\n" for s in rest))
+
+
+def publish(lines: list[str], path: str | None) -> None:
+    """Print a benchmark's section and, when ``path`` is given, write it there."""
+    text = "\n".join(lines)
+    print(text)
+    if path:
+        write_section(path, text)
