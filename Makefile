@@ -4,11 +4,11 @@
 setup:
 	@scripts/setup.sh
 
-# Main job: a contact sheet of every built-in object, and a shape morph.
+# Main job: the demo sweep (real meshes, two pretrained models) on a LocalCluster,
+# into a resumable Zarr store; then a summary of top-1 classes across the cube.
+# A second run finds every chunk done and only prints the summary.
 demo: setup
-	.venv/bin/perturber sheet --objects all --sweep yaw=-90,-45,0,45,90,180 -o data/generated/contact-sheet.png
-	.venv/bin/perturber sheet --objects dog:cat,fire_truck:sports_car --sweep morph_t=0:1:5 --yaw 45 -o data/generated/morph-sheet.png
-	.venv/bin/perturber assets
+	.venv/bin/perturber precompute workflows/demo.yaml --out data/generated/demo.zarr
 
 # Tests: everything but the GPU tests (slow and browser tests included).
 test: setup

@@ -3,6 +3,7 @@
     perturber render --object dog --yaw 30 --pitch 10 --background meadow -o out.png
     perturber sheet --objects all --sweep yaw=-90,0,90,180 -o sheet.png
     perturber predict --object dog --yaw 30 --hue 90 --models efficientnet_lite0,efficientnet_lite2
+    perturber precompute workflows/demo.yaml --out data/generated/demo.zarr [--dry-run]
     perturber assets [--fetch]
 
 Every factor of the registry is an option ``--name value`` of ``render``,
@@ -232,6 +233,31 @@ def _suffixed(path: str, suffix: str) -> str:
     return str(p.with_name(f"{p.stem}-{suffix}{p.suffix}"))
 
 
+def cmd_precompute(args: argparse.Namespace) -> int:
+    from pipeline import run, spec, store
+
+    sweep = spec.load_spec(args.spec, force=args.force)
+    if args.prune:
+        sweep = sweep.prune(args.prune)
+    run.dry_run(sweep)
+    if args.dry_run:
+        return 0
+    storage_options = None
+    scheduler = args.scheduler
+    if args.cluster:
+        from pipeline import clusters
+
+        cluster = clusters.build(args.cluster)
+        scheduler = cluster.scheduler_address
+    report = run.precompute(sweep, args.out, scheduler=scheduler, workers=args.workers,
+                            overwrite=args.overwrite, storage_options=storage_options, progress=not args.quiet)
+    written = sum(report.written.values())
+    print(f"wrote {written} chunks ({report.samples} samples) in {report.seconds:.1f} s; "
+          f"{sum(report.skipped.values())} chunks were already done")
+    print(run.summary(sweep, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perturber", description="Explore how ImageNet CNNs respond to 3D scene perturbations.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -267,6 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_factor_options(p)
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("precompute", help="compute a sweep spec into a Zarr store (resumable)",
+                       description="Compute every missing chunk of every cube of a sweep spec into a Zarr store.")
+    p.add_argument("spec", help="a sweep spec (workflows/*.yaml)")
+    p.add_argument("--out", required=True, help="the Zarr store: a path or an fsspec URL")
+    p.add_argument("--dry-run", action="store_true", help="print each cube's shape, samples, size and time, then stop")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler, or 'synchronous' (no Dask)")
+    p.add_argument("--cluster", metavar="YAML", help="a cluster recipe (workflows/clusters/*.yaml) to start and use")
+    p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
+    p.add_argument("--overwrite", action="store_true", help="replace cubes written from a different spec")
+    p.add_argument("--force", action="store_true", help="allow cubes above the spec's sample budget")
+    p.add_argument("--prune", type=int, metavar="N", help="keep only the first N values of every axis (a smoke run)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_precompute)
+
     p = sub.add_parser("assets", help="list built-in assets with status and licence")
     p.add_argument("--fetch", action="store_true", help="install missing assets (apt) or say exactly what to install")
     p.set_defaults(func=cmd_assets)
@@ -276,11 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.assets import AssetError
     from pipeline.models import ModelError
+    from pipeline.spec import SpecError
+    from pipeline.store import StoreError
 
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="perturber: %(message)s")
     logging.getLogger("pipeline").setLevel(logging.INFO)
+    logging.getLogger("distributed").setLevel(logging.ERROR)
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -297,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (factors.FactorError, AssetError, ModelError, CLIError) as exc:
+    except (factors.FactorError, AssetError, ModelError, SpecError, StoreError, CLIError) as exc:
         print(f"perturber: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,219 @@
+"""The precompute job: every missing chunk of every cube, as Dask tasks.
+
+One task computes one chunk of a cube: it evaluates the chunk's grid points
+with :func:`pipeline.engine.evaluate` (distinct scenes rendered once, image
+factors and models batched) and writes one chunk-aligned region of the store,
+then marks the chunk done. Re-running skips done chunks, so a killed job
+resumes where it stopped and a finished one does nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from pipeline import store as zstore
+from pipeline.spec import CubeSpec, SweepSpec
+
+__all__ = ["compute_chunk", "precompute", "dry_run", "RunReport", "estimate"]
+
+
+@dataclass
+class RunReport:
+    """What a precompute did: chunks written and skipped per cube, seconds."""
+
+    written: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    samples: int = 0
+
+
+def chunk_points(cube: CubeSpec, index: tuple[int, ...]) -> tuple[list[dict[str, Any]], tuple[int, ...]]:
+    """The factor values of every grid point of a chunk (C order) and the chunk's shape."""
+    slices = zstore.chunk_slices(cube, index)
+    ranges = [range(s.start, s.stop) for s in slices]
+    points = [cube.point(idx) for idx in itertools.product(*ranges)]
+    return points, tuple(len(r) for r in ranges)
+
+
+def compute_chunk(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_options: Mapping | None = None,
+                  device: str | None = None) -> tuple[str, tuple[int, ...], int]:
+    """Evaluate and write one chunk; returns (cube name, chunk index, samples)."""
+    from pipeline import engine
+
+    points, shape = chunk_points(cube, index)
+    ev = engine.evaluate(points, list(cube.models), layers=list(cube.layers),
+                         neurons=_neuron_lists(cube), size=cube.size, k=cube.top_k, device=device)
+    stack = lambda per_model: np.stack([per_model[m].numpy() for m in cube.models], axis=1)  # noqa: E731
+    values = {
+        "logits": stack(ev.logits).reshape(*shape, len(cube.models), 1000),
+        "top_class": stack(ev.top_class).reshape(*shape, len(cube.models), cube.top_k),
+        "top_prob": stack(ev.top_prob).reshape(*shape, len(cube.models), cube.top_k),
+    }
+    if cube.images:
+        values["image"] = ev.images.reshape(*shape, cube.size, cube.size, 3)
+    for model in cube.models:
+        for layer in cube.layers:
+            a = ev.activations[model][layer].numpy()
+            values[zstore.act_name(model, layer)] = a.reshape(*shape, *a.shape[1:])
+    zstore.write_chunk(cube, out, index, values, storage_options)
+    return cube.name, index, len(points)
+
+
+def _chunk_samples(cube: CubeSpec, index: tuple[int, ...]) -> int:
+    return math.prod(s.stop - s.start for s in zstore.chunk_slices(cube, index))
+
+
+def _neuron_lists(cube: CubeSpec) -> dict[str, list[int]]:
+    out = {}
+    for layer, chosen in cube.neurons.items():
+        out[layer] = list(range(chosen)) if isinstance(chosen, int) else list(chosen)
+    return out
+
+
+def estimate(cube: CubeSpec, renders_per_s: float = 40.0, images_per_s: float = 60.0) -> tuple[float, float]:
+    """(bytes, seconds): a rough store size (uncompressed, images at ~1/3) and CPU time.
+
+    Rates default to those measured on a 2-core CPU (docs/benchmarks.md).
+    """
+    per_sample = len(cube.models) * (1000 * 2 + cube.top_k * 6)
+    if cube.images:
+        per_sample += cube.size * cube.size * 3 / 3
+    per_sample += len(cube.models) * len(cube.layers) * 16 * 14 * 14 * 2  # rough: a few neurons per layer
+    chunks = int(np.prod(cube.chunk_grid))
+    renders = chunks * max(1, int(np.prod([c for (n, _), c in zip(cube.axes, cube.chunk_shape) if _kind(n) == "scene"] or [1])))
+    seconds = renders / renders_per_s + cube.samples * len(cube.models) / images_per_s
+    return per_sample * cube.samples, seconds
+
+
+def _kind(name: str) -> str:
+    from pipeline import factors
+
+    return factors.get(name).kind
+
+
+def dry_run(spec: SweepSpec, echo: Callable[[str], None] = print) -> None:
+    """Print each cube's shape, samples, chunks, estimated store size and time."""
+    for cube in spec.cubes:
+        size, seconds = estimate(cube)
+        shape = " x ".join(f"{n}[{len(v)}]" for n, v in cube.axes)
+        echo(f"cube {cube.name}: {shape} = {cube.samples} samples; {len(cube.models)} models; "
+             f"{int(np.prod(cube.chunk_grid))} chunks of {'x'.join(map(str, cube.chunk_shape))}; "
+             f"{cube.renders} distinct scenes; ~{size / 2**20:.0f} MiB; ~{_duration(seconds)} on a 2-core CPU")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _missing(cube: CubeSpec, out: Any, storage_options: Mapping | None) -> list[tuple[int, ...]]:
+    done = zstore.done_mask(cube, out, storage_options)
+    return [idx for idx in itertools.product(*(range(n) for n in cube.chunk_grid)) if not done[idx]]
+
+
+def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers: int | None = None,
+               overwrite: bool = False, storage_options: Mapping | None = None, progress: bool = True,
+               echo: Callable[[str], None] = print) -> RunReport:
+    """Compute every missing chunk of every cube of ``spec`` into the store ``out``.
+
+    ``scheduler``: None starts a LocalCluster sized to the machine (``workers``
+    processes, one thread each); 'synchronous' runs in this process (no Dask);
+    anything else is the address of a running Dask scheduler.
+    """
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    report = RunReport()
+    jobs = []
+    for cube in spec.cubes:
+        zstore.create_or_check(cube, out, overwrite=overwrite, storage_options=storage_options)
+        missing = _missing(cube, out, storage_options)
+        report.written[cube.name] = len(missing)
+        report.skipped[cube.name] = int(np.prod(cube.chunk_grid)) - len(missing)
+        jobs += [(cube, idx) for idx in missing]
+    if not jobs:
+        echo("nothing to do: every chunk is already in the store")
+        report.seconds = time.perf_counter() - start
+        return report
+    total = sum(_chunk_samples(c, i) for c, i in jobs)
+    bar = tqdm(total=total, unit="sample", desc="precompute", disable=not progress, file=sys.stderr, smoothing=0.1)
+    try:
+        if scheduler == "synchronous":
+            for cube, idx in jobs:
+                _, _, n = compute_chunk(cube, idx, out, storage_options)
+                bar.update(n)
+                report.samples += n
+        else:
+            report.samples = _run_dask(jobs, out, storage_options, scheduler, workers, bar, echo)
+    finally:
+        bar.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _run_dask(jobs, out, storage_options, scheduler, workers, bar, echo) -> int:
+    from distributed import Client, LocalCluster, as_completed
+
+    if scheduler is None:
+        n = workers or max(1, min(len(jobs), os.cpu_count() or 1))
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                               silence_logs=logging.ERROR,
+                               env={"PYOPENGL_PLATFORM": "egl", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))})
+        client = Client(cluster)
+    else:
+        cluster, client = None, Client(scheduler)
+    echo(f"dask dashboard: {client.dashboard_link}")
+    done = 0
+    try:
+        futures = [client.submit(compute_chunk, cube, idx, out, storage_options, pure=False, key=f"chunk-{cube.name}-{'-'.join(map(str, idx))}")
+                   for cube, idx in jobs]
+        for future in as_completed(futures):
+            _, _, n = future.result()
+            bar.update(n)
+            done += n
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return done
+
+
+def summary(spec: SweepSpec, out: Any, storage_options: Mapping | None = None) -> str:
+    """A table of top-1 classes across each cube: per object and model, the most
+    frequent top-1 class and the share of samples read as one of the object's classes."""
+    from pipeline import assets, models
+
+    names = models.imagenet_categories()
+    lines = []
+    for cube in spec.cubes:
+        ds = zstore.open_cube(out, cube.name, storage_options)
+        top1 = ds["top_class"].isel(rank=0)
+        objects = [str(o) for o in ds["object"].values] if "object" in ds.dims else [str(cube.fixed.get("object", "dog"))]
+        lines.append(f"cube {cube.name} ({cube.samples} samples): top-1 across the cube")
+        lines.append(f"  {'object':<12} {'model':<20} {'most frequent top-1':<28} {'share':>6}  {'reads as its class':>18}")
+        for obj in objects:
+            sel = top1.sel(object=obj) if "object" in ds.dims else top1
+            expected = set(assets.imagenet_class_indices(obj)) if obj in assets.object_ids() else set()
+            for model in cube.models:
+                values = sel.sel(model=model).values.ravel()
+                values = values[~np.isnan(values)].astype(int)
+                if values.size == 0:
+                    lines.append(f"  {obj:<12} {model:<20} {'not computed':<28}")
+                    continue
+                counts = np.bincount(values, minlength=1000)
+                best = int(counts.argmax())
+                right = np.isin(values, list(expected)).mean() if expected else math.nan
+                lines.append(f"  {obj:<12} {model:<20} {names[best][:28]:<28} {counts[best] / values.size:>6.0%}  {right:>18.0%}")
+    return "\n".join(lines)

@@ -1,0 +1,232 @@
+"""The Zarr store: one self-describing group per cube, written chunk by chunk.
+
+Layout of a cube group (``xarray.open_zarr(path, group=cube)``):
+
+| variable | dims | dtype |
+| --- | --- | --- |
+| ``logits`` | *axes, model, class | float16 |
+| ``top_class`` | *axes, model, rank | int16 (-1 unwritten, read as NaN) |
+| ``top_prob`` | *axes, model, rank | float32 |
+| ``image`` | *axes, y, x, channel | uint8, the exact model input (0 where unwritten: see ``done``) |
+| ``act_<model>_<layer>`` | *axes, neuron_<model>_<layer>, ay_<…>, ax_<…> | float16 |
+| ``done`` | chunk_<axis>… | uint8, 1 once the chunk is written |
+
+Unwritten float cells are NaN. Coordinates carry ``units`` and ``long_name``;
+the group carries the cube spec (YAML), its sha256, the fixed values, the
+asset attributions and the package version. The template (metadata and
+coordinates) is written first; then each task writes whole Zarr chunks of one
+region and marks its chunk done, so a re-run redoes only unmarked chunks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import xarray as xr
+import yaml
+
+from pipeline import factors, models
+from pipeline.spec import CubeSpec
+
+__all__ = ["StoreError", "Layout", "layout", "create_or_check", "write_chunk", "done_mask", "chunk_slices", "open_cube"]
+
+FORMAT_VERSION = 1
+
+
+class StoreError(ValueError):
+    """A store cannot be used as asked; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Shapes of one cube's variables: activation (model, layer) → (neurons, ay, ax)."""
+
+    activations: Mapping[tuple[str, str], tuple[list[int], int, int]]
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("perturber")
+    except Exception:  # not installed as a distribution
+        return "unknown"
+
+
+def act_name(model: str, layer: str) -> str:
+    return f"act_{model}_{layer}".replace(".", "_").replace("@", "_")
+
+
+def layout(cube: CubeSpec) -> Layout:
+    """Probe each model once (zeros input) for its layers' channel counts and map sizes."""
+    import torch
+
+    acts = {}
+    for name in cube.models:
+        s = models.spec(name)
+        net = models.load_model(name, "cpu")
+        paths = [s.layer_path(layer) for layer in cube.layers]
+        with torch.no_grad(), models.capture(net, paths) as captured:
+            net(models.preprocess(torch.zeros(1, 3, cube.size, cube.size), s))
+        for layer, path in zip(cube.layers, paths):
+            _, channels, ay, ax = captured[path].shape
+            chosen = cube.neurons.get(layer)
+            neurons = list(range(channels)) if chosen is None else (list(range(min(chosen, channels))) if isinstance(chosen, int) else list(chosen))
+            if max(neurons) >= channels:
+                raise StoreError(f"cube {cube.name!r}: layer {layer!r} of {name} has {channels} channels; neuron {max(neurons)} does not exist")
+            acts[(name, layer)] = (neurons, ay, ax)
+    return Layout(activations=acts)
+
+
+def _axis_coord(name: str, values: tuple) -> xr.Variable:
+    f = factors.get(name)
+    data = np.array(values, dtype=float) if f.numeric else np.array(values, dtype=object)
+    return xr.Variable((name,), data, attrs={"units": f.units or "1", "long_name": f.doc, "kind": f.kind})
+
+
+def template(cube: CubeSpec, lay: Layout) -> xr.Dataset:
+    """The lazy (dask, NaN-filled) dataset of the whole cube, with every coordinate and attribute."""
+    import dask.array as da
+
+    axes = cube.axis_names
+    shape = cube.shape
+    chunks = cube.chunk_shape
+    k, n_models = cube.top_k, len(cube.models)
+    coords: dict[str, Any] = {name: _axis_coord(name, values) for name, values in cube.axes}
+    coords["model"] = xr.Variable(("model",), np.array(cube.models, dtype=object), {"long_name": "model name (data/models.yaml)", "units": "1"})
+    coords["rank"] = xr.Variable(("rank",), np.arange(1, k + 1), {"long_name": "rank of the class, 1 = most probable", "units": "1"})
+    coords["class"] = xr.Variable(("class",), np.arange(1000), {"long_name": "ImageNet-1k class index", "units": "1"})
+    coords["class_name"] = xr.Variable(("class",), np.array(models.imagenet_categories(), dtype=object), {"long_name": "ImageNet-1k class name", "units": "1"})
+
+    def full(extra_shape, extra_chunks, dtype, fill):
+        return da.full(shape + extra_shape, fill, dtype=dtype, chunks=chunks + extra_chunks)
+
+    data: dict[str, Any] = {
+        "logits": ((*axes, "model", "class"), full((n_models, 1000), (n_models, 1000), np.float16, np.nan),
+                   {"long_name": "logits (pre-softmax scores)", "units": "1"}),
+        "top_class": ((*axes, "model", "rank"), full((n_models, k), (n_models, k), np.int16, -1),
+                      {"long_name": "ImageNet class index at this rank", "units": "1"}),
+        "top_prob": ((*axes, "model", "rank"), full((n_models, k), (n_models, k), np.float32, np.nan),
+                     {"long_name": "softmax probability of the class at this rank", "units": "1"}),
+    }
+    if cube.images:
+        s = cube.size
+        coords["y"] = xr.Variable(("y",), np.arange(s), {"long_name": "image row", "units": "pixel"})
+        coords["x"] = xr.Variable(("x",), np.arange(s), {"long_name": "image column", "units": "pixel"})
+        coords["channel"] = xr.Variable(("channel",), np.array(["r", "g", "b"], dtype=object), {"long_name": "colour channel", "units": "1"})
+        data["image"] = ((*axes, "y", "x", "channel"), full((s, s, 3), (s, s, 3), np.uint8, 0),
+                         {"long_name": "model input image before resize and normalisation (0 where not computed: see done)", "units": "1"})
+    for (model, layer), (neurons, ay, ax) in lay.activations.items():
+        name = act_name(model, layer)
+        ndim = f"neuron_{name[4:]}"
+        coords[ndim] = xr.Variable((ndim,), np.array(neurons), {"long_name": f"channel of {layer} in {model}", "units": "1"})
+        data[name] = ((*axes, ndim, f"ay_{name[4:]}", f"ax_{name[4:]}"),
+                      full((len(neurons), ay, ax), (len(neurons), ay, ax), np.float16, np.nan),
+                      {"long_name": f"activation of {model} {layer} ({models.spec(model).layer_path(layer)})", "units": "1",
+                       "model": model, "layer": layer})
+    grid = cube.chunk_grid
+    data["done"] = (tuple(f"chunk_{a}" for a in axes), da.zeros(grid, dtype=np.uint8, chunks=(1,) * len(grid)),
+                    {"long_name": "1 where the chunk of the cube has been computed and written", "units": "1",
+                     "chunk_shape": list(cube.chunk_shape)})
+    ds = xr.Dataset({k: xr.Variable(dims, arr, attrs) for k, (dims, arr, attrs) in data.items()}, coords=coords)
+    ds.attrs.update(_group_attrs(cube))
+    return ds
+
+
+def _group_attrs(cube: CubeSpec) -> dict[str, Any]:
+    from pipeline import assets
+
+    ids = set()
+    for name, values in cube.axes:
+        if name in ("object", "morph_target", "texture", "background"):
+            ids.update(str(v) for v in values)
+    for name in ("object", "morph_target", "texture", "background"):
+        ids.add(str(cube.fixed.get(name, factors.get(name).default)))
+    attributions = sorted({assets.attribution(i) for i in ids} - {""})
+    return {
+        "perturber_format": FORMAT_VERSION,
+        "perturber_version": _version(),
+        "cube": cube.name,
+        "spec": yaml.safe_dump(cube.to_dict(), sort_keys=False),
+        "spec_sha256": cube.sha256(),
+        "fixed": json.dumps({k: cube.fixed.get(k, f.default) for k, f in factors.FACTORS.items() if k not in cube.axis_names}),
+        "attributions": attributions,
+        "axes": list(cube.axis_names),
+    }
+
+
+def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    enc = {}
+    for name, var in ds.data_vars.items():
+        if var.dtype.kind == "f":
+            enc[name] = {"_FillValue": np.nan}
+        elif name == "top_class":
+            enc[name] = {"_FillValue": -1}
+    return enc
+
+
+def create_or_check(cube: CubeSpec, store: Any, overwrite: bool = False, storage_options: Mapping | None = None) -> bool:
+    """Make sure ``store`` holds this cube's template. Returns True if it was created.
+
+    An existing group written from another spec is an error unless
+    ``overwrite`` (then it is replaced); a group of the same spec is kept.
+    """
+    existing = _read_attrs(store, cube.name, storage_options)
+    if existing is not None and not overwrite:
+        if existing.get("spec_sha256") != cube.sha256():
+            raise StoreError(
+                f"the store already holds cube {cube.name!r} from a different spec (sha256 {str(existing.get('spec_sha256'))[:12]}…); "
+                f"use --overwrite to replace it"
+            )
+        return False
+    ds = template(cube, layout(cube))
+    ds.to_zarr(store, group=cube.name, mode="w", compute=False, encoding=_encoding(ds), consolidated=True,
+               zarr_format=3, storage_options=storage_options)
+    return True
+
+
+def _read_attrs(store: Any, group: str, storage_options: Mapping | None) -> dict[str, Any] | None:
+    try:
+        ds = xr.open_zarr(store, group=group, storage_options=storage_options, decode_cf=False)
+    except (FileNotFoundError, KeyError, ValueError, OSError):
+        return None
+    except Exception as exc:
+        if "not found" in str(exc).lower() or "nodenotfound" in type(exc).__name__.lower() or "GroupNotFound" in type(exc).__name__:
+            return None
+        raise StoreError(f"cannot read the store ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if "spec_sha256" not in ds.attrs:
+        raise StoreError(f"group {group!r} of the store was not written by Perturber (no spec_sha256)")
+    return dict(ds.attrs)
+
+
+def open_cube(store: Any, cube: str, storage_options: Mapping | None = None) -> xr.Dataset:
+    """The cube as a lazy xarray dataset (what any user gets with xarray.open_zarr)."""
+    return xr.open_zarr(store, group=cube, storage_options=storage_options)
+
+
+def chunk_slices(cube: CubeSpec, index: tuple[int, ...]) -> tuple[slice, ...]:
+    return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, cube.chunk_shape, cube.shape))
+
+
+def done_mask(cube: CubeSpec, store: Any, storage_options: Mapping | None = None) -> np.ndarray:
+    """(chunk grid) bool: which chunks are written."""
+    ds = xr.open_zarr(store, group=cube.name, storage_options=storage_options, decode_cf=False)
+    return ds["done"].values.astype(bool)
+
+
+def write_chunk(cube: CubeSpec, store: Any, index: tuple[int, ...], values: Mapping[str, np.ndarray],
+                storage_options: Mapping | None = None) -> None:
+    """Write one chunk's variables (arrays shaped like the chunk's region), then mark it done."""
+    axes = cube.axis_names
+    region = dict(zip(axes, chunk_slices(cube, index)))
+    ds = xr.open_zarr(store, group=cube.name, storage_options=storage_options, decode_cf=False)
+    block = xr.Dataset({name: (ds[name].dims, np.asarray(arr).astype(ds[name].dtype)) for name, arr in values.items()})
+    block.to_zarr(store, group=cube.name, region=region, mode="r+", zarr_format=3, storage_options=storage_options,
+                  consolidated=False)
+    mark = np.ones((1,) * len(axes), dtype=np.uint8)
+    done = xr.Dataset({"done": (tuple(f"chunk_{a}" for a in axes), mark)})
+    done.to_zarr(store, group=cube.name, region={f"chunk_{a}": slice(i, i + 1) for a, i in zip(axes, index)},
+                 mode="r+", zarr_format=3, storage_options=storage_options, consolidated=False)
