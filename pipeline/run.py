@@ -135,6 +135,7 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
     from tqdm import tqdm
 
     start = time.perf_counter()
+    storage_options = zstore.default_options(out, storage_options)
     report = RunReport()
     jobs = []
     for cube in spec.cubes:

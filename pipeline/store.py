@@ -31,7 +31,7 @@ import yaml
 from pipeline import factors, models
 from pipeline.spec import CubeSpec
 
-__all__ = ["StoreError", "Layout", "layout", "create_or_check", "write_chunk", "done_mask", "chunk_slices", "open_cube"]
+__all__ = ["StoreError", "Layout", "layout", "default_options", "create_or_check", "write_chunk", "done_mask", "chunk_slices", "open_cube"]
 
 FORMAT_VERSION = 1
 
@@ -164,8 +164,16 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
         if var.dtype.kind == "f":
             enc[name] = {"_FillValue": np.nan}
         elif name == "top_class":
-            enc[name] = {"_FillValue": -1}
+            enc[name] = {"_FillValue": -1, "fill_value": -1}  # the attribute and Zarr's own fill value
     return enc
+
+
+def default_options(out: Any, storage_options: Mapping | None = None) -> dict | None:
+    """fsspec options a store URL needs: local ``file://`` URLs must create folders."""
+    options = dict(storage_options or {})
+    if isinstance(out, str) and out.startswith("file://"):
+        options.setdefault("auto_mkdir", True)
+    return options or None
 
 
 def create_or_check(cube: CubeSpec, store: Any, overwrite: bool = False, storage_options: Mapping | None = None) -> bool:
