@@ -168,10 +168,21 @@ def _run_dask(jobs, out, storage_options, scheduler, workers, bar, echo) -> int:
     from distributed import Client, LocalCluster, as_completed
 
     if scheduler is None:
+        import dask
+
         n = workers or max(1, min(len(jobs), os.cpu_count() or 1))
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                               silence_logs=logging.ERROR,
-                               env={"PYOPENGL_PLATFORM": "egl", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))})
+        threads = max(1, (os.cpu_count() or 1) // n)
+        # Dask's workers start with MALLOC_TRIM_THRESHOLD_=65536; setting it
+        # also turns off glibc's adaptive mmap threshold, so every activation
+        # buffer over 128 KiB is mmapped and unmapped per layer (measured: 2.2x
+        # slower chunks, half the time in the kernel). Raise both thresholds;
+        # they must be set before a worker starts, hence pre-spawn-environ.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+                              "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": str(1 << 25),
+                              "distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": str(threads),
+                              "distributed.nanny.pre-spawn-environ.PYOPENGL_PLATFORM": "egl"}):
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                                   silence_logs=logging.ERROR)
         client = Client(cluster)
     else:
         cluster, client = None, Client(scheduler)

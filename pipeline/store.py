@@ -227,14 +227,16 @@ def done_mask(cube: CubeSpec, store: Any, storage_options: Mapping | None = None
 
 def write_chunk(cube: CubeSpec, store: Any, index: tuple[int, ...], values: Mapping[str, np.ndarray],
                 storage_options: Mapping | None = None) -> None:
-    """Write one chunk's variables (arrays shaped like the chunk's region), then mark it done."""
-    axes = cube.axis_names
-    region = dict(zip(axes, chunk_slices(cube, index)))
-    ds = xr.open_zarr(store, group=cube.name, storage_options=storage_options, decode_cf=False)
-    block = xr.Dataset({name: (ds[name].dims, np.asarray(arr).astype(ds[name].dtype)) for name, arr in values.items()})
-    block.to_zarr(store, group=cube.name, region=region, mode="r+", zarr_format=3, storage_options=storage_options,
-                  consolidated=False)
-    mark = np.ones((1,) * len(axes), dtype=np.uint8)
-    done = xr.Dataset({"done": (tuple(f"chunk_{a}" for a in axes), mark)})
-    done.to_zarr(store, group=cube.name, region={f"chunk_{a}": slice(i, i + 1) for a, i in zip(axes, index)},
-                 mode="r+", zarr_format=3, storage_options=storage_options, consolidated=False)
+    """Write one chunk's variables (arrays shaped like the chunk's region), then mark it done.
+
+    Writes go straight to the Zarr arrays: the region covers whole Zarr chunks,
+    so no other task's data is touched, and the done mark comes last.
+    """
+    import zarr
+
+    group = zarr.open_group(store, path=cube.name, mode="r+", storage_options=storage_options, zarr_format=3)
+    region = chunk_slices(cube, index)
+    for name, arr in values.items():
+        target = group[name]
+        target[region] = np.asarray(arr, dtype=target.dtype)
+    group["done"][tuple(slice(i, i + 1) for i in index)] = 1
