@@ -17,3 +17,4 @@ test: setup
 benchmark: setup
 	.venv/bin/python benchmarks/render_throughput.py --write docs/benchmarks.md
 	.venv/bin/python benchmarks/engine_throughput.py --write docs/benchmarks.md
+	.venv/bin/python benchmarks/precompute_throughput.py --write docs/benchmarks.md

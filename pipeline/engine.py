@@ -16,7 +16,7 @@ import torch
 
 from pipeline import factors, imageops, models, scene
 
-__all__ = ["Evaluation", "evaluate", "model_input", "default_batch_size"]
+__all__ = ["Evaluation", "evaluate", "model_input"]
 
 
 @dataclass
@@ -45,12 +45,6 @@ class Evaluation:
     renders: int = 0
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Images per model call: small on a CPU, where EfficientNet-Lite is fastest
-    at batch 4 (large batches fall out of cache; docs/benchmarks.md), large on a GPU."""
-    return 64 if device.type == "cuda" else 4
-
-
 def model_input(rgba: torch.Tensor) -> torch.Tensor:
     """RGBA (B, 4, H, W) → RGB (B, 3, H, W): where alpha < 1 (background 'none')
     the image is shown over black, as a model sees a transparent pixel."""
@@ -76,7 +70,7 @@ def evaluate(
     size: int = 224,
     k: int = 5,
     device: str | torch.device | None = None,
-    batch_size: int | None = None,
+    batch_size: int | Mapping[str, int] | None = None,
 ) -> Evaluation:
     """Evaluate B points (factor name → value; unnamed factors take defaults).
 
@@ -84,12 +78,12 @@ def evaluate(
     every model, or per model. ``neurons``: layer → channel indices to keep
     (default: all channels). ``size``: render side in pixels; each model
     resizes to its own input size. Runs on ``device`` (default: CUDA when
-    available) in batches of ``batch_size`` (default: :func:`default_batch_size`).
+    available) in batches of ``batch_size`` (one for all models or one per
+    model; default: each model's measured best, :func:`pipeline.models.tuned_batch_size`).
     """
     if not points:
         raise ValueError("evaluate() needs at least one point")
     device = torch.device(device) if device is not None else models.best_device()
-    batch_size = batch_size or default_batch_size(device)
     params = [factors.validate(p) for p in points]
     specs = [models.spec(m) for m in model_names]
 
@@ -102,10 +96,12 @@ def evaluate(
         wanted = list(layers.get(s.name, ()) if isinstance(layers, Mapping) else (layers or ()))
         paths = [s.layer_path(layer) for layer in wanted]
         net = models.load_model(s.name, device)
+        chosen = batch_size.get(s.name) if isinstance(batch_size, Mapping) else batch_size
+        step = chosen or models.tuned_batch_size(s.name, str(device))
         logits, acts = [], {layer: [] for layer in wanted}
         with torch.no_grad(), models.capture(net, paths) as captured:
-            for start in range(0, len(params), batch_size):
-                x = models.preprocess(rgb[start : start + batch_size].float(), s)
+            for start in range(0, len(params), step):
+                x = models.preprocess(rgb[start : start + step].float(), s)
                 logits.append(net(x).float())
                 for layer, path in zip(wanted, paths):
                     a = captured[path]

@@ -45,13 +45,13 @@ def chunk_points(cube: CubeSpec, index: tuple[int, ...]) -> tuple[list[dict[str,
 
 
 def compute_chunk(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_options: Mapping | None = None,
-                  device: str | None = None) -> tuple[str, tuple[int, ...], int]:
+                  device: str | None = None, batch_sizes: Mapping[str, int] | None = None) -> tuple[str, tuple[int, ...], int]:
     """Evaluate and write one chunk; returns (cube name, chunk index, samples)."""
     from pipeline import engine
 
     points, shape = chunk_points(cube, index)
-    ev = engine.evaluate(points, list(cube.models), layers=list(cube.layers),
-                         neurons=_neuron_lists(cube), size=cube.size, k=cube.top_k, device=device)
+    ev = engine.evaluate(points, list(cube.models), layers=list(cube.layers), neurons=_neuron_lists(cube),
+                         size=cube.size, k=cube.top_k, device=device, batch_size=batch_sizes)
     stack = lambda per_model: np.stack([per_model[m].numpy() for m in cube.models], axis=1)  # noqa: E731
     values = {
         "logits": stack(ev.logits).reshape(*shape, len(cube.models), 1000),
@@ -143,17 +143,18 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
         missing = _missing(cube, out, storage_options)
         report.written[cube.name] = len(missing)
         report.skipped[cube.name] = int(np.prod(cube.chunk_grid)) - len(missing)
-        jobs += [(cube, idx) for idx in missing]
+        sizes = zstore.batch_sizes(cube, out, storage_options)
+        jobs += [(cube, idx, sizes) for idx in missing]
     if not jobs:
         echo("nothing to do: every chunk is already in the store")
         report.seconds = time.perf_counter() - start
         return report
-    total = sum(_chunk_samples(c, i) for c, i in jobs)
+    total = sum(_chunk_samples(c, i) for c, i, _ in jobs)
     bar = tqdm(total=total, unit="sample", desc="precompute", disable=not progress, file=sys.stderr, smoothing=0.1)
     try:
         if scheduler == "synchronous":
-            for cube, idx in jobs:
-                _, _, n = compute_chunk(cube, idx, out, storage_options)
+            for cube, idx, sizes in jobs:
+                _, _, n = compute_chunk(cube, idx, out, storage_options, batch_sizes=sizes)
                 bar.update(n)
                 report.samples += n
         else:
@@ -189,8 +190,9 @@ def _run_dask(jobs, out, storage_options, scheduler, workers, bar, echo) -> int:
     echo(f"dask dashboard: {client.dashboard_link}")
     done = 0
     try:
-        futures = [client.submit(compute_chunk, cube, idx, out, storage_options, pure=False, key=f"chunk-{cube.name}-{'-'.join(map(str, idx))}")
-                   for cube, idx in jobs]
+        futures = [client.submit(compute_chunk, cube, idx, out, storage_options, batch_sizes=sizes, pure=False,
+                                 key=f"chunk-{cube.name}-{'-'.join(map(str, idx))}")
+                   for cube, idx, sizes in jobs]
         for future in as_completed(futures):
             _, _, n = future.result()
             bar.update(n)

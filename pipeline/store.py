@@ -191,6 +191,9 @@ def create_or_check(cube: CubeSpec, store: Any, overwrite: bool = False, storage
             )
         return False
     ds = template(cube, layout(cube))
+    # The batch sizes are fixed with the store: a resumed run batches exactly as
+    # the first did, so its chunks come out bit for bit the same.
+    ds.attrs["batch_sizes"] = json.dumps({m: models.tuned_batch_size(m, str(models.best_device())) for m in cube.models})
     ds.to_zarr(store, group=cube.name, mode="w", compute=False, encoding=_encoding(ds), consolidated=True,
                zarr_format=3, storage_options=storage_options)
     return True
@@ -208,6 +211,12 @@ def _read_attrs(store: Any, group: str, storage_options: Mapping | None) -> dict
     if "spec_sha256" not in ds.attrs:
         raise StoreError(f"group {group!r} of the store was not written by Perturber (no spec_sha256)")
     return dict(ds.attrs)
+
+
+def batch_sizes(cube: CubeSpec, store: Any, storage_options: Mapping | None = None) -> dict[str, int]:
+    """The per-model batch sizes recorded when the cube's template was written."""
+    attrs = _read_attrs(store, cube.name, storage_options) or {}
+    return {k: int(v) for k, v in json.loads(attrs.get("batch_sizes", "{}")).items()}
 
 
 def open_cube(store: Any, cube: str, storage_options: Mapping | None = None) -> xr.Dataset:
