@@ -45,9 +45,19 @@ def chunk_points(cube: CubeSpec, index: tuple[int, ...]) -> tuple[list[dict[str,
 
 
 def compute_chunk(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_options: Mapping | None = None,
-                  device: str | None = None, batch_sizes: Mapping[str, int] | None = None) -> tuple[str, tuple[int, ...], int]:
-    """Evaluate and write one chunk; returns (cube name, chunk index, samples)."""
+                  device: str | None = None, batch_sizes: Mapping[str, int] | None = None,
+                  threads: int | None = None) -> tuple[str, tuple[int, ...], int]:
+    """Evaluate and write one chunk; returns (cube name, chunk index, samples).
+
+    ``threads``: torch CPU threads for this process (Dask workers otherwise run
+    torch single-threaded whatever OMP_NUM_THREADS says).
+    """
+    import torch
+
     from pipeline import engine
+
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
     points, shape = chunk_points(cube, index)
     ev = engine.evaluate(points, list(cube.models), layers=list(cube.layers), neurons=_neuron_lists(cube),
@@ -168,6 +178,7 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
 def _run_dask(jobs, out, storage_options, scheduler, workers, bar, echo) -> int:
     from distributed import Client, LocalCluster, as_completed
 
+    threads = None
     if scheduler is None:
         import dask
 
@@ -190,7 +201,7 @@ def _run_dask(jobs, out, storage_options, scheduler, workers, bar, echo) -> int:
     echo(f"dask dashboard: {client.dashboard_link}")
     done = 0
     try:
-        futures = [client.submit(compute_chunk, cube, idx, out, storage_options, batch_sizes=sizes, pure=False,
+        futures = [client.submit(compute_chunk, cube, idx, out, storage_options, batch_sizes=sizes, threads=threads, pure=False,
                                  key=f"chunk-{cube.name}-{'-'.join(map(str, idx))}")
                    for cube, idx, sizes in jobs]
         for future in as_completed(futures):
