@@ -20,7 +20,9 @@ region and marks its chunk done, so a re-run redoes only unmarked chunks.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -45,6 +47,15 @@ class Layout:
     """Shapes of one cube's variables: activation (model, layer) → (neurons, ay, ax)."""
 
     activations: Mapping[tuple[str, str], tuple[list[int], int, int]]
+
+
+@contextlib.contextmanager
+def _consolidated_ok():
+    """Consolidated metadata is our deliberate choice (one read opens a cube);
+    zarr warns that it is not yet part of the v3 specification."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
+        yield
 
 
 def _version() -> str:
@@ -194,14 +205,16 @@ def create_or_check(cube: CubeSpec, store: Any, overwrite: bool = False, storage
     # The batch sizes are fixed with the store: a resumed run batches exactly as
     # the first did, so its chunks come out bit for bit the same.
     ds.attrs["batch_sizes"] = json.dumps({m: models.tuned_batch_size(m, str(models.best_device())) for m in cube.models})
-    ds.to_zarr(store, group=cube.name, mode="w", compute=False, encoding=_encoding(ds), consolidated=True,
-               zarr_format=3, storage_options=storage_options)
+    with _consolidated_ok():
+        ds.to_zarr(store, group=cube.name, mode="w", compute=False, encoding=_encoding(ds), consolidated=True,
+                   zarr_format=3, storage_options=storage_options)
     return True
 
 
 def _read_attrs(store: Any, group: str, storage_options: Mapping | None) -> dict[str, Any] | None:
     try:
-        ds = xr.open_zarr(store, group=group, storage_options=storage_options, decode_cf=False)
+        with _consolidated_ok():
+            ds = xr.open_zarr(store, group=group, storage_options=storage_options, decode_cf=False)
     except (FileNotFoundError, KeyError, ValueError, OSError):
         return None
     except Exception as exc:
@@ -221,7 +234,8 @@ def batch_sizes(cube: CubeSpec, store: Any, storage_options: Mapping | None = No
 
 def open_cube(store: Any, cube: str, storage_options: Mapping | None = None) -> xr.Dataset:
     """The cube as a lazy xarray dataset (what any user gets with xarray.open_zarr)."""
-    return xr.open_zarr(store, group=cube, storage_options=storage_options)
+    with _consolidated_ok():
+        return xr.open_zarr(store, group=cube, storage_options=storage_options)
 
 
 def chunk_slices(cube: CubeSpec, index: tuple[int, ...]) -> tuple[slice, ...]:
@@ -230,7 +244,8 @@ def chunk_slices(cube: CubeSpec, index: tuple[int, ...]) -> tuple[slice, ...]:
 
 def done_mask(cube: CubeSpec, store: Any, storage_options: Mapping | None = None) -> np.ndarray:
     """(chunk grid) bool: which chunks are written."""
-    ds = xr.open_zarr(store, group=cube.name, storage_options=storage_options, decode_cf=False)
+    with _consolidated_ok():
+        ds = xr.open_zarr(store, group=cube.name, storage_options=storage_options, decode_cf=False)
     return ds["done"].values.astype(bool)
 
 

@@ -128,7 +128,7 @@ def test_rerun_does_nothing_and_changed_spec_is_refused(reference_store, small_s
 
 def test_foreign_and_corrupt_stores_get_clear_errors(small_spec, tmp_path):
     foreign = tmp_path / "foreign.zarr"
-    xr.Dataset({"a": ("x", np.arange(3))}).to_zarr(foreign, group="views", zarr_format=3)
+    xr.Dataset({"a": ("x", np.arange(3))}).to_zarr(foreign, group="views", zarr_format=3, consolidated=False)
     with pytest.raises(StoreError, match="not written by Perturber"):
         run.precompute(small_spec, str(foreign), scheduler="synchronous", progress=False)
 
