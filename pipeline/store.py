@@ -212,15 +212,22 @@ def create_or_check(cube: CubeSpec, store: Any, overwrite: bool = False, storage
 
 
 def _read_attrs(store: Any, group: str, storage_options: Mapping | None) -> dict[str, Any] | None:
+    """The group's attributes; None only when the store or the group does not exist.
+
+    Anything unreadable is a :class:`StoreError`, never taken for absence, so a
+    damaged store is reported instead of written over.
+    """
     try:
-        with _consolidated_ok():
+        with _consolidated_ok(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # falling back from consolidated metadata
             ds = xr.open_zarr(store, group=group, storage_options=storage_options, decode_cf=False)
-    except (FileNotFoundError, KeyError, ValueError, OSError):
+    except (FileNotFoundError, KeyError):
         return None
     except Exception as exc:
-        if "not found" in str(exc).lower() or "nodenotfound" in type(exc).__name__.lower() or "GroupNotFound" in type(exc).__name__:
+        if type(exc).__name__ in ("GroupNotFoundError", "NodeNotFoundError", "PathNotFoundError"):
             return None
-        raise StoreError(f"cannot read the store ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        reason = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise StoreError(f"cannot read the store: it is damaged or not a Zarr store ({type(exc).__name__}: {reason})") from None
     if "spec_sha256" not in ds.attrs:
         raise StoreError(f"group {group!r} of the store was not written by Perturber (no spec_sha256)")
     return dict(ds.attrs)

@@ -131,6 +131,14 @@ def test_foreign_and_corrupt_stores_get_clear_errors(small_spec, tmp_path):
     xr.Dataset({"a": ("x", np.arange(3))}).to_zarr(foreign, group="views", zarr_format=3, consolidated=False)
     with pytest.raises(StoreError, match="not written by Perturber"):
         run.precompute(small_spec, str(foreign), scheduler="synchronous", progress=False)
+    corrupt = tmp_path / "corrupt.zarr"
+    store.create_or_check(small_spec.cubes[0], str(corrupt))
+    (corrupt / "zarr.json").write_text("{ this is not json")
+    before = sorted(p.name for p in corrupt.rglob("*"))
+    with pytest.raises(StoreError, match="cannot read the store: it is damaged") as err:
+        run.precompute(small_spec, str(corrupt), scheduler="synchronous", progress=False)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in corrupt.rglob("*")) == before  # nothing written over
 
 
 def _store_bytes(path: Path) -> dict[str, bytes]:
