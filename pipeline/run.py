@@ -90,17 +90,19 @@ def _neuron_lists(cube: CubeSpec) -> dict[str, list[int]]:
 
 
 def estimate(cube: CubeSpec, renders_per_s: float = 40.0, images_per_s: float = 60.0) -> tuple[float, float]:
-    """(bytes, seconds): a rough store size (uncompressed, images at ~1/3) and CPU time.
+    """(bytes, seconds): a rough store size (uncompressed; images at ~1/3) and run time.
 
-    Rates default to those measured on a 2-core CPU (docs/benchmarks.md).
+    The rates default to this project's 2-core CPU measurements
+    (docs/benchmarks.md): ~40 renders/s, ~60 images/s per EfficientNet-Lite
+    model, the pipeline at ~0.65 of the models' own speed, ~5 s to start.
     """
     per_sample = len(cube.models) * (1000 * 2 + cube.top_k * 6)
     if cube.images:
         per_sample += cube.size * cube.size * 3 / 3
     per_sample += len(cube.models) * len(cube.layers) * 16 * 14 * 14 * 2  # rough: a few neurons per layer
-    chunks = int(np.prod(cube.chunk_grid))
-    renders = chunks * max(1, int(np.prod([c for (n, _), c in zip(cube.axes, cube.chunk_shape) if _kind(n) == "scene"] or [1])))
-    seconds = renders / renders_per_s + cube.samples * len(cube.models) / images_per_s
+    scene_per_chunk = math.prod(c for (name, _), c in zip(cube.axes, cube.chunk_shape) if _kind(name) == "scene")
+    renders = math.prod(cube.chunk_grid) * scene_per_chunk
+    seconds = 5.0 + renders / renders_per_s + cube.samples * len(cube.models) / images_per_s / 0.65
     return per_sample * cube.samples, seconds
 
 
