@@ -323,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="perturber: %(message)s")
     logging.getLogger("pipeline").setLevel(logging.INFO)
-    logging.getLogger("distributed").setLevel(logging.ERROR)
+    for handler in logging.getLogger().handlers:  # Dask sets its own loggers to INFO when imported
+        handler.addFilter(lambda record: record.levelno >= logging.WARNING or not record.name.startswith("distributed"))
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
