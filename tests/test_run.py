@@ -191,6 +191,26 @@ def test_killed_job_resumes_to_the_same_bytes(reference_store, tmp_path, extra):
     assert _store_bytes(out) == _store_bytes(reference_store)
 
 
+def test_killed_worker_is_replaced_and_the_store_is_complete(tmp_path):
+    import psutil
+    import yaml
+
+    spec_path = tmp_path / "small.yaml"
+    spec_path.write_text(yaml.safe_dump(SMALL, sort_keys=False))
+    reference = tmp_path / "reference.zarr"
+    assert _run_cli(spec_path, reference, "--workers", "2").wait() == 0
+    out = tmp_path / "out.zarr"
+    proc = _run_cli(spec_path, out, "--workers", "2")
+    _wait_for_chunks(out, 1, proc)
+    workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
+    assert len(workers) == 2, "expected two worker processes"
+    assert not zarr.open_group(str(out), mode="r")["views"]["done"][...].all(), "the kill should land mid-run"
+    workers[0].kill()  # one worker dies mid-run; its Nanny starts another and its task is retried
+    assert proc.wait(timeout=300) == 0
+    assert zarr.open_group(str(out), mode="r")["views"]["done"][...].all()
+    assert _store_bytes(out) == _store_bytes(reference)
+
+
 def test_fsspec_stores(small_spec, tmp_path):
     pruned = small_spec.prune(1)
     run.precompute(pruned, "memory://perturber-test/m.zarr", scheduler="synchronous", progress=False)
