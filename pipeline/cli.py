@@ -234,7 +234,7 @@ def _suffixed(path: str, suffix: str) -> str:
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
-    from pipeline import run, spec, store
+    from pipeline import run, spec
 
     sweep = spec.load_spec(args.spec, force=args.force)
     if args.prune:
@@ -242,15 +242,18 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     run.dry_run(sweep)
     if args.dry_run:
         return 0
-    storage_options = None
-    scheduler = args.scheduler
+    scheduler, cluster = args.scheduler, None
     if args.cluster:
         from pipeline import clusters
 
         cluster = clusters.build(args.cluster)
         scheduler = cluster.scheduler_address
-    report = run.precompute(sweep, args.out, scheduler=scheduler, workers=args.workers,
-                            overwrite=args.overwrite, storage_options=storage_options, progress=not args.quiet)
+    try:
+        report = run.precompute(sweep, args.out, scheduler=scheduler, workers=args.workers,
+                                overwrite=args.overwrite, progress=not args.quiet)
+    finally:
+        if cluster is not None:
+            cluster.close()
     written = sum(report.written.values())
     print(f"wrote {written} chunks ({report.samples} samples) in {report.seconds:.1f} s; "
           f"{sum(report.skipped.values())} chunks were already done")
@@ -317,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.assets import AssetError
     from pipeline.models import ModelError
     from pipeline.spec import SpecError
+    from pipeline.clusters import ClusterError
     from pipeline.store import StoreError
 
     import logging
@@ -341,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (factors.FactorError, AssetError, ModelError, SpecError, StoreError, CLIError) as exc:
+    except (factors.FactorError, AssetError, ModelError, SpecError, StoreError, ClusterError, CLIError) as exc:
         print(f"perturber: error: {exc}", file=sys.stderr)
         return 2
 
