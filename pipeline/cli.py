@@ -88,7 +88,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     image = scene.render(params, args.size)
     _save_png(image, args.output)
     if args.depth:
-        result = scene.default_renderer().render(params, args.size)
+        result = scene.render_scene(params, args.size)
         np.save(args.depth, result.depth)
     print(f"wrote {args.output} ({args.size}x{args.size} RGBA)")
     for line in _attributions(params):
