@@ -5,10 +5,12 @@ setup:
 	@scripts/setup.sh
 
 # Main job: the demo sweep (real meshes, two pretrained models) on a LocalCluster,
-# into a resumable Zarr store; then a summary of top-1 classes across the cube.
-# A second run finds every chunk done and only prints the summary.
+# into a resumable Zarr store, a summary of top-1 classes across the cube, then
+# the viewer on it at http://127.0.0.1:5006/ (Ctrl-C stops it). A second run
+# finds every chunk done and goes straight to the summary and the viewer.
 demo: setup
 	.venv/bin/perturber precompute workflows/demo.yaml --out data/generated/demo.zarr
+	.venv/bin/perturber view data/generated/demo.zarr
 
 # Tests: everything but the GPU tests (slow and browser tests included).
 test: setup

@@ -261,6 +261,16 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    from viewer import app
+
+    if args.address not in ("127.0.0.1", "localhost") and not args.allow_remote:
+        raise CLIError(f"--address {args.address}: serving beyond this machine needs --allow-remote")
+    print(f"serving {args.store} on http://{args.address}:{args.port}/ (Ctrl-C stops)")
+    app.serve(args.store, args.cube, port=args.port, address=args.address, show=args.show)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perturber", description="Explore how ImageNet CNNs respond to 3D scene perturbations.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -309,6 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", type=int, metavar="N", help="keep only the first N values of every axis (a smoke run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_precompute)
+
+    p = sub.add_parser("view", help="browse a store in the Panel viewer")
+    p.add_argument("store", help="a Zarr store written by perturber precompute")
+    p.add_argument("--cube", help="which cube (default: the first)")
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--address", default="127.0.0.1", help="interface to bind (default: 127.0.0.1 only)")
+    p.add_argument("--allow-remote", action="store_true", help="allow binding an address other machines can reach")
+    p.add_argument("--show", action="store_true", help="open a browser")
+    p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("assets", help="list built-in assets with status and licence")
     p.add_argument("--fetch", action="store_true", help="install missing assets (apt) or say exactly what to install")

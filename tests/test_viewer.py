@@ -1,0 +1,147 @@
+"""The viewer in a real browser: Debian's Chromium driven by Playwright."""
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import run, spec, store
+
+expect = pytest.importorskip("playwright.sync_api").expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+SPEC = {
+    "name": "viewer",
+    "cubes": {
+        "views": {
+            "axes": {"object": ["dog", "cat"], "yaw": [0.0, 90.0, 180.0], "hue": [0, 120]},
+            "models": ["efficientnet_lite0", "efficientnet_lite1"],
+            "images": True,
+        }
+    },
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("viewer")
+    sweep = spec.parse_spec(SPEC)
+    full = folder / "full.zarr"
+    run.precompute(sweep, str(full), scheduler="synchronous", progress=False)
+    partial = folder / "partial.zarr"
+    cube = sweep.cubes[0]
+    store.create_or_check(cube, str(partial))
+    run.compute_chunk(cube, (0, 0, 0), str(partial))  # dog at yaw 0 only
+    return full, partial
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (the README's set-up installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                                             "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def _serve(path: Path):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "view", str(path), "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"http://127.0.0.1:{port}/"
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("the viewer did not start")
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    pg = context.new_page()
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
+    yield pg
+    context.close()
+
+
+def _top5(page, which):
+    return page.inner_text(f".pt-{which}")
+
+
+def _step_slider(page, index=0):
+    """Press the right arrow on the ``index``-th slider of the controls (0: yaw,
+    the first control of the Camera group)."""
+    page.locator(".noUi-handle").nth(index).focus()
+    page.keyboard.press("ArrowRight")
+
+
+def test_page_loads_and_yaw_changes_image_and_predictions(stores, page):
+    proc, url = _serve(stores[0])
+    try:
+        page.goto(url)
+        page.wait_for_selector("img.pt-input", timeout=60_000)
+        image = page.get_attribute("img.pt-input", "src")
+        left = _top5(page, "model_a")
+        assert "efficientnet_lite0" in left and "1" in left
+        assert "Dog by" in page.inner_text(".pt-credits")
+        _step_slider(page)
+        expect(page.locator("img.pt-input")).not_to_have_attribute("src", image, timeout=30_000)
+        expect(page.locator(".pt-model_a")).not_to_have_text(left, timeout=30_000)
+        # Switching the right model changes its column.
+        right = _top5(page, "model_b")
+        page.locator("select").nth(page.locator("select").count() - 1).select_option("efficientnet_lite0")
+        expect(page.locator(".pt-model_b")).to_contain_text("efficientnet_lite0", timeout=30_000)
+        assert _top5(page, "model_b") != right
+        assert not page.errors, page.errors
+    finally:
+        proc.kill()
+
+
+def test_missing_chunks_show_not_computed(stores, page):
+    proc, url = _serve(stores[1])
+    try:
+        page.goto(url)
+        page.wait_for_selector("img.pt-input", timeout=60_000)  # dog, yaw 0: computed
+        expect(page.get_by_text("1 of 6 chunks computed")).to_be_visible()
+        _step_slider(page)
+        page.wait_for_selector(".pt-missing", timeout=30_000)
+        assert "not computed" in _top5(page, "model_a")
+        assert not page.errors, page.errors
+    finally:
+        proc.kill()
+
+
+def test_foreign_store_gets_a_message(tmp_path, page):
+    import numpy as np
+    import xarray as xr
+
+    foreign = tmp_path / "foreign.zarr"
+    xr.Dataset({"a": ("x", np.arange(3))}).to_zarr(foreign, group="views", zarr_format=3, consolidated=False)
+    proc, url = _serve(foreign)
+    try:
+        page.goto(url)
+        page.wait_for_selector("text=Cannot show this store", timeout=60_000)
+    finally:
+        proc.kill()

@@ -1,0 +1,131 @@
+"""Viewer state: where the user is in a cube, and what the store says there.
+
+State lives in :class:`CubeState` (a ``param.Parameterized``): one parameter
+per axis of the cube, named as the factor (the same name as in the spec and the
+store), plus the two models being compared. Views depend on it; only
+:mod:`viewer.app` knows about widgets. The store is opened once per process
+and its handles cached; per-session work is a few small reads.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import numpy as np
+import param
+import xarray as xr
+
+from pipeline import factors
+from pipeline.store import StoreError, open_cube
+
+__all__ = ["CubeState", "open_store", "cube_names", "NOT_COMPUTED"]
+
+NOT_COMPUTED = "not computed"
+
+
+@functools.lru_cache(maxsize=8)
+def open_store(path: str, cube: str) -> xr.Dataset:
+    """The cube as a lazy dataset, opened once per process."""
+    try:
+        ds = open_cube(path, cube)
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"{path}: cannot open cube {cube!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if "spec_sha256" not in ds.attrs or "done" not in ds:
+        raise StoreError(f"{path}: group {cube!r} is not a Perturber cube")
+    return ds
+
+
+def cube_names(path: str) -> list[str]:
+    """The cube groups of a store."""
+    import zarr
+
+    try:
+        group = zarr.open_group(path, mode="r")
+    except Exception as exc:
+        raise StoreError(f"{path}: not a Zarr store ({type(exc).__name__})") from None
+    names = [name for name, _ in group.groups()]
+    if not names:
+        raise StoreError(f"{path}: the store holds no cube")
+    return sorted(names)
+
+
+class CubeState(param.Parameterized):
+    """The current grid point of one cube and the models compared there."""
+
+    model_a = param.Selector(doc="Left model")
+    model_b = param.Selector(doc="Right model")
+    score = param.Selector(default="probability", objects=["probability", "logit"], doc="What the top-5 shows")
+
+    def __init__(self, path: str, cube: str, **params: Any):
+        self.path, self.cube = path, cube
+        self.ds = open_store(path, cube)
+        self.axes: list[str] = list(self.ds.attrs["axes"])
+        self.fixed: dict[str, Any] = json.loads(self.ds.attrs["fixed"])
+        self.chunk_shape = list(self.ds["done"].attrs["chunk_shape"])
+        self._done = self.ds["done"].values.astype(bool)  # small: one value per chunk
+        models = [str(m) for m in self.ds["model"].values]
+        super().__init__(**params)
+        for axis in self.axes:
+            values = [v.item() if hasattr(v, "item") else str(v) for v in self.ds[axis].values]
+            f = factors.get(axis)
+            self.param.add_parameter(axis, param.Selector(default=values[0], objects=values, doc=f.doc, label=axis))
+        self.param.model_a.objects = models
+        self.param.model_b.objects = models
+        self.model_a = models[0]
+        self.model_b = models[1] if len(models) > 1 else models[0]
+
+    # ------------------------------------------------------------------ where
+
+    def index(self) -> tuple[int, ...]:
+        """Grid index of the current point along each axis."""
+        return tuple(list(self.ds[axis].values).index(getattr(self, axis)) for axis in self.axes)
+
+    def point(self) -> dict[str, Any]:
+        """Every factor's value at the current point (axes from the state, the rest fixed)."""
+        return {**self.fixed, **{axis: getattr(self, axis) for axis in self.axes}}
+
+    def computed(self) -> bool:
+        """Whether the current point's chunk has been written."""
+        chunk = tuple(i // c for i, c in zip(self.index(), self.chunk_shape))
+        return bool(self._done[chunk])
+
+    def _sel(self) -> dict[str, Any]:
+        return dict(zip(self.axes, self.index()))
+
+    # ------------------------------------------------------------------ what
+
+    def image(self) -> np.ndarray | None:
+        """The model input at the current point, (S, S, 3) uint8, or None (not computed / not stored)."""
+        if "image" not in self.ds or not self.computed():
+            return None
+        return np.asarray(self.ds["image"].isel(**self._sel()).values)
+
+    def top5(self, model: str) -> list[tuple[str, float, float]] | None:
+        """(class name, probability, logit) for the top classes of ``model``; None if not computed."""
+        if not self.computed():
+            return None
+        sel = {**self._sel(), "model": list(self.ds["model"].values).index(model)}
+        classes = self.ds["top_class"].isel(**sel).values
+        probs = self.ds["top_prob"].isel(**sel).values
+        logits = self.ds["logits"].isel(**sel).values.astype(np.float32)
+        if np.isnan(classes).any():
+            return None
+        names = self.ds["class_name"].values
+        return [(str(names[int(c)]), float(p), float(logits[int(c)])) for c, p in zip(classes, probs)]
+
+    def attributions(self) -> list[str]:
+        """Attributions of the assets at the current point (CC-BY)."""
+        from pipeline import assets
+
+        point = self.point()
+        ids = [str(point.get(k, "")) for k in ("object", "morph_target", "texture", "background")]
+        out = []
+        for asset_id in ids:
+            line = assets.attribution(asset_id)
+            if line and line not in out:
+                out.append(line)
+        return out
