@@ -119,6 +119,41 @@ def test_page_loads_and_yaw_changes_image_and_predictions(stores, page):
         proc.kill()
 
 
+FRAMES_JS = """
+() => {
+  const out = [], seen = new Set();
+  function walk(v) {
+    if (!v || seen.has(v)) return;
+    seen.add(v);
+    if (v.frame && v.model && v.model.title) {
+      const r = (v.canvas_view ? v.canvas_view.el : v.el).getBoundingClientRect(), b = v.frame.bbox;
+      out.push({title: v.model.title.text || "", left: r.left + b.left, top: r.top + b.top, width: b.width, height: b.height});
+    }
+    for (const k of v.child_views || []) walk(k);
+  }
+  for (const v of Object.values(Bokeh.index)) walk(v);
+  return out;
+}
+"""
+
+
+def test_clicking_a_landscape_cell_moves_the_sliders(stores, page):
+    proc, url = _serve(stores[0])
+    try:
+        page.goto(url)
+        page.wait_for_selector("img.pt-input", timeout=60_000)
+        expect(page.get_by_text("yaw: 0", exact=True)).to_be_visible()
+        page.wait_for_timeout(1000)  # let Bokeh lay the plots out
+        frame = next(f for f in page.evaluate(FRAMES_JS) if "click a cell" in f["title"])
+        # Heatmap: x = yaw (3 columns: 0, 90, 180), y = hue (2 rows: 0 below, 120 above).
+        page.mouse.click(frame["left"] + frame["width"] * 5 / 6, frame["top"] + frame["height"] * 1 / 4)
+        expect(page.get_by_text("yaw: 180", exact=True)).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("hue: 120", exact=True)).to_be_visible(timeout=30_000)
+        assert not page.errors, page.errors
+    finally:
+        proc.kill()
+
+
 def test_missing_chunks_show_not_computed(stores, page):
     proc, url = _serve(stores[1])
     try:

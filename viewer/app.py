@@ -10,7 +10,7 @@ from typing import Any
 import panel as pn
 
 from pipeline import factors
-from viewer.state import NOT_COMPUTED, CubeState
+from viewer.state import NOT_COMPUTED, CubeState, Landscape
 
 __all__ = ["build_app", "serve"]
 
@@ -77,6 +77,64 @@ def _top5_view(state: CubeState, which: str):
     return view
 
 
+def _label(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _landscape_views(state: CubeState, land: Landscape):
+    import holoviews as hv
+
+    hv.extension("bokeh", logo=False)
+    names = state.ds["class_name"].values
+
+    @pn.depends(*[state.param[a] for a in state.axes], state.param.model_a, state.param.model_b,
+                land.param.target, land.param.axis)
+    def curves(*_):
+        data = land.curves()
+        if data is None:
+            return pn.pane.HTML(f"<p class='pt-missing'>{NOT_COMPUTED}</p>")
+        target = land.target_class()
+        plots = [hv.Curve((list(range(len(v))), p), "index", "probability", label=m).opts(tools=["hover"])
+                 for m, (v, p) in data.items()]
+        values = next(iter(data.values()))[0]
+        here = values.index(getattr(state, land.axis))
+        overlay = hv.Overlay(plots) * hv.VLine(here).opts(color="black", line_dash="dashed")
+        ticks = [(i, _label(v)) for i, v in enumerate(values)]
+        return pn.pane.HoloViews(overlay.opts(
+            title=f"p({names[target]}) along {land.axis}", xticks=ticks, xlabel=land.axis, ylim=(0, 1),
+            width=420, height=240, legend_position="top_left"), css_classes=["pt-curves"])
+
+    tap = hv.streams.Tap(x=None, y=None)
+
+    def heatmap(**_):
+        data = land.heatmap()
+        if data is None:
+            return hv.HeatMap([]).opts(title="choose two different axes")
+        xs, ys, p = data
+        cells = [(_label(x), _label(y), float(p[j, i])) for j, y in enumerate(ys) for i, x in enumerate(xs)]
+        target = land.target_class()
+        return hv.HeatMap(cells, [land.x, land.y], "probability").opts(
+            title=f"p({names[target]}), {state.model_a}: click a cell to go there", cmap="viridis",
+            clim=(0, 1), colorbar=True, width=460, height=280, tools=["tap", "hover"])
+
+    dynamic = hv.DynamicMap(heatmap, streams=[
+        tap,
+        hv.streams.Params(state, [*state.axes, "model_a"]),
+        hv.streams.Params(land, ["target", "x", "y"]),
+    ])
+
+    def on_tap(x=None, y=None):
+        if x is None or y is None:
+            return
+        for axis, label in ((land.x, x), (land.y, y)):
+            for value in state.param[axis].objects:
+                if _label(value) == str(label):
+                    setattr(state, axis, value)
+
+    tap.add_subscriber(on_tap)
+    return curves, pn.pane.HoloViews(dynamic, css_classes=["pt-heatmap"])
+
+
 def build_app(path: str, cube: str) -> pn.template.BaseTemplate | pn.Column:
     """The viewer for one cube of a store."""
     from pipeline.store import StoreError
@@ -91,8 +149,19 @@ def build_app(path: str, cube: str) -> pn.template.BaseTemplate | pn.Column:
         pn.widgets.Select.from_param(state.param.model_b, name="right model"),
         pn.widgets.RadioButtonGroup.from_param(state.param.score, name="show"),
     )
+    land = Landscape(state)
+    curves, heatmap = _landscape_views(state, land)
+    landscape_controls = pn.Row(
+        pn.widgets.IntInput.from_param(land.param.target, name="class (-1: top class here)", width=170),
+        pn.widgets.Select.from_param(land.param.axis, name="curve axis", width=120),
+        pn.widgets.Select.from_param(land.param.x, name="heatmap x", width=120),
+        pn.widgets.Select.from_param(land.param.y, name="heatmap y", width=120),
+    )
     main = pn.Column(
         pn.Row(_input_view(state), pn.Column(models, pn.Row(_top5_view(state, "model_a"), _top5_view(state, "model_b")))),
+        pn.pane.Markdown("### Response landscape"),
+        landscape_controls,
+        pn.Row(curves, heatmap),
     )
     note = pn.pane.Markdown("Points off the grid and factors the cube holds fixed are not computable yet "
                             "(live compute comes with the on-demand engine).", styles={"font-size": "11px"})

@@ -20,7 +20,7 @@ import xarray as xr
 from pipeline import factors
 from pipeline.store import StoreError, open_cube
 
-__all__ = ["CubeState", "open_store", "cube_names", "NOT_COMPUTED"]
+__all__ = ["CubeState", "Landscape", "open_store", "cube_names", "softmax", "NOT_COMPUTED"]
 
 NOT_COMPUTED = "not computed"
 
@@ -129,3 +129,71 @@ class CubeState(param.Parameterized):
             if line and line not in out:
                 out.append(line)
         return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis of float16/float32 logits (float64 result)."""
+    z = logits.astype(np.float64)
+    z = np.exp(z - np.nanmax(z, axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+class Landscape(param.Parameterized):
+    """What the response landscape shows: a class's probability along one axis
+    (curves, one per model) and over two axes (a heatmap for one model)."""
+
+    target = param.Integer(default=-1, bounds=(-1, 999), doc="ImageNet class (-1: the left model's top class here)")
+    axis = param.Selector(doc="Axis of the curves")
+    x = param.Selector(doc="Heatmap columns")
+    y = param.Selector(doc="Heatmap rows")
+
+    def __init__(self, state: CubeState, **params: Any):
+        super().__init__(**params)
+        self.state = state
+        numeric = [a for a in state.axes if factors.get(a).numeric] or state.axes
+        self.param.axis.objects = state.axes
+        self.param.x.objects = state.axes
+        self.param.y.objects = state.axes
+        self.axis = numeric[0]
+        self.x = numeric[0]
+        others = [a for a in numeric if a != self.x] + [a for a in state.axes if a != self.x]
+        self.y = others[0] if others else self.x
+
+    def target_class(self) -> int | None:
+        if self.target >= 0:
+            return self.target
+        top = self.state.top5(self.state.model_a)
+        if top is None:
+            return None
+        names = list(self.state.ds["class_name"].values)
+        return names.index(top[0][0])
+
+    def _probs(self, free: list[str], model: str) -> np.ndarray | None:
+        """Probability of the target class with ``free`` axes varying, the others at the current point."""
+        target = self.target_class()
+        if target is None:
+            return None
+        s = self.state
+        sel = {a: i for a, i in zip(s.axes, s.index()) if a not in free}
+        sel["model"] = list(s.ds["model"].values).index(model)
+        logits = s.ds["logits"].isel(**sel).transpose(*free, "class").values
+        return softmax(logits)[..., target]
+
+    def curves(self) -> dict[str, tuple[list, np.ndarray]] | None:
+        """model → (axis values, probabilities); NaN where not computed."""
+        out = {}
+        for model in dict.fromkeys([self.state.model_a, self.state.model_b]):
+            p = self._probs([self.axis], model)
+            if p is None:
+                return None
+            out[model] = (list(self.state.param[self.axis].objects), p)
+        return out
+
+    def heatmap(self) -> tuple[list, list, np.ndarray] | None:
+        """(x values, y values, probabilities (y, x)) for the left model."""
+        if self.x == self.y:
+            return None
+        p = self._probs([self.y, self.x], self.state.model_a)
+        if p is None:
+            return None
+        return list(self.state.param[self.x].objects), list(self.state.param[self.y].objects), p
