@@ -111,7 +111,8 @@ def test_page_loads_and_yaw_changes_image_and_predictions(stores, page):
         expect(page.locator(".pt-model_a")).not_to_have_text(left, timeout=30_000)
         # Switching the right model changes its column.
         right = _top5(page, "model_b")
-        page.locator("select").nth(page.locator("select").count() - 1).select_option("efficientnet_lite0")
+        model_selects = page.locator("select").filter(has=page.locator("option", has_text="efficientnet_lite1"))
+        model_selects.nth(1).select_option("efficientnet_lite0")  # the right model
         expect(page.locator(".pt-model_b")).to_contain_text("efficientnet_lite0", timeout=30_000)
         assert _top5(page, "model_b") != right
         assert not page.errors, page.errors

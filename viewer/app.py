@@ -7,6 +7,7 @@ import base64
 import io
 from typing import Any
 
+import numpy as np
 import panel as pn
 
 from pipeline import factors
@@ -107,15 +108,21 @@ def _landscape_views(state: CubeState, land: Landscape):
     tap = hv.streams.Tap(x=None, y=None)
 
     def heatmap(**_):
+        # The same cells every time (NaN where there is nothing to show): Bokeh
+        # updates its data source in place and rejects columns changing length.
+        xs, ys = state.param[land.x].objects, state.param[land.y].objects
         data = land.heatmap()
-        if data is None:
-            return hv.HeatMap([]).opts(title="choose two different axes")
-        xs, ys, p = data
-        cells = [(_label(x), _label(y), float(p[j, i])) for j, y in enumerate(ys) for i, x in enumerate(xs)]
+        p = data[2] if data is not None else np.full((len(ys), len(xs)), np.nan)
         target = land.target_class()
-        return hv.HeatMap(cells, [land.x, land.y], "probability").opts(
-            title=f"p({names[target]}), {state.model_a}: click a cell to go there", cmap="viridis",
-            clim=(0, 1), colorbar=True, width=460, height=280, tools=["tap", "hover"])
+        if land.x == land.y:
+            title = "choose two different axes"
+        elif target is None:
+            title = f"{NOT_COMPUTED} here"
+        else:
+            title = f"p({names[target]}), {state.model_a}: click a cell to go there"
+        cells = [(_label(x), _label(y), float(p[j, i])) for j, y in enumerate(ys) for i, x in enumerate(xs)]
+        return hv.HeatMap(cells, [hv.Dimension("hx", label=land.x), hv.Dimension("hy", label=land.y)], "probability").opts(
+            title=title, cmap="viridis", clim=(0, 1), colorbar=True, width=460, height=280, tools=["tap", "hover"])
 
     dynamic = hv.DynamicMap(heatmap, streams=[
         tap,
