@@ -22,6 +22,8 @@ SPEC = {
         "views": {
             "axes": {"object": ["dog", "cat"], "yaw": [0.0, 90.0, 180.0], "hue": [0, 120]},
             "models": ["efficientnet_lite0", "efficientnet_lite1"],
+            "layers": ["head"],
+            "neurons": {"head": 4},
             "images": True,
         }
     },
@@ -150,6 +152,24 @@ def test_clicking_a_landscape_cell_moves_the_sliders(stores, page):
         page.mouse.click(frame["left"] + frame["width"] * 5 / 6, frame["top"] + frame["height"] * 1 / 4)
         expect(page.get_by_text("yaw: 180", exact=True)).to_be_visible(timeout=30_000)
         expect(page.get_by_text("hue: 120", exact=True)).to_be_visible(timeout=30_000)
+        assert not page.errors, page.errors
+    finally:
+        proc.kill()
+
+
+def test_failure_finder_and_neuron_view(stores, page):
+    proc, url = _serve(stores[0])
+    try:
+        page.goto(url)
+        page.wait_for_selector("img.pt-input", timeout=60_000)
+        expect(page.locator(".pt-neurons").first).to_be_visible(timeout=30_000)
+        expect(page.locator(".pt-sensitivity")).to_be_visible()
+        failure = page.locator(".pt-failure button").first
+        label = failure.inner_text()  # e.g. "yaw=180 → rotisserie (0.08)"
+        change = label.split(" → ")[0].split(", ")[0]
+        failure.click()
+        axis, value = change.split("=")
+        expect(page.get_by_text(f"{axis}: {value}", exact=True)).to_be_visible(timeout=30_000)
         assert not page.errors, page.errors
     finally:
         proc.kill()

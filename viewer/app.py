@@ -11,7 +11,7 @@ import numpy as np
 import panel as pn
 
 from pipeline import factors
-from viewer.state import NOT_COMPUTED, CubeState, Landscape
+from viewer.state import NOT_COMPUTED, CubeState, Landscape, failures, sensitivity
 
 __all__ = ["build_app", "serve"]
 
@@ -142,6 +142,61 @@ def _landscape_views(state: CubeState, land: Landscape):
     return curves, pn.pane.HoloViews(dynamic, css_classes=["pt-heatmap"])
 
 
+def _sensitivity_view(state: CubeState):
+    import holoviews as hv
+
+    ranking = sensitivity(state)  # whole-cube statistic: computed once per session
+    plots = []
+    for model, by_axis in ranking.items():
+        items = sorted(by_axis.items(), key=lambda kv: -np.nan_to_num(kv[1]))
+        bars = hv.Bars(items, hv.Dimension("axis"), hv.Dimension("spread", label="mean spread of top-1 probability"))
+        plots.append(pn.pane.HoloViews(bars.opts(title=model, width=320, height=220, invert_axes=True,
+                                                 tools=["hover"], color="#4c72b0", ylim=(0, 1))))
+    return pn.Row(*plots, css_classes=["pt-sensitivity"])
+
+
+def _failure_view(state: CubeState):
+    @pn.depends(*[state.param[a] for a in state.axes], state.param.model_a)
+    def view(*_):
+        found = failures(state, state.model_a, limit=8)
+        if not found:
+            return pn.pane.Markdown(f"No failure of {state.model_a} for this object in the computed cells.")
+        rows = []
+        for f in found:
+            changes = ", ".join(f"{a}={_label(f[a])}" for a in state.axes if f[a] != getattr(state, a))
+            button = pn.widgets.Button(name=f"{changes or 'here'} → {f['top1']} ({f['p']:.2f})", button_type="light",
+                                       css_classes=["pt-failure"], width=460)
+            button.on_click(lambda _event, target=f: state.param.update(**{a: target[a] for a in state.axes}))
+            rows.append(button)
+        return pn.Column(pn.pane.Markdown(f"Nearest points where **{state.model_a}** stops reading this object "
+                                          "(click to go there):"), *rows)
+
+    return view
+
+
+def _neuron_view(state: CubeState, layer: pn.widgets.Select):
+    @pn.depends(*[state.param[a] for a in state.axes], state.param.model_a, state.param.model_b, layer.param.value)
+    def view(*_):
+        from pipeline.figures import activation_overlay
+
+        image = state.image()
+        columns = []
+        for model in dict.fromkeys([state.model_a, state.model_b]):
+            name = f"act_{model}_{layer.value}"
+            if layer.value is None or name not in state.ds or image is None:
+                continue
+            acts = state.ds[name].isel(**dict(zip(state.axes, state.index()))).values.astype(np.float32)
+            neurons = state.ds[f"neuron_{name[4:]}"].values
+            tiles = "".join(f"<figure style='display:inline-block;margin:2px'><img src='{_png(activation_overlay(image, a))}' width='96'>"
+                            f"<figcaption style='font-size:9px'>#{n}</figcaption></figure>" for n, a in zip(neurons[:8], acts[:8]))
+            columns.append(f"<div class='pt-neurons'><b>{model} · {layer.value}</b> (red positive, blue negative)<br>{tiles}</div>")
+        if not columns:
+            return pn.pane.HTML(f"<p class='pt-missing'>{NOT_COMPUTED if image is None else 'no activations stored'}</p>")
+        return pn.pane.HTML("".join(columns), width=900)
+
+    return view
+
+
 def build_app(path: str, cube: str) -> pn.template.BaseTemplate | pn.Column:
     """The viewer for one cube of a store."""
     from pipeline.store import StoreError
@@ -170,6 +225,13 @@ def build_app(path: str, cube: str) -> pn.template.BaseTemplate | pn.Column:
         landscape_controls,
         pn.Row(curves, heatmap),
     )
+    layers = sorted({str(state.ds[v].attrs.get("layer")) for v in state.ds.data_vars if v.startswith("act_")})
+    layer = pn.widgets.Select(name="layer", options=layers, value=layers[0] if layers else None, width=160)
+    main.extend([
+        pn.pane.Markdown("### Neuron activations"), layer, _neuron_view(state, layer),
+        pn.pane.Markdown("### Failure finder"), _failure_view(state),
+        pn.pane.Markdown("### Sensitivity: how much each axis moves each model"), _sensitivity_view(state),
+    ])
     note = pn.pane.Markdown("Points off the grid and factors the cube holds fixed are not computable yet "
                             "(live compute comes with the on-demand engine).", styles={"font-size": "11px"})
     return pn.Column(header, pn.Row(_controls(state), pn.Column(main, note)))

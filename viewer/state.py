@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import xarray as xr
 from pipeline import factors
 from pipeline.store import StoreError, open_cube
 
-__all__ = ["CubeState", "Landscape", "open_store", "cube_names", "softmax", "NOT_COMPUTED"]
+__all__ = ["CubeState", "Landscape", "open_store", "cube_names", "softmax", "sensitivity", "failures", "NOT_COMPUTED"]
 
 NOT_COMPUTED = "not computed"
 
@@ -197,3 +198,77 @@ class Landscape(param.Parameterized):
         if p is None:
             return None
         return list(self.state.param[self.x].objects), list(self.state.param[self.y].objects), p
+
+
+@functools.lru_cache(maxsize=8)
+def _top1(path: str, cube: str) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 class, top-1 probability), each (*axes, model), read once per process."""
+    ds = open_store(path, cube)
+    return ds["top_class"].isel(rank=0).values, ds["top_prob"].isel(rank=0).values
+
+
+def sensitivity(state: CubeState) -> dict[str, dict[str, float]]:
+    """model → axis → how much the axis moves the prediction.
+
+    For each axis: the spread (max - min) of the top-1 probability along that
+    axis, averaged over every combination of the other axes (NaN-aware).
+    """
+    _, prob = _top1(state.path, state.cube)
+    out: dict[str, dict[str, float]] = {}
+    for m, model in enumerate(str(v) for v in state.ds["model"].values):
+        p = prob[..., m]
+        out[model] = {}
+        for k, axis in enumerate(state.axes):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: chunks not computed
+                spread = np.nanmax(p, axis=k) - np.nanmin(p, axis=k)
+                out[model][axis] = float(np.nanmean(spread)) if np.isfinite(spread).any() else float("nan")
+    return out
+
+
+def failures(state: CubeState, model: str, limit: int = 10) -> list[dict[str, Any]]:
+    """Grid points of the current object where ``model``'s top-1 is not one of
+    its classes, nearest first to the current point (fewest axes changed, then
+    fewest grid steps).
+
+    Each entry: the axis values of the point, its top-1 class name and probability.
+    """
+    from pipeline import assets
+
+    classes, prob = _top1(state.path, state.cube)
+    m = list(str(v) for v in state.ds["model"].values).index(model)
+    top = classes[..., m]
+    objects = state.param["object"].objects if "object" in state.axes else [state.fixed.get("object", "dog")]
+    expected = np.zeros(top.shape, dtype=bool)
+    for i, obj in enumerate(objects):
+        if obj not in assets.object_ids():
+            continue
+        good = np.isin(top, assets.imagenet_class_indices(obj))
+        if "object" in state.axes:
+            k = state.axes.index("object")
+            index = [slice(None)] * top.ndim
+            index[k] = i
+            expected[tuple(index)] = good[tuple(index)]
+        else:
+            expected = good
+    wrong = ~expected & ~np.isnan(top)
+    here = np.array(state.index())
+    if "object" in state.axes:  # another object is not a small change of this scene
+        k = state.axes.index("object")
+        keep = np.zeros_like(wrong)
+        index = [slice(None)] * wrong.ndim
+        index[k] = here[k]
+        keep[tuple(index)] = True
+        wrong &= keep
+    points = np.argwhere(wrong)
+    if points.size == 0:
+        return []
+    changed = (points != here).sum(1)
+    steps = np.abs(points - here).sum(1)
+    order = np.lexsort((steps, changed))[:limit]
+    names = state.ds["class_name"].values
+    out = []
+    for idx in points[order]:
+        values = {axis: state.param[axis].objects[i] for axis, i in zip(state.axes, idx)}
+        out.append({**values, "top1": str(names[int(top[tuple(idx)])]), "p": float(prob[tuple(idx) + (m,)])})
+    return out
