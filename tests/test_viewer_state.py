@@ -79,3 +79,15 @@ def test_sensitivity_ranks_the_axes(stores):
     assert set(ranking) == {"object", "yaw", "hue"}
     assert all(0.0 <= v <= 1.0 for v in ranking.values())
     assert ranking["yaw"] > 0.05  # turning the objects moves the prediction
+
+
+def test_expected_probability_sums_the_objects_classes(stores):
+    from viewer.state import expected_probability
+
+    s = CubeState(stores[0], "views")
+    p = expected_probability(stores[0], "views")
+    assert p.shape == (2, 3, 2, 1) and np.all((p >= 0) & (p <= 1.0001))
+    logits = s.ds["logits"].isel(object=1, yaw=2, hue=1, model=0).values
+    assert np.isclose(p[1, 2, 1, 0], softmax(logits)[assets.imagenet_class_indices("cat")].sum(), atol=1e-5)
+    partial = expected_probability(stores[1], "views")
+    assert not np.isnan(partial[0, 0]).any() and np.isnan(partial[1]).all()

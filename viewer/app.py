@@ -11,7 +11,7 @@ import numpy as np
 import panel as pn
 
 from pipeline import factors
-from viewer.state import NOT_COMPUTED, CubeState, Landscape, failures, sensitivity
+from viewer.state import NOT_COMPUTED, CubeState, Landscape, expected_probability, failures, sensitivity
 
 __all__ = ["build_app", "serve"]
 
@@ -197,6 +197,30 @@ def _neuron_view(state: CubeState, layer: pn.widgets.Select):
     return view
 
 
+def _scatter_view(state: CubeState):
+    import holoviews as hv
+    from holoviews.operation.datashader import dynspread, rasterize
+
+    probs = expected_probability(state.path, state.cube)  # (*axes, model), once per process
+    models = [str(m) for m in state.ds["model"].values]
+
+    @pn.depends(*[state.param[a] for a in state.axes], state.param.model_a, state.param.model_b)
+    def view(*_):
+        a, b = models.index(state.model_a), models.index(state.model_b)
+        xa, xb = probs[..., a].ravel(), probs[..., b].ravel()
+        keep = ~(np.isnan(xa) | np.isnan(xb))
+        points = hv.Points((xa[keep], xb[keep]), [f"p(object's classes), {state.model_a}", f"p(object's classes), {state.model_b}"])
+        here = probs[state.index()]
+        marker = hv.Points([(here[a], here[b])]).opts(color="red", size=10, marker="x", line_width=3)
+        shaded = dynspread(rasterize(points, width=300, height=300, x_range=(0, 1), y_range=(0, 1))).opts(
+            cmap="Blues", cnorm="eq_hist", colorbar=False)
+        return pn.pane.HoloViews((shaded * marker).opts(width=380, height=360, xlim=(0, 1), ylim=(0, 1),
+                                                       title=f"all {int(keep.sum())} computed samples; x: current point"),
+                                 css_classes=["pt-scatter"])
+
+    return view
+
+
 def build_app(path: str, cube: str) -> pn.template.BaseTemplate | pn.Column:
     """The viewer for one cube of a store."""
     from pipeline.store import StoreError
@@ -231,6 +255,7 @@ def build_app(path: str, cube: str) -> pn.template.BaseTemplate | pn.Column:
         pn.pane.Markdown("### Neuron activations"), layer, _neuron_view(state, layer),
         pn.pane.Markdown("### Failure finder"), _failure_view(state),
         pn.pane.Markdown("### Sensitivity: how much each axis moves each model"), _sensitivity_view(state),
+        pn.pane.Markdown("### Model against model (datashader, every sample)"), _scatter_view(state),
     ])
     note = pn.pane.Markdown("Points off the grid and factors the cube holds fixed are not computable yet "
                             "(live compute comes with the on-demand engine).", styles={"font-size": "11px"})

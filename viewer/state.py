@@ -21,7 +21,7 @@ import xarray as xr
 from pipeline import factors
 from pipeline.store import StoreError, open_cube
 
-__all__ = ["CubeState", "Landscape", "open_store", "cube_names", "softmax", "sensitivity", "failures", "NOT_COMPUTED"]
+__all__ = ["CubeState", "Landscape", "open_store", "cube_names", "softmax", "sensitivity", "failures", "expected_probability", "NOT_COMPUTED"]
 
 NOT_COMPUTED = "not computed"
 
@@ -272,3 +272,29 @@ def failures(state: CubeState, model: str, limit: int = 10) -> list[dict[str, An
         values = {axis: state.param[axis].objects[i] for axis, i in zip(state.axes, idx)}
         out.append({**values, "top1": str(names[int(top[tuple(idx)])]), "p": float(prob[tuple(idx) + (m,)])})
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def expected_probability(path: str, cube: str) -> np.ndarray:
+    """(*axes, model): each sample's total probability of its object's classes,
+    computed chunk by chunk with dask, once per process; NaN where not computed."""
+    from pipeline import assets
+
+    ds = open_store(path, cube)
+    axes = list(ds.attrs["axes"])
+    fixed = json.loads(ds.attrs["fixed"])
+    logits = ds["logits"].astype("float32")
+    p = np.exp(logits - logits.max("class"))
+    p = p / p.sum("class")
+    objects = [str(o) for o in ds["object"].values] if "object" in axes else [str(fixed.get("object", "dog"))]
+    masks = []
+    for obj in objects:
+        mask = np.zeros(1000, dtype=np.float32)
+        if obj in assets.object_ids():
+            mask[assets.imagenet_class_indices(obj)] = 1.0
+        masks.append(mask)
+    if "object" in axes:
+        weights = xr.DataArray(np.stack(masks), dims=("object", "class"), coords={"object": ds["object"].values})
+    else:
+        weights = xr.DataArray(masks[0], dims=("class",))
+    return (p * weights).sum("class", skipna=False).transpose(*axes, "model").values
