@@ -15,6 +15,7 @@ from viewer.state import NOT_COMPUTED, CubeState, Landscape, expected_probabilit
 
 __all__ = ["build_app", "serve"]
 
+NEURONS_PER_GROUP = 8
 GROUPS = ["Camera", "Lighting & shading", "Object & shape", "Background", "Colour", "Frequency", "Spatial", "Adversarial"]
 
 
@@ -44,6 +45,10 @@ def _controls(state: CubeState) -> pn.Column:
                 rows.append(pn.pane.Markdown(f"`{name}` = {state.fixed[name]} *(fixed)*", margin=(0, 10)))
         if rows:
             sections.append(pn.Card(*rows, title=group, collapsed=False, sizing_mode="stretch_width"))
+    defaults = [f"`{n}` = {state.fixed[n]}" for n, f in factors.FACTORS.items()
+                if n in state.fixed and state.fixed[n] == f.default and n not in ("expression",)]
+    sections.append(pn.Card(pn.pane.Markdown("<br>".join(defaults), styles={"font-size": "11px"}),
+                            title="Fixed at their defaults", collapsed=True, sizing_mode="stretch_width"))
     return pn.Column(*sections, width=320)
 
 
@@ -174,8 +179,9 @@ def _failure_view(state: CubeState):
     return view
 
 
-def _neuron_view(state: CubeState, layer: pn.widgets.Select):
-    @pn.depends(*[state.param[a] for a in state.axes], state.param.model_a, state.param.model_b, layer.param.value)
+def _neuron_view(state: CubeState, layer: pn.widgets.Select, group: pn.widgets.Select):
+    @pn.depends(*[state.param[a] for a in state.axes], state.param.model_a, state.param.model_b, layer.param.value,
+                group.param.value)
     def view(*_):
         from pipeline.figures import activation_overlay
 
@@ -187,8 +193,10 @@ def _neuron_view(state: CubeState, layer: pn.widgets.Select):
                 continue
             acts = state.ds[name].isel(**dict(zip(state.axes, state.index()))).values.astype(np.float32)
             neurons = state.ds[f"neuron_{name[4:]}"].values
+            start = int(group.value or 0)
+            shown = slice(start, start + NEURONS_PER_GROUP)
             tiles = "".join(f"<figure style='display:inline-block;margin:2px'><img src='{_png(activation_overlay(image, a))}' width='96'>"
-                            f"<figcaption style='font-size:9px'>#{n}</figcaption></figure>" for n, a in zip(neurons[:8], acts[:8]))
+                            f"<figcaption style='font-size:9px'>#{n}</figcaption></figure>" for n, a in zip(neurons[shown], acts[shown]))
             columns.append(f"<div class='pt-neurons'><b>{model} · {layer.value}</b> (red positive, blue negative)<br>{tiles}</div>")
         if not columns:
             return pn.pane.HTML(f"<p class='pt-missing'>{NOT_COMPUTED if image is None else 'no activations stored'}</p>")
@@ -251,8 +259,11 @@ def build_app(path: str, cube: str) -> pn.template.BaseTemplate | pn.Column:
     )
     layers = sorted({str(state.ds[v].attrs.get("layer")) for v in state.ds.data_vars if v.startswith("act_")})
     layer = pn.widgets.Select(name="layer", options=layers, value=layers[0] if layers else None, width=160)
+    most = max((state.ds[v].shape[len(state.axes)] for v in state.ds.data_vars if v.startswith("act_")), default=0)
+    starts = {f"neurons {i}-{min(i + NEURONS_PER_GROUP, most) - 1}": i for i in range(0, most, NEURONS_PER_GROUP)}
+    group = pn.widgets.Select(name="neuron group (stored order)", options=starts or {"-": 0}, width=200)
     main.extend([
-        pn.pane.Markdown("### Neuron activations"), layer, _neuron_view(state, layer),
+        pn.pane.Markdown("### Neuron activations"), pn.Row(layer, group), _neuron_view(state, layer, group),
         pn.pane.Markdown("### Failure finder"), _failure_view(state),
         pn.pane.Markdown("### Sensitivity: how much each axis moves each model"), _sensitivity_view(state),
         pn.pane.Markdown("### Model against model (datashader, every sample)"), _scatter_view(state),
