@@ -68,6 +68,7 @@ def compute_chunk(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_opti
         "top_class": stack(ev.top_class).reshape(*shape, len(cube.models), cube.top_k),
         "top_prob": stack(ev.top_prob).reshape(*shape, len(cube.models), cube.top_k),
     }
+    values["expected_prob"] = _expected_prob(points, ev, cube).reshape(*shape, len(cube.models))
     if cube.images:
         values["image"] = ev.images.reshape(*shape, cube.size, cube.size, 3)
     for model in cube.models:
@@ -76,6 +77,21 @@ def compute_chunk(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_opti
             values[zstore.act_name(model, layer)] = a.reshape(*shape, *a.shape[1:])
     zstore.write_chunk(cube, out, index, values, storage_options)
     return cube.name, index, len(points)
+
+
+def _expected_prob(points: list[dict[str, Any]], ev: Any, cube: CubeSpec) -> np.ndarray:
+    """(B, models): total probability of each point's object's catalogue classes (NaN for user meshes)."""
+    from pipeline import assets, factors
+
+    out = np.full((len(points), len(cube.models)), np.nan, dtype=np.float32)
+    for i, point in enumerate(points):
+        obj = point.get("object", factors.get("object").default)
+        if obj not in assets.object_ids():
+            continue
+        classes = assets.imagenet_class_indices(obj)
+        for m, model in enumerate(cube.models):
+            out[i, m] = float(ev.logits[model][i].softmax(0)[classes].sum())
+    return out
 
 
 def _chunk_samples(cube: CubeSpec, index: tuple[int, ...]) -> int:

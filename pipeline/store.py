@@ -7,6 +7,7 @@ Layout of a cube group (``xarray.open_zarr(path, group=cube)``):
 | ``logits`` | *axes, model, class | float16 |
 | ``top_class`` | *axes, model, rank | int16 (-1 unwritten, read as NaN) |
 | ``top_prob`` | *axes, model, rank | float32 |
+| ``expected_prob`` | *axes, model | float32, probability of the object's own classes |
 | ``image`` | *axes, y, x, channel | uint8, the exact model input (0 where unwritten: see ``done``) |
 | ``act_<model>_<layer>`` | *axes, neuron_<model>_<layer>, ay_<…>, ax_<…> | float16 |
 | ``done`` | chunk_<axis>… | uint8, 1 once the chunk is written |
@@ -122,6 +123,8 @@ def template(cube: CubeSpec, lay: Layout) -> xr.Dataset:
                       {"long_name": "ImageNet class index at this rank", "units": "1"}),
         "top_prob": ((*axes, "model", "rank"), full((n_models, k), (n_models, k), np.float32, np.nan),
                      {"long_name": "softmax probability of the class at this rank", "units": "1"}),
+        "expected_prob": ((*axes, "model"), full((n_models,), (n_models,), np.float32, np.nan),
+                          {"long_name": "total softmax probability of the object's classes (data/catalogue.yaml)", "units": "1"}),
     }
     if cube.images:
         s = cube.size

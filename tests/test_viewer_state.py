@@ -88,6 +88,8 @@ def test_expected_probability_sums_the_objects_classes(stores):
     p = expected_probability(stores[0], "views")
     assert p.shape == (2, 3, 2, 1) and np.all((p >= 0) & (p <= 1.0001))
     logits = s.ds["logits"].isel(object=1, yaw=2, hue=1, model=0).values
-    assert np.isclose(p[1, 2, 1, 0], softmax(logits)[assets.imagenet_class_indices("cat")].sum(), atol=1e-5)
+    # Stored from float32 logits; the store keeps float16 logits, hence 1% here.
+    assert "expected_prob" in s.ds
+    assert np.isclose(p[1, 2, 1, 0], softmax(logits)[assets.imagenet_class_indices("cat")].sum(), rtol=0.01)
     partial = expected_probability(stores[1], "views")
     assert not np.isnan(partial[0, 0]).any() and np.isnan(partial[1]).all()

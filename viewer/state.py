@@ -277,10 +277,13 @@ def failures(state: CubeState, model: str, limit: int = 10) -> list[dict[str, An
 @functools.lru_cache(maxsize=8)
 def expected_probability(path: str, cube: str) -> np.ndarray:
     """(*axes, model): each sample's total probability of its object's classes,
-    computed chunk by chunk with dask, once per process; NaN where not computed."""
+    once per process; NaN where not computed. Stores record it as
+    ``expected_prob``; for older ones it is derived from the logits with dask."""
     from pipeline import assets
 
     ds = open_store(path, cube)
+    if "expected_prob" in ds:
+        return ds["expected_prob"].values
     axes = list(ds.attrs["axes"])
     fixed = json.loads(ds.attrs["fixed"])
     logits = ds["logits"].astype("float32")
