@@ -21,7 +21,7 @@ import subprocess
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import yaml
@@ -43,6 +43,7 @@ __all__ = [
     "fetch",
     "imagenet_class_indices",
     "attribution",
+    "attributions",
     "pattern_of",
     "cache_dir",
 ]
@@ -551,6 +552,21 @@ def attribution(asset_id: str) -> str:
         if entry is not None:
             return entry.get("attribution", "")
     return ""
+
+
+def attributions(values: Mapping[str, Any]) -> list[str]:
+    """Attribution lines (CC-BY) of every asset that factor ``values`` show:
+    object, morph target, texture or pattern, background; each once."""
+    ids = [str(values.get(k, "")) for k in ("object", "morph_target", "texture", "background")]
+    pattern = pattern_of(str(values.get("texture", "")))
+    if pattern:
+        ids.append(pattern)
+    lines: list[str] = []
+    for asset_id in ids:
+        line = attribution(asset_id)
+        if line and line not in lines:
+            lines.append(line)
+    return lines
 
 
 _PATTERN_RE = re.compile(r"^pattern:(.+)$")

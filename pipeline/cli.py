@@ -99,16 +99,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 def _attributions(params: dict[str, Any]) -> list[str]:
     from pipeline import assets
 
-    ids = [params["object"], params["morph_target"], params["texture"], params["background"]]
-    pattern = assets.pattern_of(params["texture"])
-    if pattern:
-        ids.append(pattern)
-    lines = []
-    for asset_id in ids:
-        line = assets.attribution(asset_id)
-        if line and line not in lines:
-            lines.append(line)
-    return lines
+    return assets.attributions(params)
 
 
 def contact_sheet(rows: Sequence[dict[str, Any]], sweep: tuple[str, list[Any]], size: int, progress: bool = True) -> np.ndarray:

@@ -122,14 +122,7 @@ class CubeState(param.Parameterized):
         """Attributions of the assets at the current point (CC-BY)."""
         from pipeline import assets
 
-        point = self.point()
-        ids = [str(point.get(k, "")) for k in ("object", "morph_target", "texture", "background")]
-        out = []
-        for asset_id in ids:
-            line = assets.attribution(asset_id)
-            if line and line not in out:
-                out.append(line)
-        return out
+        return assets.attributions(self.point())
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
