@@ -1,1 +1,6 @@
-"""Feature visualisation with lucent (torch-lucent), precomputed into the store."""
+"""Feature visualisation (lucent): batched optimisation of many units at once,
+precomputed into the store's ``featureviz`` group; data-driven neuron groups."""
+
+
+class FeatureVizError(ValueError):
+    """A feature-visualisation spec or store cannot be used; the message is one line."""

@@ -252,6 +252,14 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_featureviz(args: argparse.Namespace) -> int:
+    from featureviz import precompute as fv
+
+    spec = fv.load_spec(args.spec)
+    fv.precompute(spec, args.out, scheduler=args.scheduler, workers=args.workers, progress=not args.quiet)
+    return 0
+
+
 def cmd_view(args: argparse.Namespace) -> int:
     from viewer import app
 
@@ -311,6 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_precompute)
 
+    p = sub.add_parser("featureviz", help="feature visualisations into a store (lucent, batched, resumable)",
+                       description="Optimise images for a spec's channels, directions and class logits (lucent), "
+                                   "many units per batch, as Dask tasks; written to the store's featureviz group.")
+    p.add_argument("spec", help="a feature-visualisation spec (workflows/featureviz.yaml)")
+    p.add_argument("--out", required=True, help="the Zarr store (usually the precompute's)")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler, or 'synchronous' (no Dask)")
+    p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_featureviz)
+
     p = sub.add_parser("view", help="browse a store in the Panel viewer")
     p.add_argument("store", help="a Zarr store written by perturber precompute")
     p.add_argument("--cube", help="which cube (default: the first)")
@@ -332,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.spec import SpecError
     from pipeline.clusters import ClusterError
     from pipeline.store import StoreError
+    from featureviz import FeatureVizError
 
     import logging
 
@@ -355,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (factors.FactorError, AssetError, ModelError, SpecError, StoreError, ClusterError, CLIError) as exc:
+    except (factors.FactorError, AssetError, ModelError, SpecError, StoreError, ClusterError, CLIError, FeatureVizError) as exc:
         print(f"perturber: error: {exc}", file=sys.stderr)
         return 2
 

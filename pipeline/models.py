@@ -421,11 +421,13 @@ def tuned_batch_size(name: str, device: str, candidates: tuple[int, ...] = (1, 2
 # --------------------------------------------------------------------------
 
 
-def preprocess(images: torch.Tensor, s: ModelSpec) -> torch.Tensor:
+def preprocess(images: torch.Tensor, s: ModelSpec, resize: bool = True) -> torch.Tensor:
     """RGB (B, 3, H, W) in [0, 1] → the model's input: resized to ``input_size``
-    (bilinear, antialiased) and normalised with its mean and std."""
+    (bilinear, antialiased; unless ``resize`` is False, as feature visualisation
+    does: the network sees the optimised image at its own size) and normalised
+    with its mean and std."""
     x = images
-    if x.shape[-1] != s.input_size or x.shape[-2] != s.input_size:
+    if resize and (x.shape[-1] != s.input_size or x.shape[-2] != s.input_size):
         x = torch.nn.functional.interpolate(x, size=(s.input_size, s.input_size), mode="bilinear", antialias=True, align_corners=False)
     mean = torch.tensor(s.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(s.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

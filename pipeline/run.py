@@ -9,6 +9,7 @@ resumes where it stopped and a finished one does nothing.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -23,7 +24,7 @@ import numpy as np
 from pipeline import store as zstore
 from pipeline.spec import CubeSpec, SweepSpec
 
-__all__ = ["compute_chunk", "precompute", "dry_run", "RunReport", "estimate"]
+__all__ = ["compute_chunk", "precompute", "dry_run", "RunReport", "estimate", "run_tasks"]
 
 
 @dataclass
@@ -193,14 +194,24 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
     return report
 
 
-def _run_dask(jobs, out, storage_options, scheduler, workers, bar, echo) -> int:
+def run_tasks(calls: list[tuple[str, Callable, tuple]], scheduler: str | None, workers: int | None,
+              on_result: Callable[[Any], int], echo: Callable[[str], None] = print) -> int:
+    """Run ``(key, function, args)`` calls as Dask tasks; returns the sum of ``on_result`` over the results.
+
+    ``scheduler``: None starts a LocalCluster sized to the machine (``workers``
+    processes, one thread each, torch threads shared out); 'synchronous' runs in
+    this process; anything else is the address of a running scheduler. Every
+    function takes a ``threads`` keyword (torch CPU threads for its process).
+    """
+    if scheduler == "synchronous":
+        return sum(on_result(fn(*args)) for _, fn, args in calls)
     from distributed import Client, LocalCluster, as_completed
 
     threads = None
     if scheduler is None:
         import dask
 
-        n = workers or max(1, min(len(jobs), os.cpu_count() or 1))
+        n = workers or max(1, min(len(calls), os.cpu_count() or 1))
         threads = max(1, (os.cpu_count() or 1) // n)
         # Dask's workers start with MALLOC_TRIM_THRESHOLD_=65536; setting it
         # also turns off glibc's adaptive mmap threshold, so every activation
@@ -217,20 +228,22 @@ def _run_dask(jobs, out, storage_options, scheduler, workers, bar, echo) -> int:
     else:
         cluster, client = None, Client(scheduler)
     echo(f"dask dashboard: {client.dashboard_link}")
-    done = 0
+    total = 0
     try:
-        futures = [client.submit(compute_chunk, cube, idx, out, storage_options, batch_sizes=sizes, threads=threads, pure=False,
-                                 key=f"chunk-{cube.name}-{'-'.join(map(str, idx))}")
-                   for cube, idx, sizes in jobs]
+        futures = [client.submit(fn, *args, threads=threads, pure=False, key=key) for key, fn, args in calls]
         for future in as_completed(futures):
-            _, _, n = future.result()
-            bar.update(n)
-            done += n
+            total += on_result(future.result())
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-    return done
+    return total
+
+
+def _run_dask(jobs, out, storage_options, scheduler, workers, bar, echo) -> int:
+    calls = [(f"chunk-{cube.name}-{'-'.join(map(str, idx))}", functools.partial(compute_chunk, batch_sizes=sizes),
+              (cube, idx, out, storage_options)) for cube, idx, sizes in jobs]
+    return run_tasks(calls, scheduler, workers, lambda result: bar.update(result[2]) or result[2], echo)
 
 
 def summary(spec: SweepSpec, out: Any, storage_options: Mapping | None = None) -> str:
