@@ -242,10 +242,16 @@ def batch_sizes(cube: CubeSpec, store: Any, storage_options: Mapping | None = No
     return {k: int(v) for k, v in json.loads(attrs.get("batch_sizes", "{}")).items()}
 
 
-def open_cube(store: Any, cube: str, storage_options: Mapping | None = None) -> xr.Dataset:
-    """The cube as a lazy xarray dataset (what any user gets with xarray.open_zarr)."""
+def open_cube(store: Any, cube: str, storage_options: Mapping | None = None, chunks: Any = "auto") -> xr.Dataset:
+    """The cube as a lazy xarray dataset (what any user gets with xarray.open_zarr).
+
+    ``chunks=None`` gives lazily indexed arrays without dask: a small selection
+    then reads only its Zarr chunks, without building a task graph (the viewer).
+    """
     with _consolidated_ok():
-        return xr.open_zarr(store, group=cube, storage_options=storage_options)
+        if chunks == "auto":
+            return xr.open_zarr(store, group=cube, storage_options=storage_options)
+        return xr.open_zarr(store, group=cube, storage_options=storage_options, chunks=chunks)
 
 
 def chunk_slices(cube: CubeSpec, index: tuple[int, ...]) -> tuple[slice, ...]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from featureviz import precompute as fv
 from pipeline import run, spec, store
 
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -30,6 +31,11 @@ SPEC = {
 }
 
 
+# Feature visualisations of two of the four stored head neurons of the left model (a tiny real run).
+FEATUREVIZ = {"size": 48, "steps": 4, "batch": 2, "parameterisations": ["fourier"],
+              "models": {"efficientnet_lite0": {"layers": {"head": [0, 2]}}}}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,6 +48,7 @@ def stores(tmp_path_factory):
     sweep = spec.parse_spec(SPEC)
     full = folder / "full.zarr"
     run.precompute(sweep, str(full), scheduler="synchronous", progress=False)
+    fv.precompute(fv.parse_spec(FEATUREVIZ), str(full), scheduler="synchronous", progress=False, echo=lambda _: None)
     partial = folder / "partial.zarr"
     cube = sweep.cubes[0]
     store.create_or_check(cube, str(partial))
@@ -163,6 +170,20 @@ def test_failure_finder_and_neuron_view(stores, page):
         page.goto(url)
         page.wait_for_selector("img.pt-input", timeout=60_000)
         expect(page.locator(".pt-neurons").first).to_be_visible(timeout=30_000)
+        # Neurons 0 and 2 of Lite0 have feature visualisations beside their maps; Lite1's have none.
+        left = page.locator(".pt-neurons").first
+        expect(left.locator("img.pt-fv")).to_have_count(2)
+        expect(page.locator(".pt-neurons").nth(1).locator("img.pt-fv")).to_have_count(0)
+        expect(page.locator(".pt-gallery figure")).to_have_count(2)
+        assert "→" in page.inner_text(".pt-gallery")  # the objective, start → end
+        # A data-driven group: the neurons most active for the dog (computed from the store).
+        groups = page.locator("select").filter(has=page.locator("option", has_text="most active for dog"))
+        from featureviz.groups import neuron_groups
+
+        order = neuron_groups(str(stores[0]), "views", "act_efficientnet_lite0_head")["most active for dog"]
+        groups.select_option("most active for dog")
+        expect(left.locator("figcaption")).to_have_text([f"#{n}" for n in order], timeout=30_000)
+        assert order != sorted(order)  # not the stored order: the selection did change the view
         expect(page.locator(".pt-sensitivity")).to_be_visible()
         failure = page.locator(".pt-failure button").first
         label = failure.inner_text()  # e.g. "yaw=180 → rotisserie (0.08)"

@@ -4,11 +4,13 @@ the top-5 of two models side by side. Views depend on :class:`viewer.state.CubeS
 from __future__ import annotations
 
 import base64
+import functools
 import io
 from typing import Any
 
 import numpy as np
 import panel as pn
+import param
 
 from pipeline import factors
 from viewer.state import NOT_COMPUTED, CubeState, Landscape, expected_probability, failures, sensitivity
@@ -16,14 +18,43 @@ from viewer.state import NOT_COMPUTED, CubeState, Landscape, expected_probabilit
 __all__ = ["build_app", "serve"]
 
 NEURONS_PER_GROUP = 8
+TILE = 96  # px, one activation map
+SETTLE_MS = 20  # the slower views start this long after the quick ones were sent
 GROUPS = ["Camera", "Lighting & shading", "Object & shape", "Background", "Colour", "Frequency", "Spatial", "Adversarial"]
+
+
+class Settled(param.Parameterized):
+    """Ticks once the quick views (input, top-5, activations) of a new point
+    have been sent; the slower views (landscape, failures, scatter marker)
+    depend on it, so the image never waits for them."""
+
+    tick = param.Integer(default=0)
+
+    def __init__(self, state: CubeState, **params: Any):
+        super().__init__(**params)
+        self._pending = False
+        state.param.watch(self._changed, [*state.axes, "model_a", "model_b"])
+
+    def _changed(self, *_):
+        doc = pn.state.curdoc
+        if doc is None or doc.session_context is None:  # no server (tests, benchmarks): at once
+            self.tick += 1
+        elif not self._pending:  # several changes before it runs: one update
+            self._pending = True
+            # A next-tick callback can run before the quick views' messages
+            # have left; a short timeout lets them go first.
+            doc.add_timeout_callback(self._bump, SETTLE_MS)
+
+    def _bump(self):
+        self._pending = False
+        self.tick += 1
 
 
 def _png(image) -> str:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
+    Image.fromarray(image).save(buf, format="PNG", compress_level=1)  # lossless; level 1 encodes ~5x faster than 6
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -52,23 +83,22 @@ def _controls(state: CubeState) -> pn.Column:
     return pn.Column(*sections, width=320)
 
 
-def _input_view(state: CubeState):
-    @pn.depends(*[state.param[a] for a in state.axes])
-    def view(*_):
+def _input_view(state: CubeState) -> pn.pane.HTML:
+    def html(*_):
         image = state.image()
         credits = "<br>".join(state.attributions())
         if image is None:
             body = f"<div class='pt-input pt-missing' style='width:224px;height:224px;display:flex;align-items:center;justify-content:center;background:#eee'>{NOT_COMPUTED}</div>"
         else:
             body = f"<img class='pt-input' src='{_png(image)}' width='{image.shape[1]}' height='{image.shape[0]}'>"
-        return pn.pane.HTML(f"<div>{body}<div class='pt-credits' style='font-size:10px;color:#555;max-width:320px'>{credits}</div></div>")
+        return f"<div>{body}<div class='pt-credits' style='font-size:10px;color:#555;max-width:320px'>{credits}</div></div>"
 
-    return view
+    # One pane whose text is replaced in place: cheaper than a new pane per change.
+    return pn.pane.HTML(pn.bind(html, *[state.param[a] for a in state.axes]))
 
 
-def _top5_view(state: CubeState, which: str):
-    @pn.depends(*[state.param[a] for a in state.axes], state.param[which], state.param.score)
-    def view(*_):
+def _top5_view(state: CubeState, which: str) -> pn.pane.HTML:
+    def html(*_):
         model = getattr(state, which)
         rows = state.top5(model)
         if rows is None:
@@ -78,37 +108,44 @@ def _top5_view(state: CubeState, which: str):
             items = "".join(f"<tr><td>{i}</td><td>{name}</td><td style='text-align:right'>{score(p, l)}</td></tr>"
                             for i, (name, p, l) in enumerate(rows, 1))
             table = f"<table class='pt-top5'><tr><th>#</th><th>class</th><th>{state.score}</th></tr>{items}</table>"
-        return pn.pane.HTML(f"<div class='pt-model pt-{which}'><b>{model}</b>{table}</div>", width=300)
+        return f"<div class='pt-model pt-{which}'><b>{model}</b>{table}</div>"
 
-    return view
+    return pn.pane.HTML(pn.bind(html, *[state.param[a] for a in state.axes], state.param[which], state.param.score), width=300)
 
 
 def _label(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _landscape_views(state: CubeState, land: Landscape):
+def _landscape_views(state: CubeState, land: Landscape, settled: Settled):
     import holoviews as hv
 
     hv.extension("bokeh", logo=False)
     names = state.ds["class_name"].values
 
-    @pn.depends(*[state.param[a] for a in state.axes], state.param.model_a, state.param.model_b,
-                land.param.target, land.param.axis)
-    def curves(*_):
+    def curve_frame(**_):
+        # Always two curves (left, right) with NaN where there is nothing: the
+        # plot then updates its data in place as the point moves.
+        values = state.param[land.axis].objects
         data = land.curves()
-        if data is None:
-            return pn.pane.HTML(f"<p class='pt-missing'>{NOT_COMPUTED}</p>")
         target = land.target_class()
-        plots = [hv.Curve((list(range(len(v))), p), "index", "probability", label=m).opts(tools=["hover"])
-                 for m, (v, p) in data.items()]
-        values = next(iter(data.values()))[0]
+        nan = np.full(len(values), np.nan)
+        plots = []
+        for side, model in (("left", state.model_a), ("right", state.model_b)):
+            p = data[model][1] if data is not None else nan
+            plots.append(hv.Curve((list(range(len(values))), p), "index", "probability", label=f"{side}: {model}"))
         here = values.index(getattr(state, land.axis))
-        overlay = hv.Overlay(plots) * hv.VLine(here).opts(color="black", line_dash="dashed")
+        title = f"{NOT_COMPUTED} here" if target is None else f"p({names[target]}) along {land.axis}"
+        return (hv.Overlay(plots) * hv.VLine(here).opts(color="black", line_dash="dashed")).opts(title=title)
+
+    @pn.depends(land.param.axis)
+    def curves(*_):
+        values = state.param[land.axis].objects
         ticks = [(i, _label(v)) for i, v in enumerate(values)]
-        return pn.pane.HoloViews(overlay.opts(
-            title=f"p({names[target]}) along {land.axis}", xticks=ticks, xlabel=land.axis, ylim=(0, 1),
-            width=420, height=240, legend_position="top_left"), css_classes=["pt-curves"])
+        dynamic = hv.DynamicMap(curve_frame, streams=[hv.streams.Params(settled, ["tick"]), hv.streams.Params(land, ["target"])])
+        return pn.pane.HoloViews(dynamic.opts(hv.opts.Curve(tools=["hover"]), hv.opts.Overlay(
+            xticks=ticks, xlabel=land.axis, ylim=(0, 1), width=420, height=240, legend_position="top_left")),
+            css_classes=["pt-curves"])
 
     tap = hv.streams.Tap(x=None, y=None)
 
@@ -131,7 +168,7 @@ def _landscape_views(state: CubeState, land: Landscape):
 
     dynamic = hv.DynamicMap(heatmap, streams=[
         tap,
-        hv.streams.Params(state, [*state.axes, "model_a"]),
+        hv.streams.Params(settled, ["tick"]),
         hv.streams.Params(land, ["target", "x", "y"]),
     ])
 
@@ -160,8 +197,8 @@ def _sensitivity_view(state: CubeState):
     return pn.Row(*plots, css_classes=["pt-sensitivity"])
 
 
-def _failure_view(state: CubeState):
-    @pn.depends(*[state.param[a] for a in state.axes], state.param.model_a)
+def _failure_view(state: CubeState, settled: Settled):
+    @pn.depends(settled.param.tick)
     def view(*_):
         found = failures(state, state.model_a, limit=8)
         if not found:
@@ -179,62 +216,162 @@ def _failure_view(state: CubeState):
     return view
 
 
-def _neuron_view(state: CubeState, layer: pn.widgets.Select, group: pn.widgets.Select):
-    @pn.depends(*[state.param[a] for a in state.axes], state.param.model_a, state.param.model_b, layer.param.value,
-                group.param.value)
-    def view(*_):
+@functools.lru_cache(maxsize=4096)
+def _fv_png(path: str, model: str, layer: str, unit: int, parameterisation: str) -> str | None:
+    """The stored feature visualisation of a channel as a data URI (None: not in the store or not computed)."""
+    from featureviz import precompute as fv
+
+    found = fv.lookup(_featureviz(path), model, layer)
+    if found is None or unit not in found[1]:
+        return None
+    array, position = found
+    ds = _featureviz(path)
+    params = [str(p) for p in ds["parameterisation"].values]
+    if parameterisation not in params:
+        return None
+    p, i = params.index(parameterisation), position[unit]
+    if not fv.completed(ds, array.name[3:])[p, i]:
+        return None
+    return _png(np.asarray(array[p, i].values))
+
+
+@functools.lru_cache(maxsize=8)
+def _featureviz(path: str):
+    from featureviz import precompute as fv
+
+    return fv.open_featureviz(path)
+
+
+def _positions(state: CubeState, variable: str, label: str) -> list[int]:
+    """Positions along ``variable``'s stored neurons of the group ``label``."""
+    from featureviz.groups import neuron_groups
+
+    if label.startswith("stored "):
+        lo, hi = (int(v) for v in label.split()[-1].split("-"))
+        return list(range(lo, min(hi + 1, state.ds[variable].shape[len(state.axes)])))
+    return neuron_groups(state.path, state.cube, variable, NEURONS_PER_GROUP).get(label, [])
+
+
+def _neuron_view(state: CubeState, layer: pn.widgets.Select, group: pn.widgets.Select,
+                 parameterisation: pn.widgets.RadioButtonGroup | None = None, per_model: int = NEURONS_PER_GROUP) -> pn.pane.HTML:
+    """Activation maps of up to ``per_model`` neurons of the chosen group for
+    each compared model, each beside its feature visualisation when the store has one."""
+
+    def html(*_):
+        from PIL import Image
+
         from pipeline.figures import activation_overlay
 
         image = state.image()
         columns = []
+        if image is not None:  # overlays at the size shown: 5x fewer pixels to colour and encode
+            image = np.asarray(Image.fromarray(image).resize((TILE, TILE), Image.BILINEAR))
+        fv_kind = parameterisation.value if parameterisation is not None else "fourier"
         for model in dict.fromkeys([state.model_a, state.model_b]):
             name = f"act_{model}_{layer.value}"
             if layer.value is None or name not in state.ds or image is None:
                 continue
-            acts = state.ds[name].isel(**dict(zip(state.axes, state.index()))).values.astype(np.float32)
-            neurons = state.ds[f"neuron_{name[4:]}"].values
-            start = int(group.value or 0)
-            shown = slice(start, start + NEURONS_PER_GROUP)
-            tiles = "".join(f"<figure style='display:inline-block;margin:2px'><img src='{_png(activation_overlay(image, a))}' width='96'>"
-                            f"<figcaption style='font-size:9px'>#{n}</figcaption></figure>" for n, a in zip(neurons[shown], acts[shown]))
-            columns.append(f"<div class='pt-neurons'><b>{model} · {layer.value}</b> (red positive, blue negative)<br>{tiles}</div>")
+            shown = _positions(state, name, str(group.value))[:per_model]
+            sel = dict(zip(state.axes, state.index()))
+            acts = state.ds[name].isel(**sel)[shown].values.astype(np.float32)
+            neurons = state.ds[f"neuron_{name[4:]}"].values[shown]
+            tiles = []
+            for n, a in zip(neurons, acts):
+                viz = _fv_png(state.path, model, str(layer.value), int(n), fv_kind)
+                extra = f"<img class='pt-fv' src='{viz}' width='{TILE}' title='feature visualisation ({fv_kind})'>" if viz else ""
+                tiles.append(f"<figure style='display:inline-block;margin:2px'><img src='{_png(activation_overlay(image, a))}' width='{TILE}'>"
+                             f"{extra}<figcaption style='font-size:9px'>#{n}</figcaption></figure>")
+            columns.append(f"<div class='pt-neurons'><b>{model} · {layer.value}</b> (red positive, blue negative"
+                           f"{'; beside each: its feature visualisation' if 'pt-fv' in ''.join(tiles) else ''})<br>{''.join(tiles)}</div>")
         if not columns:
-            return pn.pane.HTML(f"<p class='pt-missing'>{NOT_COMPUTED if image is None else 'no activations stored'}</p>")
-        return pn.pane.HTML("".join(columns), width=900)
+            return f"<p class='pt-missing'>{NOT_COMPUTED if image is None else 'no activations stored'}</p>"
+        return "".join(columns)
 
-    return view
+    deps = [*[state.param[a] for a in state.axes], state.param.model_a, state.param.model_b, layer.param.value, group.param.value]
+    if parameterisation is not None:
+        deps.append(parameterisation.param.value)
+    return pn.pane.HTML(pn.bind(html, *deps), width=900)
 
 
-def _scatter_view(state: CubeState):
+def _gallery_view(path: str):
+    """Every stored feature visualisation of one target (a layer's channels or
+    directions, or class logits), with how much the optimisation raised its objective."""
+    from featureviz import precompute as fv
+
+    ds = _featureviz(path)
+    if ds is None:
+        return pn.pane.Markdown("No feature visualisations in this store (`perturber featureviz` adds them).")
+    names = {f"{v.attrs['model']} · {v.attrs['layer']} ({v.attrs['kind']}s)": k[3:] for k, v in ds.data_vars.items() if k.startswith("fv_")}
+    target = pn.widgets.Select(name="gallery", options=names, width=320)
+    kind = pn.widgets.RadioButtonGroup(options=[str(p) for p in ds["parameterisation"].values])
+    settings = fv.settings_of(ds)
+    classes = None
+
+    def html(name, parameterisation):
+        nonlocal classes
+        array = ds[f"fv_{name}"]
+        p = [str(v) for v in ds["parameterisation"].values].index(parameterisation)
+        done = fv.completed(ds, name)[p]
+        objective = ds[f"objective_{name}"].values[p]
+        units = ds[f"unit_{name}"].values
+        if array.attrs["kind"] == "logit" and classes is None:
+            from pipeline.models import imagenet_categories
+
+            classes = imagenet_categories()
+        tiles = []
+        for i, unit in enumerate(units):
+            label = classes[int(unit)] if array.attrs["kind"] == "logit" else f"#{unit}"
+            if not done[i]:
+                tiles.append(f"<figure style='display:inline-block;margin:2px;width:{TILE}px'><div style='width:{TILE}px;height:{TILE}px;"
+                             f"background:#eee;font-size:9px'>{NOT_COMPUTED}</div><figcaption style='font-size:9px'>{label}</figcaption></figure>")
+                continue
+            start, end = objective[i]
+            tiles.append(f"<figure style='display:inline-block;margin:2px;width:{TILE}px'><img src='{_png(np.asarray(array[p, i].values))}' width='{TILE}'>"
+                         f"<figcaption style='font-size:9px' title='objective on the starting image, then on this one'>{label}: "
+                         f"{start:.2g} → {end:.2g}</figcaption></figure>")
+        head = (f"<p style='font-size:11px'>{settings.get('steps')} steps at {settings.get('size')} px, seed {settings.get('seed')}, "
+                f"{settings.get('transforms')}; below each: its objective on the starting image → on the result</p>")
+        return f"<div class='pt-gallery'>{head}{''.join(tiles)}</div>"
+
+    return pn.Column(pn.Row(target, kind), pn.pane.HTML(pn.bind(html, target, kind), width=900))
+
+
+def _scatter_view(state: CubeState, settled: Settled):
     import holoviews as hv
     from holoviews.operation.datashader import dynspread, rasterize
 
     probs = expected_probability(state.path, state.cube)  # (*axes, model), once per process
     models = [str(m) for m in state.ds["model"].values]
 
-    @pn.depends(*[state.param[a] for a in state.axes], state.param.model_a, state.param.model_b)
+    def marker(**_):
+        here = probs[state.index()]
+        a, b = models.index(state.model_a), models.index(state.model_b)
+        return hv.Points([(here[a], here[b])]).opts(color="red", size=10, marker="x", line_width=3)
+
+    # Shading every sample is redone only when the models change; the marker of
+    # the current point is a small overlay updated in place.
+    @pn.depends(state.param.model_a, state.param.model_b)
     def view(*_):
         a, b = models.index(state.model_a), models.index(state.model_b)
         xa, xb = probs[..., a].ravel(), probs[..., b].ravel()
         keep = ~(np.isnan(xa) | np.isnan(xb))
         points = hv.Points((xa[keep], xb[keep]), [f"p(object's classes), {state.model_a}", f"p(object's classes), {state.model_b}"])
-        here = probs[state.index()]
-        marker = hv.Points([(here[a], here[b])]).opts(color="red", size=10, marker="x", line_width=3)
         shaded = dynspread(rasterize(points, width=300, height=300, x_range=(0, 1), y_range=(0, 1))).opts(
             cmap="Blues", cnorm="eq_hist", colorbar=False)
-        return pn.pane.HoloViews((shaded * marker).opts(width=380, height=360, xlim=(0, 1), ylim=(0, 1),
-                                                       title=f"all {int(keep.sum())} computed samples; x: current point"),
+        here = hv.DynamicMap(marker, streams=[hv.streams.Params(settled, ["tick"])])
+        return pn.pane.HoloViews((shaded * here).opts(width=380, height=360, xlim=(0, 1), ylim=(0, 1),
+                                                     title=f"all {int(keep.sum())} computed samples; x: current point"),
                                  css_classes=["pt-scatter"])
 
     return view
 
 
-def build_app(path: str, cube: str) -> pn.template.BaseTemplate | pn.Column:
-    """The viewer for one cube of a store."""
+def build_app(path: str, cube: str, state: CubeState | None = None) -> pn.Column:
+    """The viewer for one cube of a store (``state``: an existing state of that cube to drive)."""
     from pipeline.store import StoreError
 
     try:
-        state = CubeState(path, cube)
+        state = state or CubeState(path, cube)
     except StoreError as exc:
         return pn.Column(pn.pane.Alert(f"Cannot show this store: {exc}", alert_type="danger"))
     header = pn.pane.Markdown(f"## Perturber — {cube}\n`{path}` · {int(state._done.sum())} of {state._done.size} chunks computed")
@@ -244,7 +381,8 @@ def build_app(path: str, cube: str) -> pn.template.BaseTemplate | pn.Column:
         pn.widgets.RadioButtonGroup.from_param(state.param.score, name="show"),
     )
     land = Landscape(state)
-    curves, heatmap = _landscape_views(state, land)
+    settled = Settled(state)
+    curves, heatmap = _landscape_views(state, land, settled)
     landscape_controls = pn.Row(
         pn.widgets.IntInput.from_param(land.param.target, name="class (-1: top class here)", width=170),
         pn.widgets.Select.from_param(land.param.axis, name="curve axis", width=120),
@@ -260,13 +398,17 @@ def build_app(path: str, cube: str) -> pn.template.BaseTemplate | pn.Column:
     layers = sorted({str(state.ds[v].attrs.get("layer")) for v in state.ds.data_vars if v.startswith("act_")})
     layer = pn.widgets.Select(name="layer", options=layers, value=layers[0] if layers else None, width=160)
     most = max((state.ds[v].shape[len(state.axes)] for v in state.ds.data_vars if v.startswith("act_")), default=0)
-    starts = {f"neurons {i}-{min(i + NEURONS_PER_GROUP, most) - 1}": i for i in range(0, most, NEURONS_PER_GROUP)}
-    group = pn.widgets.Select(name="neuron group (stored order)", options=starts or {"-": 0}, width=200)
+    from featureviz.groups import labels
+
+    stored = [f"stored {i}-{min(i + NEURONS_PER_GROUP, most) - 1}" for i in range(0, most, NEURONS_PER_GROUP)]
+    group = pn.widgets.Select(name="neuron group", options=stored + (labels(state.ds) if most else []) or ["-"], width=260)
+    fv_kind = pn.widgets.RadioButtonGroup(name="feature visualisation", options=["fourier", "pixel"], value="fourier")
     main.extend([
-        pn.pane.Markdown("### Neuron activations"), pn.Row(layer, group), _neuron_view(state, layer, group),
-        pn.pane.Markdown("### Failure finder"), _failure_view(state),
+        pn.pane.Markdown("### Neuron activations"), pn.Row(layer, group, fv_kind), _neuron_view(state, layer, group, fv_kind),
+        pn.pane.Markdown("### Feature visualisations"), _gallery_view(path),
+        pn.pane.Markdown("### Failure finder"), _failure_view(state, settled),
         pn.pane.Markdown("### Sensitivity: how much each axis moves each model"), _sensitivity_view(state),
-        pn.pane.Markdown("### Model against model (datashader, every sample)"), _scatter_view(state),
+        pn.pane.Markdown("### Model against model (datashader, every sample)"), _scatter_view(state, settled),
     ])
     note = pn.pane.Markdown("Points off the grid and factors the cube holds fixed are not computable yet "
                             "(live compute comes with the on-demand engine).", styles={"font-size": "11px"})

@@ -28,9 +28,11 @@ NOT_COMPUTED = "not computed"
 
 @functools.lru_cache(maxsize=8)
 def open_store(path: str, cube: str) -> xr.Dataset:
-    """The cube as a lazy dataset, opened once per process."""
+    """The cube as a lazy dataset, opened once per process. Without dask: each
+    view reads a few Zarr chunks, and a dask graph per read would cost more than
+    the read."""
     try:
-        ds = open_cube(path, cube)
+        ds = open_cube(path, cube, chunks=None)
     except StoreError:
         raise
     except Exception as exc:
@@ -38,6 +40,14 @@ def open_store(path: str, cube: str) -> xr.Dataset:
     if "spec_sha256" not in ds.attrs or "done" not in ds:
         raise StoreError(f"{path}: group {cube!r} is not a Perturber cube")
     return ds
+
+
+@functools.lru_cache(maxsize=8)
+def _done(path: str, cube: str) -> np.ndarray:
+    """(chunk grid) bool, read once per process: one small file per chunk, so a
+    million-sample store takes seconds to read. Chunks written after the viewer
+    started show once it is restarted."""
+    return open_store(path, cube)["done"].values.astype(bool)
 
 
 def cube_names(path: str) -> list[str]:
@@ -48,7 +58,7 @@ def cube_names(path: str) -> list[str]:
         group = zarr.open_group(path, mode="r")
     except Exception as exc:
         raise StoreError(f"{path}: not a Zarr store ({type(exc).__name__})") from None
-    names = [name for name, _ in group.groups()]
+    names = [name for name, _ in group.groups() if name != "featureviz"]  # feature visualisations are not a cube
     if not names:
         raise StoreError(f"{path}: the store holds no cube")
     return sorted(names)
@@ -67,11 +77,15 @@ class CubeState(param.Parameterized):
         self.axes: list[str] = list(self.ds.attrs["axes"])
         self.fixed: dict[str, Any] = json.loads(self.ds.attrs["fixed"])
         self.chunk_shape = list(self.ds["done"].attrs["chunk_shape"])
-        self._done = self.ds["done"].values.astype(bool)  # small: one value per chunk
+        self._done = _done(path, cube)
         models = [str(m) for m in self.ds["model"].values]
         super().__init__(**params)
+        self._position: dict[str, dict[Any, int]] = {}  # axis → grid value → index
+        self._top5: dict[tuple, Any] = {}  # (index, model) → top5 rows, the last few points
+        self._image: tuple[Any, Any] = (None, None)  # (index, image) of the last image read
         for axis in self.axes:
             values = [v.item() if hasattr(v, "item") else str(v) for v in self.ds[axis].values]
+            self._position[axis] = {v: i for i, v in enumerate(values)}
             f = factors.get(axis)
             self.param.add_parameter(axis, param.Selector(default=values[0], objects=values, doc=f.doc, label=axis))
         self.param.model_a.objects = models
@@ -83,7 +97,7 @@ class CubeState(param.Parameterized):
 
     def index(self) -> tuple[int, ...]:
         """Grid index of the current point along each axis."""
-        return tuple(list(self.ds[axis].values).index(getattr(self, axis)) for axis in self.axes)
+        return tuple(self._position[axis][getattr(self, axis)] for axis in self.axes)
 
     def point(self) -> dict[str, Any]:
         """Every factor's value at the current point (axes from the state, the rest fixed)."""
@@ -103,12 +117,23 @@ class CubeState(param.Parameterized):
         """The model input at the current point, (S, S, 3) uint8, or None (not computed / not stored)."""
         if "image" not in self.ds or not self.computed():
             return None
-        return np.asarray(self.ds["image"].isel(**self._sel()).values)
+        index = self.index()
+        if self._image[0] != index:  # the input view and the neuron view show the same image
+            self._image = (index, np.asarray(self.ds["image"].isel(**self._sel()).values))
+        return self._image[1]
 
     def top5(self, model: str) -> list[tuple[str, float, float]] | None:
         """(class name, probability, logit) for the top classes of ``model``; None if not computed."""
         if not self.computed():
             return None
+        key = (self.index(), model)
+        if key not in self._top5:  # several views ask for the same point's top-5
+            if len(self._top5) > 64:
+                self._top5.clear()
+            self._top5[key] = self._read_top5(model)
+        return self._top5[key]
+
+    def _read_top5(self, model: str) -> list[tuple[str, float, float]] | None:
         sel = {**self._sel(), "model": list(self.ds["model"].values).index(model)}
         classes = self.ds["top_class"].isel(**sel).values
         probs = self.ds["top_prob"].isel(**sel).values
@@ -144,6 +169,7 @@ class Landscape(param.Parameterized):
     def __init__(self, state: CubeState, **params: Any):
         super().__init__(**params)
         self.state = state
+        self._cache: dict[tuple, np.ndarray] = {}
         numeric = [a for a in state.axes if factors.get(a).numeric] or state.axes
         self.param.axis.objects = state.axes
         self.param.x.objects = state.axes
@@ -170,8 +196,13 @@ class Landscape(param.Parameterized):
         s = self.state
         sel = {a: i for a, i in zip(s.axes, s.index()) if a not in free}
         sel["model"] = list(s.ds["model"].values).index(model)
-        logits = s.ds["logits"].isel(**sel).transpose(*free, "class").values
-        return softmax(logits)[..., target]
+        key = (tuple(free), target, tuple(sel.items()))
+        if key not in self._cache:  # moving along a shown axis redraws the same values: read them once
+            if len(self._cache) > 32:
+                self._cache.clear()
+            logits = s.ds["logits"].isel(**sel).transpose(*free, "class").values
+            self._cache[key] = softmax(logits)[..., target]
+        return self._cache[key]
 
     def curves(self) -> dict[str, tuple[list, np.ndarray]] | None:
         """model → (axis values, probabilities); NaN where not computed."""
@@ -219,6 +250,29 @@ def sensitivity(state: CubeState) -> dict[str, dict[str, float]]:
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _wrong(path: str, cube: str, m: int) -> np.ndarray:
+    """(*axes) bool: where model ``m``'s top-1 is not one of the object's classes
+    (computed cells only), once per process."""
+    from pipeline import assets
+
+    ds = open_store(path, cube)
+    axes = list(ds.attrs["axes"])
+    top = _top1(path, cube)[0][..., m]
+    objects = [str(o) for o in ds["object"].values] if "object" in axes else [json.loads(ds.attrs["fixed"]).get("object", "dog")]
+    expected = np.zeros(top.shape, dtype=bool)
+    for i, obj in enumerate(objects):
+        if obj not in assets.object_ids():
+            continue
+        if "object" in axes:
+            index = [slice(None)] * top.ndim
+            index[axes.index("object")] = i
+            expected[tuple(index)] = np.isin(top[tuple(index)], assets.imagenet_class_indices(obj))
+        else:
+            expected = np.isin(top, assets.imagenet_class_indices(obj))
+    return ~expected & ~np.isnan(top)
+
+
 def failures(state: CubeState, model: str, limit: int = 10) -> list[dict[str, Any]]:
     """Grid points of the current object where ``model``'s top-1 is not one of
     its classes, nearest first to the current point (fewest axes changed, then
@@ -226,34 +280,19 @@ def failures(state: CubeState, model: str, limit: int = 10) -> list[dict[str, An
 
     Each entry: the axis values of the point, its top-1 class name and probability.
     """
-    from pipeline import assets
-
     classes, prob = _top1(state.path, state.cube)
     m = list(str(v) for v in state.ds["model"].values).index(model)
     top = classes[..., m]
-    objects = state.param["object"].objects if "object" in state.axes else [state.fixed.get("object", "dog")]
-    expected = np.zeros(top.shape, dtype=bool)
-    for i, obj in enumerate(objects):
-        if obj not in assets.object_ids():
-            continue
-        good = np.isin(top, assets.imagenet_class_indices(obj))
-        if "object" in state.axes:
-            k = state.axes.index("object")
-            index = [slice(None)] * top.ndim
-            index[k] = i
-            expected[tuple(index)] = good[tuple(index)]
-        else:
-            expected = good
-    wrong = ~expected & ~np.isnan(top)
+    wrong = _wrong(state.path, state.cube, m)
     here = np.array(state.index())
     if "object" in state.axes:  # another object is not a small change of this scene
         k = state.axes.index("object")
-        keep = np.zeros_like(wrong)
         index = [slice(None)] * wrong.ndim
-        index[k] = here[k]
-        keep[tuple(index)] = True
-        wrong &= keep
-    points = np.argwhere(wrong)
+        index[k] = slice(here[k], here[k] + 1)
+        points = np.argwhere(wrong[tuple(index)])
+        points[:, k] = here[k]
+    else:
+        points = np.argwhere(wrong)
     if points.size == 0:
         return []
     changed = (points != here).sum(1)
@@ -274,9 +313,9 @@ def expected_probability(path: str, cube: str) -> np.ndarray:
     ``expected_prob``; for older ones it is derived from the logits with dask."""
     from pipeline import assets
 
-    ds = open_store(path, cube)
-    if "expected_prob" in ds:
-        return ds["expected_prob"].values
+    if "expected_prob" in open_store(path, cube):
+        return open_store(path, cube)["expected_prob"].values
+    ds = open_cube(path, cube)  # with dask: the whole cube's logits, chunk by chunk
     axes = list(ds.attrs["axes"])
     fixed = json.loads(ds.attrs["fixed"])
     logits = ds["logits"].astype("float32")
