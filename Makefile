@@ -5,11 +5,13 @@ setup:
 	@scripts/setup.sh
 
 # Main job: the demo sweep (real meshes, two pretrained models) on a LocalCluster,
-# into a resumable Zarr store, a summary of top-1 classes across the cube, then
+# into a resumable Zarr store, a summary of top-1 classes across the cube,
+# feature visualisations of the stored neurons (lucent, batched), then
 # the viewer on it at http://127.0.0.1:5006/ (Ctrl-C stops it). A second run
 # finds every chunk done and goes straight to the summary and the viewer.
 demo: setup
 	.venv/bin/perturber precompute workflows/demo.yaml --out data/generated/demo.zarr
+	.venv/bin/perturber featureviz workflows/featureviz.yaml --out data/generated/demo.zarr
 	.venv/bin/perturber view data/generated/demo.zarr
 
 # Tests: everything but the GPU tests (slow and browser tests included).
@@ -20,3 +22,5 @@ benchmark: setup
 	.venv/bin/python benchmarks/render_throughput.py --write docs/benchmarks.md
 	.venv/bin/python benchmarks/engine_throughput.py --write docs/benchmarks.md
 	.venv/bin/python benchmarks/precompute_throughput.py --write docs/benchmarks.md
+	.venv/bin/python benchmarks/viewer_latency.py --write docs/benchmarks.md
+	.venv/bin/python benchmarks/featureviz_throughput.py --write docs/benchmarks.md
