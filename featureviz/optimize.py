@@ -130,7 +130,6 @@ def visualise(model: str, target: str, units: Sequence[int], kind: str = "channe
     tensor = params[0]
     device = str(tensor.device)  # lucent's: the GPU when there is one
     net = net if net is not None else models.load_model(model, device)
-    net.requires_grad_(False)  # gradients for the image only, not for the weights
     units_t = torch.as_tensor(list(units), device=device)
     dirs = None if directions is None else torch.as_tensor(directions, dtype=torch.float32, device=device)[units_t]
     with torch.no_grad():  # each unit's own starting point, whatever batch it is in

@@ -14,6 +14,7 @@ default). Errors in input are reported in one line, exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -219,6 +220,80 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fraction(text: str) -> float:
+    """'8/255' or '0.03' → float."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise CLIError(f"{text!r} is not a number (write 0.03 or 8/255)") from None
+
+
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    """PGD on one scene's model input; δ and every model's predictions on
+    x + αδ for a grid of α, to an .npz file or a Zarr store."""
+    import torch
+    from tqdm import tqdm
+
+    from pipeline import attack as pgd_attack
+    from pipeline import engine, models
+
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    attacker = args.attack_model or names[0]
+    for name in dict.fromkeys([*names, attacker]):
+        models.spec(name)
+    if not args.output.endswith((".npz", ".zarr")):
+        raise CLIError(f"--output {args.output}: write an .npz file or a .zarr store")
+    if args.steps < 1:
+        raise CLIError("--steps must be at least 1")
+    device = models.best_device()
+    spec = pgd_attack.Attack(attacker, eps=_fraction(args.eps), norm=args.norm, target=args.target,
+                             step=_fraction(args.step) if args.step else None)
+    result = engine.evaluate([_factor_values(args)], [attacker], size=args.size, device=device)
+    x = (torch.tensor(result.images).permute(0, 3, 1, 2).float() / 255).contiguous().to(device)
+    bar = tqdm(total=args.steps, desc=f"PGD {args.norm} on {attacker}", unit="step", file=sys.stderr, disable=args.quiet)
+    delta = pgd_attack.pgd(x, spec, args.steps, progress=lambda _: bar.update(1))
+    bar.close()
+    batch = pgd_attack.blend(x, delta, ALPHAS)
+    categories = models.imagenet_categories()
+    logits = {}
+    with torch.no_grad():
+        for name in names:
+            logits[name] = models.load_model(name, device)(models.preprocess(batch, models.spec(name))).float().cpu().numpy()
+    goal = f"towards {categories[args.target]}" if args.target is not None else "away from the original prediction"
+    print(f"PGD {args.norm}, eps {spec.eps:.4g}, step {spec.alpha:.4g}, {args.steps} steps on {attacker}, {goal}; "
+          f"|delta| = {float(pgd_attack.norm_of(delta, args.norm)[0]):.4g}")
+    for name in names:
+        p = torch.tensor(logits[name]).softmax(1)
+        before, after = int(p[0].argmax()), int(p[-1].argmax())
+        print(f"  {name:<22} {categories[before]} ({float(p[0, before]):.2f}) -> {categories[after]} ({float(p[-1, after]):.2f})")
+    delta_np = delta[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)
+    images = (batch.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    attrs = {"attack_model": attacker, "norm": args.norm, "eps": spec.eps, "step": spec.alpha, "steps": args.steps,
+             "target": -1 if args.target is None else int(args.target), "point": json.dumps(result.params[0], default=str)}
+    if args.output.endswith(".npz"):
+        np.savez_compressed(args.output, delta=delta_np, images=images, alphas=np.array(ALPHAS),
+                            models=np.array(names), logits=np.stack([logits[n] for n in names], 1), attrs=json.dumps(attrs))
+    else:
+        import xarray as xr
+
+        ds = xr.Dataset(
+            {"delta": (("y", "x", "channel"), delta_np, {"long_name": "perturbation added to the model input", "units": "1"}),
+             "image": (("alpha", "y", "x", "channel"), images, {"long_name": "clamp(x + alpha delta), uint8"}),
+             "logits": (("alpha", "model", "class"), np.stack([logits[n] for n in names], 1), {"long_name": "logits"})},
+            coords={"alpha": list(ALPHAS), "model": np.array(names, dtype=object), "class": np.arange(1000),
+                    "channel": np.array(["r", "g", "b"], dtype=object)},
+            attrs=attrs)
+        ds.to_zarr(args.output, mode="w", zarr_format=3, consolidated=False)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _suffixed(path: str, suffix: str) -> str:
     p = Path(path)
     return str(p.with_name(f"{p.stem}-{suffix}{p.suffix}"))
@@ -319,6 +394,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_precompute)
 
+    p = sub.add_parser("attack", help="PGD on one scene: the perturbation and every model's predictions",
+                       description="Run projected gradient descent (L2 or L-infinity) against one model on a scene's "
+                                   "model input; write the perturbation and each model's logits on x + alpha*delta "
+                                   f"for alpha in {', '.join(map(str, ALPHAS))} (the transfer view).")
+    p.add_argument("--models", default="efficientnet_lite0,efficientnet_lite2", help="models to evaluate (comma-separated)")
+    p.add_argument("--attack-model", help="the attacked model (default: the first of --models)")
+    p.add_argument("--eps", default="8/255", help="the bound, in [0, 1] pixel units, e.g. 8/255 (default) or 0.5 for L2")
+    p.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    p.add_argument("--steps", type=int, default=10, help="PGD steps (default: 10)")
+    p.add_argument("--step", help="step size (default: eps/8, as the original)")
+    p.add_argument("--target", type=int, help="target ImageNet class (default: suppress the original prediction)")
+    p.add_argument("--size", type=int, default=224, help="render side in pixels (default: 224)")
+    p.add_argument("-o", "--output", default="attack.npz", help="an .npz file or a .zarr store (default: attack.npz)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_factor_options(p)
+    p.set_defaults(func=cmd_attack)
+
     p = sub.add_parser("featureviz", help="feature visualisations into a store (lucent, batched, resumable)",
                        description="Optimise images for a spec's channels, directions and class logits (lucent), "
                                    "many units per batch, as Dask tasks; written to the store's featureviz group.")
@@ -351,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.clusters import ClusterError
     from pipeline.store import StoreError
     from featureviz import FeatureVizError
+    from pipeline.attack import AttackError
 
     import logging
 
@@ -362,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         option = next((u for u in unknown if u.startswith("--")), None)
-        if option is not None and args.command in ("render", "sheet", "predict"):
+        if option is not None and args.command in ("render", "sheet", "predict", "attack"):
             try:
                 factors.get(option[2:].split("=")[0].replace("-", "_"))
             except factors.FactorError as exc:
@@ -374,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (factors.FactorError, AssetError, ModelError, SpecError, StoreError, ClusterError, CLIError, FeatureVizError) as exc:
+    except (factors.FactorError, AssetError, ModelError, SpecError, StoreError, ClusterError, CLIError, FeatureVizError, AttackError) as exc:
         print(f"perturber: error: {exc}", file=sys.stderr)
         return 2
 

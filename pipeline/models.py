@@ -350,12 +350,15 @@ def _load(name: str, device: str, files: tuple[str, ...]) -> torch.nn.Module:
     _load_state(model, _remap(state, s), name)
     # channels_last: measured 1.4-1.6x faster on the CPU for EfficientNet-Lite
     # (docs/benchmarks.md), and the layout cuDNN prefers.
-    return model.eval().to(device=device, memory_format=torch.channels_last)
+    # Weights are never trained here: gradients (feature visualisation, attacks,
+    # saliency) flow to the input only.
+    return model.eval().requires_grad_(False).to(device=device, memory_format=torch.channels_last)
 
 
 def load_model(name: str, device: str | torch.device | None = None) -> torch.nn.Module:
-    """The pretrained network ``name`` in eval mode on ``device`` (default: best);
-    kept warm (cached) per process and device. Do not modify it."""
+    """The pretrained network ``name`` in eval mode on ``device`` (default: best),
+    its weights frozen (``requires_grad`` off); kept warm (cached) per process
+    and device. Do not modify it."""
     spec(name)  # a clear error for unknown names
     device = str(device or best_device())
     files = (str(REGISTRY_PATH), *[p for p in os.environ.get("PERTURBER_MODELS", "").split(os.pathsep) if p])
