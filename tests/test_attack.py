@@ -110,3 +110,28 @@ def test_bad_attacks_are_refused(kwargs, message):
         Attack(MODEL, **kwargs)
     with pytest.raises(models.ModelError):
         Attack("resnet9000", eps=0.1)
+
+
+def test_attack_command_writes_delta_and_the_transfer_view(tmp_path, capsys):
+    import json
+
+    import xarray as xr
+
+    from pipeline import cli
+
+    out = tmp_path / "a.npz"
+    assert cli.main(["attack", "--object", "dog", "--background", "meadow", "--steps", "10", "--quiet", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "efficientnet_lite2" in printed and f"wrote {out}" in printed
+    data = np.load(out)
+    assert data["delta"].shape == (224, 224, 3) and np.abs(data["delta"]).max() <= 8 / 255
+    assert data["logits"].shape == (5, 2, 1000) and list(data["alphas"]) == [0, 0.25, 0.5, 0.75, 1]
+    assert data["logits"][0, 0].argmax() != data["logits"][-1, 0].argmax()  # Lite0 attacked: its top-1 moved
+    assert json.loads(str(data["attrs"]))["attack_model"] == MODEL
+    store = tmp_path / "a.zarr"
+    assert cli.main(["attack", "--norm", "l2", "--eps", "0.5", "--steps", "2", "--models", MODEL, "--quiet", "-o", str(store)]) == 0
+    ds = xr.open_zarr(store)
+    assert float(np.sqrt((ds["delta"].values.astype(np.float64) ** 2).sum())) <= 0.5
+    assert cli.main(["attack", "--eps", "eight", "-o", str(out)]) == 2
+    assert "'eight' is not a number" in capsys.readouterr().err
+    assert cli.main(["attack", "--eps", "2", "-o", str(out)]) == 2
