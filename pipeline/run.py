@@ -24,7 +24,7 @@ import numpy as np
 from pipeline import store as zstore
 from pipeline.spec import CubeSpec, SweepSpec
 
-__all__ = ["compute_chunk", "precompute", "dry_run", "RunReport", "estimate", "run_tasks"]
+__all__ = ["compute_chunk", "precompute", "dry_run", "RunReport", "estimate", "run_tasks", "start_local_cluster"]
 
 
 @dataclass
@@ -194,6 +194,29 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
     return report
 
 
+def start_local_cluster(**kwargs: Any):
+    """A LocalCluster of worker processes on 127.0.0.1 that leaves this process as it was.
+
+    Starting one sets OMP_NUM_THREADS=1 (and MKL/OpenBLAS, MALLOC_TRIM_THRESHOLD_)
+    in the caller's own environment and drops its torch threads to one; any
+    later computation here, or a subprocess started from here, would then run
+    single-threaded and round differently. Both are put back.
+    """
+    from distributed import LocalCluster
+
+    saved = dict(os.environ)
+    threads = None
+    if "torch" in sys.modules:
+        threads = sys.modules["torch"].get_num_threads()
+    try:
+        return LocalCluster(processes=True, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, **kwargs)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        if threads is not None:
+            sys.modules["torch"].set_num_threads(threads)
+
+
 def run_tasks(calls: list[tuple[str, Callable, tuple]], scheduler: str | None, workers: int | None,
               on_result: Callable[[Any], int], echo: Callable[[str], None] = print) -> int:
     """Run ``(key, function, args)`` calls as Dask tasks; returns the sum of ``on_result`` over the results.
@@ -205,7 +228,7 @@ def run_tasks(calls: list[tuple[str, Callable, tuple]], scheduler: str | None, w
     """
     if scheduler == "synchronous":
         return sum(on_result(fn(*args)) for _, fn, args in calls)
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
     threads = None
     if scheduler is None:
@@ -222,8 +245,7 @@ def run_tasks(calls: list[tuple[str, Callable, tuple]], scheduler: str | None, w
                               "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": str(1 << 25),
                               "distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": str(threads),
                               "distributed.nanny.pre-spawn-environ.PYOPENGL_PLATFORM": "egl"}):
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                                   silence_logs=logging.ERROR)
+            cluster = start_local_cluster(n_workers=n, threads_per_worker=1)
         client = Client(cluster)
     else:
         cluster, client = None, Client(scheduler)

@@ -1,0 +1,65 @@
+"""The on-demand engine on a real LocalCluster: live points, cache, cancellation, bounds, errors."""
+
+import time
+
+import numpy as np
+import pytest
+
+from pipeline import engine
+from viewer.live import EngineError, LiveEngine
+
+pytestmark = pytest.mark.slow
+
+MODELS = ["efficientnet_lite0"]
+OFF_GRID = {"object": "dog", "yaw": 33.3, "pitch": 7.5, "hue": 12.0}
+
+
+@pytest.fixture(scope="module")
+def live():
+    e = LiveEngine(max_pending=2, timeout=120)
+    yield e
+    e.close()
+
+
+def test_an_off_grid_point_is_computed_like_the_precompute(live):
+    result, hit = live.evaluate("a", OFF_GRID, MODELS, ["head"], {"head": [0, 3]})
+    assert not hit and result.image.shape == (224, 224, 3)
+    here = engine.evaluate([OFF_GRID], MODELS, layers=["head"], neurons={"head": [0, 3]}, device="cpu", batch_size=1)
+    assert np.abs(result.image.astype(int) - here.images[0].astype(int)).max() <= 1
+    assert np.allclose(result.logits[MODELS[0]], here.logits[MODELS[0]][0].numpy(), atol=1e-3)
+    assert result.activations[MODELS[0]]["head"].shape == (2, 7, 7)
+    start = time.perf_counter()
+    again, hit = live.evaluate("a", OFF_GRID, MODELS, ["head"], {"head": [0, 3]})
+    assert hit and again is result and time.perf_counter() - start < 0.05  # revisiting is instant
+
+
+def test_a_newer_request_cancels_the_stale_one(live):
+    key_a, stale = live.submit("b", {**OFF_GRID, "yaw": 50.0}, MODELS, [], {}, 224)
+    key_b, fresh = live.submit("b", {**OFF_GRID, "yaw": 51.0}, MODELS, [], {}, 224)
+    with pytest.raises(EngineError, match="cancelled"):
+        live.result(key_a, stale)
+    assert live.result(key_b, fresh).logits[MODELS[0]].shape == (1000,)
+
+
+def test_pending_work_is_bounded(live):
+    live.submit("c", {**OFF_GRID, "yaw": 60.0}, MODELS, [], {}, 224)
+    live.submit("d", {**OFF_GRID, "yaw": 61.0}, MODELS, [], {}, 224)
+    with pytest.raises(EngineError, match="busy"):
+        live.submit("e", {**OFF_GRID, "yaw": 62.0}, MODELS, [], {}, 224)
+    for session in ("c", "d"):  # let them finish for the next tests
+        live._pending[session].result(timeout=120)
+
+
+def test_errors_and_timeouts_are_one_line(live):
+    with pytest.raises(EngineError, match="unicorn") as err:
+        live.evaluate("f", {**OFF_GRID, "object": "unicorn"}, MODELS)
+    assert "\n" not in str(err.value)
+    impatient = LiveEngine.__new__(LiveEngine)
+    impatient.__dict__.update(live.__dict__, timeout=0.001)
+    with pytest.raises(EngineError, match="no result within"):
+        impatient.evaluate("g", {**OFF_GRID, "yaw": 70.0}, MODELS)
+
+
+def test_an_unreachable_scheduler_is_reported():
+    with pytest.raises(EngineError, match="cannot start or reach the engine"):
+        LiveEngine(scheduler="tcp://127.0.0.1:9")

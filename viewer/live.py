@@ -1,0 +1,156 @@
+"""The on-demand engine: live results for points the store does not hold.
+
+Off-grid values and factors a cube holds fixed are evaluated with the same
+:func:`pipeline.engine.evaluate` as the precompute, as Dask tasks (a
+LocalCluster by default, or a running scheduler), whose worker processes keep
+the models loaded between requests. Work is bounded: results are cached (LRU),
+at most ``max_pending`` requests run at once, each waits at most ``timeout``
+seconds, and a new request of a session cancels that session's stale one.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["LiveEngine", "LiveResult", "EngineError", "evaluate_point"]
+
+
+class EngineError(RuntimeError):
+    """Live compute failed or is not available; the message is one line for the UI."""
+
+
+@dataclass
+class LiveResult:
+    """One point evaluated live: the model input (S, S, 3) uint8; per model the
+    logits (1000,) float32 and activations layer → (N, h, w) float32 of the
+    neurons asked for."""
+
+    image: np.ndarray
+    logits: dict[str, np.ndarray]
+    activations: dict[str, dict[str, np.ndarray]]
+    seconds: float
+
+
+def evaluate_point(point: Mapping[str, Any], models: Sequence[str], layers: Sequence[str],
+                   neurons: Mapping[str, Sequence[int]], size: int, threads: int | None = None) -> LiveResult:
+    """The task a worker runs (models stay loaded in its process between calls)."""
+    import time
+
+    import torch
+
+    from pipeline import engine
+
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    ev = engine.evaluate([dict(point)], list(models), layers=list(layers), neurons=dict(neurons), size=size, batch_size=1)
+    return LiveResult(
+        image=np.asarray(ev.images[0]),
+        logits={m: ev.logits[m][0].numpy().astype(np.float32) for m in models},
+        activations={m: {layer: a[0].numpy() for layer, a in ev.activations[m].items()} for m in models},
+        seconds=time.perf_counter() - start,
+    )
+
+
+class LiveEngine:
+    """Live evaluation on a Dask cluster, with an LRU cache, a bound on pending
+    work, a timeout and cancellation of stale requests."""
+
+    def __init__(self, scheduler: str | None = None, cache_size: int = 256, max_pending: int = 4,
+                 timeout: float = 60.0, threads: int | None = None):
+        import os
+
+        from distributed import Client
+
+        from pipeline.run import start_local_cluster
+
+        self.timeout, self.max_pending = timeout, max_pending
+        self._cache: collections.OrderedDict[str, LiveResult] = collections.OrderedDict()
+        self._cache_size = cache_size
+        self._pending: dict[str, Any] = {}  # session → its in-flight future
+        self._lock = threading.Lock()
+        self.threads = threads or max(1, (os.cpu_count() or 1))
+        try:
+            if scheduler is None:
+                self._cluster = start_local_cluster(n_workers=1, threads_per_worker=1)
+                self.client = Client(self._cluster)
+            else:
+                self._cluster = None
+                self.client = Client(scheduler, timeout="10s")
+        except Exception as exc:
+            raise EngineError(f"cannot start or reach the engine ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        self.where = "a local Dask cluster" if scheduler is None else f"the Dask scheduler at {scheduler}"
+
+    @staticmethod
+    def key(point: Mapping[str, Any], models: Sequence[str], layers: Sequence[str], neurons: Mapping[str, Sequence[int]],
+            size: int) -> str:
+        return json.dumps([sorted(point.items()), list(models), list(layers), sorted((k, list(v)) for k, v in neurons.items()), size],
+                          default=str)
+
+    def cached(self, key: str) -> LiveResult | None:
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        return None
+
+    def submit(self, session: str, point: Mapping[str, Any], models: Sequence[str], layers: Sequence[str],
+               neurons: Mapping[str, Sequence[int]], size: int):
+        """(key, future) for one point; the session's previous request, if still
+        running, is cancelled. Raises EngineError when too much is pending."""
+        key = self.key(point, models, layers, neurons, size)
+        with self._lock:
+            stale = self._pending.pop(session, None)
+            if stale is not None and not stale.done():
+                stale.cancel()
+            running = sum(1 for f in self._pending.values() if not f.done())
+            if running >= self.max_pending:
+                raise EngineError(f"the engine is busy ({running} requests running); try again in a moment")
+            future = self.client.submit(evaluate_point, dict(point), list(models), list(layers), dict(neurons), size,
+                                        threads=self.threads, pure=False)
+            self._pending[session] = future
+        return key, future
+
+    def result(self, key: str, future) -> LiveResult:
+        """Wait (at most ``timeout``) and cache; a one-line EngineError otherwise."""
+        from concurrent.futures import CancelledError
+
+        try:
+            value = future.result(timeout=self.timeout)
+        except CancelledError:
+            raise EngineError("cancelled: a newer request replaced it") from None
+        except TimeoutError:
+            future.cancel()
+            raise EngineError(f"no result within {self.timeout:.0f} s") from None
+        except Exception as exc:
+            if type(exc).__name__ == "CancelledError":
+                raise EngineError("cancelled: a newer request replaced it") from None
+            raise EngineError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'failed'}") from None
+        with self._lock:
+            self._cache[key] = value
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return value
+
+    def evaluate(self, session: str, point: Mapping[str, Any], models: Sequence[str], layers: Sequence[str] = (),
+                 neurons: Mapping[str, Sequence[int]] | None = None, size: int = 224) -> tuple[LiveResult, bool]:
+        """(result, from cache) for one point, blocking."""
+        neurons = neurons or {}
+        key = self.key(point, models, layers, neurons, size)
+        hit = self.cached(key)
+        if hit is not None:
+            return hit, True
+        key, future = self.submit(session, point, models, layers, neurons, size)
+        return self.result(key, future), False
+
+    def close(self) -> None:
+        self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
