@@ -24,3 +24,5 @@ benchmark: setup
 	.venv/bin/python benchmarks/precompute_throughput.py --write docs/benchmarks.md
 	.venv/bin/python benchmarks/viewer_latency.py --write docs/benchmarks.md
 	.venv/bin/python benchmarks/featureviz_throughput.py --write docs/benchmarks.md
+	.venv/bin/python benchmarks/live_latency.py --write docs/benchmarks.md
+	.venv/bin/python benchmarks/attack_latency.py --write docs/benchmarks.md

@@ -34,9 +34,9 @@ def dog_image(path: str | None) -> np.ndarray:
     """(224, 224, 3) uint8: from ``path`` (.npy) or rendered here."""
     if path:
         return np.load(path)
-    from pipeline import engine
+    from pipeline import scene
 
-    return engine.evaluate([{"object": "dog", "background": "meadow"}], [MODELS[0]], device="cpu").images[0]
+    return scene.render({"object": "dog", "background": "meadow"}, size=224)[..., :3]  # no model loaded yet
 
 
 def main() -> None:
