@@ -341,7 +341,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     if args.address not in ("127.0.0.1", "localhost") and not args.allow_remote:
         raise CLIError(f"--address {args.address}: serving beyond this machine needs --allow-remote")
     print(f"serving {args.store} on http://{args.address}:{args.port}/ (Ctrl-C stops)")
-    app.serve(args.store, args.cube, port=args.port, address=args.address, show=args.show)
+    app.serve(args.store, args.cube, port=args.port, address=args.address, show=args.show, engine=args.engine)
     return 0
 
 
@@ -428,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default="127.0.0.1", help="interface to bind (default: 127.0.0.1 only)")
     p.add_argument("--allow-remote", action="store_true", help="allow binding an address other machines can reach")
     p.add_argument("--show", action="store_true", help="open a browser")
+    p.add_argument("--engine", metavar="local|ADDRESS",
+                   help="live compute for points off the grid: 'local' starts a LocalCluster, or a Dask scheduler address")
     p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("assets", help="list built-in assets with status and licence")

@@ -63,3 +63,33 @@ def test_errors_and_timeouts_are_one_line(live):
 def test_an_unreachable_scheduler_is_reported():
     with pytest.raises(EngineError, match="cannot start or reach the engine"):
         LiveEngine(scheduler="tcp://127.0.0.1:9")
+
+
+def test_the_viewer_state_computes_a_fixed_factor_live(live, tmp_path):
+    """A factor the cube holds fixed, first at its stored value (the live result
+    must equal the store's), then moved off it."""
+    from pipeline import run, spec
+    from viewer.state import CubeState
+
+    sweep = spec.parse_spec({"name": "l", "cubes": {"views": {
+        "axes": {"object": ["dog"], "yaw": [0.0, 90.0]}, "models": MODELS, "layers": ["head"], "neurons": {"head": 2},
+        "images": True}}})
+    out = str(tmp_path / "l.zarr")
+    run.precompute(sweep, out, scheduler="synchronous", progress=False)
+    state = CubeState(out, "views", engine=live)
+    stored_image, stored_top = state.image(), state.top5(MODELS[0])
+    stored_acts = state.activations(MODELS[0], "head", [0, 1])
+    state.live_factor = "pitch"  # fixed at its default
+    assert state.live_value == 10.0
+    state.live_on = True
+    assert "computed in" in state.live_status, state.live_status
+    assert np.abs(state.image().astype(int) - stored_image.astype(int)).max() <= 1
+    assert [c for c, _, _ in state.top5(MODELS[0])] == [c for c, _, _ in stored_top]
+    assert np.allclose(state.activations(MODELS[0], "head", [0, 1]), stored_acts, atol=0.02)
+    state.live_value = 35.0
+    assert "pitch = 35, computed in" in state.live_status
+    assert np.abs(state.image().astype(int) - stored_image.astype(int)).mean() > 3
+    state.live_value = 500.0  # outside pitch's domain: the factor's own message, nothing shown as if valid
+    assert "outside its domain" in state.live_status and state.image() is None
+    state.live_on = False
+    assert np.array_equal(state.image(), stored_image)

@@ -69,9 +69,9 @@ def browser():
         b.close()
 
 
-def _serve(path: Path):
+def _serve(path: Path, *extra: str):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "view", str(path), "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "view", str(path), "--port", str(port), *extra], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -220,5 +220,39 @@ def test_foreign_store_gets_a_message(tmp_path, page):
     try:
         page.goto(url)
         page.wait_for_selector("text=Cannot show this store", timeout=60_000)
+    finally:
+        proc.kill()
+
+
+def test_live_compute_off_the_grid(stores, page):
+    proc, url = _serve(stores[0], "--engine", "local")
+    try:
+        page.goto(url)
+        page.wait_for_selector("img.pt-input", timeout=60_000)
+        grid_image = page.get_attribute("img.pt-input", "src")
+        page.locator(".pt-live-toggle input[type=checkbox]").check()
+        expect(page.locator(".pt-live")).to_contain_text("yaw = 0", timeout=60_000)
+        expect(page.locator(".pt-live-status")).to_contain_text("computed in", timeout=60_000)
+        # yaw between its grid values 0 and 90
+        page.locator(".pt-live-slider .noUi-handle").focus()
+        for _ in range(3):
+            page.keyboard.press("ArrowRight")
+        expect(page.locator(".pt-live")).to_contain_text("yaw = 1.08", timeout=60_000)
+        expect(page.locator(".pt-live-status")).to_contain_text("yaw = 1.08, computed in", timeout=60_000)
+        expect(page.locator("img.pt-input")).not_to_have_attribute("src", grid_image, timeout=30_000)
+        assert "LIVE" in page.inner_text(".pt-live")
+        assert "efficientnet_lite0" in _top5(page, "model_a") and "not computed" not in _top5(page, "model_a")
+        assert not page.errors, page.errors
+    finally:
+        proc.kill()
+
+
+def test_without_an_engine_live_compute_says_why(stores, page):
+    proc, url = _serve(stores[0])
+    try:
+        page.goto(url)
+        page.wait_for_selector("img.pt-input", timeout=60_000)
+        expect(page.locator(".pt-live-off")).to_contain_text("Live compute is off")
+        assert not page.errors, page.errors
     finally:
         proc.kill()

@@ -58,6 +58,36 @@ def _png(image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _live_controls(state: CubeState) -> pn.Card:
+    """Off the grid: any numeric factor (an axis or a fixed one) at any value of
+    its domain, computed by the on-demand engine and marked LIVE."""
+    toggle = pn.widgets.Checkbox.from_param(state.param.live_on, name="compute live (off the grid)",
+                                            disabled=state.engine is None, css_classes=["pt-live-toggle"])
+    factor = pn.widgets.Select.from_param(state.param.live_factor, name="factor")
+
+    def bounds(name):
+        domain = factors.get(name).domain
+        return float(domain.lo), float(domain.hi)
+
+    lo, hi = bounds(state.live_factor)
+    slider = pn.widgets.FloatSlider(name="value", start=lo, end=hi, value=min(max(state.live_value, lo), hi),
+                                    step=(hi - lo) / 1000, css_classes=["pt-live-slider"])
+    slider.param.watch(lambda e: setattr(state, "live_value", float(e.new)), "value_throttled")
+
+    def on_factor(event):  # the state has already moved live_value to the factor's current value
+        lo, hi = bounds(event.new)
+        slider.param.update(start=lo, end=hi, step=(hi - lo) / 1000, value=min(max(state.live_value, lo), hi))
+
+    state.param.watch(on_factor, "live_factor")
+    status = pn.pane.HTML(pn.bind(lambda text: f"<div class='pt-live-status' style='font-size:11px'>{text}</div>",
+                                  state.param.live_status))
+    note = ("" if state.engine is not None else
+            "<div class='pt-live-off' style='font-size:11px;color:#a00'>Live compute is off: start the viewer with "
+            "<code>--engine local</code> (or the address of a Dask scheduler). Grid points work as before.</div>")
+    return pn.Card(toggle, factor, slider, status, pn.pane.HTML(note), title="Live (off the grid)",
+                   collapsed=False, sizing_mode="stretch_width")
+
+
 def _controls(state: CubeState) -> pn.Column:
     sections = []
     for group in GROUPS:
@@ -80,6 +110,7 @@ def _controls(state: CubeState) -> pn.Column:
                 if n in state.fixed and state.fixed[n] == f.default and n not in ("expression",)]
     sections.append(pn.Card(pn.pane.Markdown("<br>".join(defaults), styles={"font-size": "11px"}),
                             title="Fixed at their defaults", collapsed=True, sizing_mode="stretch_width"))
+    sections.append(_live_controls(state))
     return pn.Column(*sections, width=320)
 
 
@@ -87,6 +118,12 @@ def _input_view(state: CubeState) -> pn.pane.HTML:
     def html(*_):
         image = state.image()
         credits = "<br>".join(state.attributions())
+        if state.live_on:
+            badge = (f"<div class='pt-live' style='background:#c0392b;color:white;font-size:11px;padding:2px 6px;display:inline-block'>"
+                     f"LIVE · {state.live_factor} = {state.live_value:g}</div>")
+            if image is None:
+                return f"{badge}<div class='pt-missing' style='width:224px'>{state.live_status or 'computing…'}</div>"
+            return f"{badge}<br><img class='pt-input' src='{_png(image)}' width='{image.shape[1]}'><div class='pt-credits' style='font-size:10px;color:#555;max-width:320px'>{credits}</div>"
         if image is None:
             body = f"<div class='pt-input pt-missing' style='width:224px;height:224px;display:flex;align-items:center;justify-content:center;background:#eee'>{NOT_COMPUTED}</div>"
         else:
@@ -94,7 +131,7 @@ def _input_view(state: CubeState) -> pn.pane.HTML:
         return f"<div>{body}<div class='pt-credits' style='font-size:10px;color:#555;max-width:320px'>{credits}</div></div>"
 
     # One pane whose text is replaced in place: cheaper than a new pane per change.
-    return pn.pane.HTML(pn.bind(html, *[state.param[a] for a in state.axes]))
+    return pn.pane.HTML(pn.bind(html, *[state.param[a] for a in state.axes], state.param.live_result, state.param.live_status))
 
 
 def _top5_view(state: CubeState, which: str) -> pn.pane.HTML:
@@ -110,7 +147,8 @@ def _top5_view(state: CubeState, which: str) -> pn.pane.HTML:
             table = f"<table class='pt-top5'><tr><th>#</th><th>class</th><th>{state.score}</th></tr>{items}</table>"
         return f"<div class='pt-model pt-{which}'><b>{model}</b>{table}</div>"
 
-    return pn.pane.HTML(pn.bind(html, *[state.param[a] for a in state.axes], state.param[which], state.param.score), width=300)
+    return pn.pane.HTML(pn.bind(html, *[state.param[a] for a in state.axes], state.param[which], state.param.score,
+                                state.param.live_result), width=300)
 
 
 def _label(value) -> str:
@@ -272,8 +310,9 @@ def _neuron_view(state: CubeState, layer: pn.widgets.Select, group: pn.widgets.S
             if layer.value is None or name not in state.ds or image is None:
                 continue
             shown = _positions(state, name, str(group.value))[:per_model]
-            sel = dict(zip(state.axes, state.index()))
-            acts = state.ds[name].isel(**sel)[shown].values.astype(np.float32)
+            acts = state.activations(model, str(layer.value), shown)
+            if acts is None:
+                continue
             neurons = state.ds[f"neuron_{name[4:]}"].values[shown]
             tiles = []
             for n, a in zip(neurons, acts):
@@ -287,7 +326,8 @@ def _neuron_view(state: CubeState, layer: pn.widgets.Select, group: pn.widgets.S
             return f"<p class='pt-missing'>{NOT_COMPUTED if image is None else 'no activations stored'}</p>"
         return "".join(columns)
 
-    deps = [*[state.param[a] for a in state.axes], state.param.model_a, state.param.model_b, layer.param.value, group.param.value]
+    deps = [*[state.param[a] for a in state.axes], state.param.model_a, state.param.model_b, layer.param.value, group.param.value,
+            state.param.live_result]
     if parameterisation is not None:
         deps.append(parameterisation.param.value)
     return pn.pane.HTML(pn.bind(html, *deps), width=900)
@@ -366,12 +406,13 @@ def _scatter_view(state: CubeState, settled: Settled):
     return view
 
 
-def build_app(path: str, cube: str, state: CubeState | None = None) -> pn.Column:
-    """The viewer for one cube of a store (``state``: an existing state of that cube to drive)."""
+def build_app(path: str, cube: str, state: CubeState | None = None, engine: Any = None) -> pn.Column:
+    """The viewer for one cube of a store (``state``: an existing state of that
+    cube to drive; ``engine``: a viewer.live.LiveEngine for live compute)."""
     from pipeline.store import StoreError
 
     try:
-        state = state or CubeState(path, cube)
+        state = state or CubeState(path, cube, engine=engine)
     except StoreError as exc:
         return pn.Column(pn.pane.Alert(f"Cannot show this store: {exc}", alert_type="danger"))
     header = pn.pane.Markdown(f"## Perturber — {cube}\n`{path}` · {int(state._done.sum())} of {state._done.size} chunks computed")
@@ -410,16 +451,28 @@ def build_app(path: str, cube: str, state: CubeState | None = None) -> pn.Column
         pn.pane.Markdown("### Sensitivity: how much each axis moves each model"), _sensitivity_view(state),
         pn.pane.Markdown("### Model against model (datashader, every sample)"), _scatter_view(state, settled),
     ])
-    note = pn.pane.Markdown("Points off the grid and factors the cube holds fixed are not computable yet "
-                            "(live compute comes with the on-demand engine).", styles={"font-size": "11px"})
+    note = pn.pane.Markdown("Points off the grid and factors the cube holds fixed: *Live (off the grid)* among the "
+                            "controls computes them with the on-demand engine (`--engine`).", styles={"font-size": "11px"})
     return pn.Column(header, pn.Row(_controls(state), pn.Column(main, note)))
 
 
-def serve(path: str, cube: str | None = None, port: int = 5006, address: str = "127.0.0.1", show: bool = False):
-    """Serve the viewer with Panel's server (blocking)."""
+def serve(path: str, cube: str | None = None, port: int = 5006, address: str = "127.0.0.1", show: bool = False,
+          engine: str | None = None):
+    """Serve the viewer with Panel's server (blocking). ``engine``: None (grid
+    points only), 'local' (start a LocalCluster) or a Dask scheduler address."""
     from viewer.state import cube_names
 
     name = cube or cube_names(path)[0]
+    live = None
+    if engine:
+        from viewer.live import LiveEngine
+
+        live = LiveEngine(scheduler=None if engine == "local" else engine)
+        print(f"live compute on {live.where}")
     origin = [f"{address}:{port}", f"localhost:{port}"] if address in ("127.0.0.1", "localhost") else ["*"]
-    pn.serve({"/": lambda: build_app(path, name)}, port=port, address=address, show=show,
-             websocket_origin=origin, title="Perturber")
+    try:
+        pn.serve({"/": lambda: build_app(path, name, engine=live)}, port=port, address=address, show=show,
+                 websocket_origin=origin, title="Perturber")
+    finally:
+        if live is not None:
+            live.close()

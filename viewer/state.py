@@ -70,8 +70,13 @@ class CubeState(param.Parameterized):
     model_a = param.Selector(doc="Left model")
     model_b = param.Selector(doc="Right model")
     score = param.Selector(default="probability", objects=["probability", "logit"], doc="What the top-5 shows")
+    live_on = param.Boolean(default=False, doc="Compute the point live (off the grid) instead of reading the store")
+    live_factor = param.Selector(doc="The factor set off the grid")
+    live_value = param.Number(default=0.0, doc="Its value")
+    live_status = param.String(default="", doc="What live compute did last")
+    live_result = param.Parameter(default=None, doc="The last live result (viewer.live.LiveResult)")
 
-    def __init__(self, path: str, cube: str, **params: Any):
+    def __init__(self, path: str, cube: str, engine: Any = None, session: str = "", **params: Any):
         self.path, self.cube = path, cube
         self.ds = open_store(path, cube)
         self.axes: list[str] = list(self.ds.attrs["axes"])
@@ -92,6 +97,16 @@ class CubeState(param.Parameterized):
         self.param.model_b.objects = models
         self.model_a = models[0]
         self.model_b = models[1] if len(models) > 1 else models[0]
+        # Live compute: any numeric factor, axis or fixed, set to any value in its domain.
+        self.engine, self.session = engine, session or str(id(self))
+        numeric = [n for n, f in factors.FACTORS.items() if f.numeric]
+        self.param.live_factor.objects = numeric
+        self.live_factor = next((a for a in self.axes if a in numeric), numeric[0])
+        self.live_value = float(self.point()[self.live_factor])
+        # Registered before any view's watcher, so views read the new result;
+        # a new live factor starts from its value at the current point.
+        self.param.watch(self._factor_changed, ["live_factor"])
+        self.param.watch(self._update_live, ["live_on", "live_factor", "live_value", "model_a", "model_b", *self.axes])
 
     # ------------------------------------------------------------------ where
 
@@ -100,8 +115,53 @@ class CubeState(param.Parameterized):
         return tuple(self._position[axis][getattr(self, axis)] for axis in self.axes)
 
     def point(self) -> dict[str, Any]:
-        """Every factor's value at the current point (axes from the state, the rest fixed)."""
-        return {**self.fixed, **{axis: getattr(self, axis) for axis in self.axes}}
+        """Every factor's value at the current point (axes from the state, the rest
+        fixed, and the live factor's value when live compute is on)."""
+        out = {**self.fixed, **{axis: getattr(self, axis) for axis in self.axes}}
+        if self.live_on:
+            out[self.live_factor] = self.live_value
+        return out
+
+    def live_layers(self) -> tuple[list[str], dict[str, list[int]]]:
+        """(layers, layer → neurons) the store records, asked of live compute too."""
+        layers, neurons = [], {}
+        for name, var in self.ds.data_vars.items():
+            if name.startswith("act_") and var.attrs.get("model") == self.model_a:
+                layer = str(var.attrs["layer"])
+                layers.append(layer)
+                neurons[layer] = [int(n) for n in self.ds[f"neuron_{name[4:]}"].values]
+        return layers, neurons
+
+    def _factor_changed(self, event):
+        on = self.live_on
+        self.live_on = False  # the old value must not be tried on the new factor
+        self.live_value = float({**self.fixed, **{a: getattr(self, a) for a in self.axes}}[event.new])
+        self.live_on = on
+
+    def _update_live(self, *_):
+        if not self.live_on:
+            self.live_result, self.live_status = None, ""
+            return
+        if self.engine is None:
+            self.live_result, self.live_status = None, "live compute is off: start the viewer with --engine"
+            return
+        from viewer.live import EngineError
+
+        layers, neurons = self.live_layers()
+        point = {k: v for k, v in self.point().items()}
+        try:
+            factors.validate(point)  # a bad value answers at once, without a task
+            result, hit = self.engine.evaluate(self.session, point, list(dict.fromkeys([self.model_a, self.model_b])),
+                                               layers, neurons, int(self.ds.sizes.get("y", 224)))
+        except EngineError as exc:
+            self.live_result, self.live_status = None, f"live compute failed: {exc}"
+            return
+        except Exception as exc:  # a bad value: the factor's own one-line error
+            self.live_result, self.live_status = None, f"live compute failed: {str(exc).splitlines()[0]}"
+            return
+        self.live_status = (f"live: {self.live_factor} = {self.live_value:g}, "
+                            + ("from the cache" if hit else f"computed in {result.seconds * 1000:.0f} ms"))
+        self.live_result = result
 
     def computed(self) -> bool:
         """Whether the current point's chunk has been written."""
@@ -115,6 +175,8 @@ class CubeState(param.Parameterized):
 
     def image(self) -> np.ndarray | None:
         """The model input at the current point, (S, S, 3) uint8, or None (not computed / not stored)."""
+        if self.live_on:
+            return None if self.live_result is None else self.live_result.image
         if "image" not in self.ds or not self.computed():
             return None
         index = self.index()
@@ -124,6 +186,14 @@ class CubeState(param.Parameterized):
 
     def top5(self, model: str) -> list[tuple[str, float, float]] | None:
         """(class name, probability, logit) for the top classes of ``model``; None if not computed."""
+        if self.live_on:
+            if self.live_result is None or model not in self.live_result.logits:
+                return None
+            logits = self.live_result.logits[model].astype(np.float64)
+            p = softmax(logits)
+            top = np.argsort(-p)[:5]
+            names = self.ds["class_name"].values
+            return [(str(names[c]), float(p[c]), float(logits[c])) for c in top]
         if not self.computed():
             return None
         key = (self.index(), model)
@@ -142,6 +212,18 @@ class CubeState(param.Parameterized):
             return None
         names = self.ds["class_name"].values
         return [(str(names[int(c)]), float(p), float(logits[int(c)])) for c, p in zip(classes, probs)]
+
+    def activations(self, model: str, layer: str, positions: list[int]) -> np.ndarray | None:
+        """(N, h, w) float32 activations of the stored neurons at ``positions``."""
+        if self.live_on:
+            if self.live_result is None:
+                return None
+            live = self.live_result.activations.get(model, {}).get(layer)
+            return None if live is None else live[positions].astype(np.float32)
+        name = f"act_{model}_{layer}"
+        if name not in self.ds:
+            return None
+        return self.ds[name].isel(**self._sel())[positions].values.astype(np.float32)
 
     def attributions(self) -> list[str]:
         """Attributions of the assets at the current point (CC-BY)."""
