@@ -239,6 +239,12 @@ def test_live_compute_off_the_grid(stores, page):
             page.keyboard.press("ArrowRight")
         expect(page.locator(".pt-live")).to_contain_text("yaw = 1.08", timeout=60_000)
         expect(page.locator(".pt-live-status")).to_contain_text("yaw = 1.08, computed in", timeout=60_000)
+        # two steps in quick succession: the first request is stale when the second comes, and is cancelled
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("ArrowRight")
+        expect(page.locator(".pt-live-status")).to_contain_text("yaw = 1.8, computed in", timeout=60_000)
+        expect(page.locator(".pt-live-status")).to_contain_text("1 stale request cancelled")
+        expect(page.locator(".pt-live")).to_contain_text("yaw = 1.8")
         expect(page.locator("img.pt-input")).not_to_have_attribute("src", grid_image, timeout=30_000)
         assert "LIVE" in page.inner_text(".pt-live")
         assert "efficientnet_lite0" in _top5(page, "model_a") and "not computed" not in _top5(page, "model_a")

@@ -75,6 +75,7 @@ class CubeState(param.Parameterized):
     live_value = param.Number(default=0.0, doc="Its value")
     live_status = param.String(default="", doc="What live compute did last")
     live_result = param.Parameter(default=None, doc="The last live result (viewer.live.LiveResult)")
+    live_cancelled = param.Integer(default=0, doc="Stale live requests cancelled in this session")
 
     def __init__(self, path: str, cube: str, engine: Any = None, session: str = "", **params: Any):
         self.path, self.cube = path, cube
@@ -99,6 +100,8 @@ class CubeState(param.Parameterized):
         self.model_b = models[1] if len(models) > 1 else models[0]
         # Live compute: any numeric factor, axis or fixed, set to any value in its domain.
         self.engine, self.session = engine, session or str(id(self))
+        self._latest: str | None = None  # key of the newest live request
+        self._latest_pending = False
         numeric = [n for n, f in factors.FACTORS.items() if f.numeric]
         self.param.live_factor.objects = numeric
         self.live_factor = next((a for a in self.axes if a in numeric), numeric[0])
@@ -139,6 +142,9 @@ class CubeState(param.Parameterized):
         self.live_on = on
 
     def _update_live(self, *_):
+        """Ask the engine for the current point. In a served session the answer
+        arrives later (the server stays responsive, and a newer request cancels
+        this one); without a server (tests, scripts) it is waited for."""
         if not self.live_on:
             self.live_result, self.live_status = None, ""
             return
@@ -148,19 +154,53 @@ class CubeState(param.Parameterized):
         from viewer.live import EngineError
 
         layers, neurons = self.live_layers()
-        point = {k: v for k, v in self.point().items()}
+        point = dict(self.point())
+        models = list(dict.fromkeys([self.model_a, self.model_b]))
+        size = int(self.ds.sizes.get("y", 224))
         try:
             factors.validate(point)  # a bad value answers at once, without a task
-            result, hit = self.engine.evaluate(self.session, point, list(dict.fromkeys([self.model_a, self.model_b])),
-                                               layers, neurons, int(self.ds.sizes.get("y", 224)))
+            key = self.engine.key(point, models, layers, neurons, size)
+            hit = self.engine.cached(key)
+            if hit is not None:
+                self._latest = key
+                self._show(hit, True)
+                return
+            key, future = self.engine.submit(self.session, point, models, layers, neurons, size)
         except EngineError as exc:
             self.live_result, self.live_status = None, f"live compute failed: {exc}"
             return
         except Exception as exc:  # a bad value: the factor's own one-line error
             self.live_result, self.live_status = None, f"live compute failed: {str(exc).splitlines()[0]}"
             return
+        if self._latest is not None and self._latest_pending:
+            self.live_cancelled += 1  # the engine cancelled the session's stale request
+        self._latest, self._latest_pending = key, True
+        import panel as pn
+
+        doc = pn.state.curdoc
+        if doc is not None and doc.session_context is not None:
+            self.live_status = f"computing {self.live_factor} = {self.live_value:g}…"
+            future.add_done_callback(lambda _f: doc.add_next_tick_callback(lambda: self._deliver(key, future)))
+        else:
+            self._deliver(key, future)
+
+    def _deliver(self, key: str, future: Any) -> None:
+        from viewer.live import EngineError
+
+        if key != self._latest:
+            return  # stale: a newer request is on its way
+        self._latest_pending = False
+        try:
+            result = self.engine.result(key, future)
+        except EngineError as exc:
+            self.live_result, self.live_status = None, f"live compute failed: {exc}"
+            return
+        self._show(result, False)
+
+    def _show(self, result: Any, hit: bool) -> None:
+        stale = f"; {self.live_cancelled} stale request{'s' if self.live_cancelled != 1 else ''} cancelled" if self.live_cancelled else ""
         self.live_status = (f"live: {self.live_factor} = {self.live_value:g}, "
-                            + ("from the cache" if hit else f"computed in {result.seconds * 1000:.0f} ms"))
+                            + ("from the cache" if hit else f"computed in {result.seconds * 1000:.0f} ms") + stale)
         self.live_result = result
 
     def computed(self) -> bool:
