@@ -262,3 +262,31 @@ def test_without_an_engine_live_compute_says_why(stores, page):
         assert not page.errors, page.errors
     finally:
         proc.kill()
+
+
+def test_pgd_in_the_viewer_fools_the_attacked_model_and_alpha_fades_it(stores, page):
+    proc, url = _serve(stores[0], "--engine", "local")
+    try:
+        page.goto(url)
+        page.wait_for_selector("img.pt-input", timeout=60_000)
+        page.locator(".pt-pgd-run button").click()  # 10 steps of eps/8 at eps = 8/255, L-infinity, on Lite0
+        expect(page.locator(".pt-attack-status")).to_contain_text("10 step(s) on the engine", timeout=120_000)
+        row = page.locator(".pt-transfer-efficientnet_lite0 td")
+        before, after = row.nth(1).inner_text(), row.nth(2).inner_text()
+        assert before.split(" (")[0] != after.split(" (")[0], (before, after)  # top-1 changed at alpha = 1
+        assert "|δ| = 0.03137" in page.inner_text(".pt-attack-status")
+        attacked = page.get_attribute("img.pt-attacked", "src")
+        handle = page.locator(".pt-alpha .noUi-handle")
+        handle.focus()
+        for _ in range(10):
+            page.keyboard.press("ArrowLeft")
+        expect(page.locator(".pt-transfer")).to_contain_text("α = 0", timeout=30_000)
+        expect(row.nth(2)).to_have_text(before, timeout=30_000)  # faded out: the original prediction again
+        assert page.get_attribute("img.pt-attacked", "src") != attacked
+        page.locator(".pt-delta-only input[type=checkbox]").check()
+        expect(page.locator(".pt-attack figcaption")).to_contain_text("δ alone", timeout=30_000)
+        page.locator(".pt-saliency-toggle input[type=checkbox]").check()  # one map per compared model
+        expect(page.locator("img.pt-saliency")).to_have_count(2, timeout=60_000)
+        assert not page.errors, page.errors
+    finally:
+        proc.kill()

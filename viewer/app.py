@@ -406,6 +406,168 @@ def _scatter_view(state: CubeState, settled: Settled):
     return view
 
 
+ALPHAS = tuple(round(a / 10, 1) for a in range(11))  # the transfer view's alpha grid, evaluated after each step
+
+
+class AttackState(param.Parameterized):
+    """PGD at the current point: δ kept across steps, the models on x + αδ."""
+
+    model = param.Selector(doc="Attacked model")
+    target = param.Integer(default=-1, bounds=(-1, 999), doc="Target class (-1: suppress the original prediction)")
+    eps = param.Number(default=8 / 255, bounds=(1e-4, 64.0), doc="Bound, in [0, 1] pixel units")
+    norm = param.Selector(default="linf", objects=["linf", "l2"])
+    steps = param.Integer(default=10, bounds=(1, 500), doc="Steps of the 'run' button")
+    alpha = param.Selector(default=1.0, objects=list(ALPHAS), doc="Blend: x + alpha * delta")
+    delta_only = param.Boolean(default=False, doc="Show delta alone, amplified")
+    done = param.Integer(default=0, doc="Steps taken")
+    status = param.String(default="")
+
+    def __init__(self, state: CubeState, **params: Any):
+        super().__init__(**params)
+        self.state = state
+        models = [str(m) for m in state.ds["model"].values]
+        self.param.model.objects = models
+        self.model = state.model_a
+        self.delta = None  # (3, S, S) float32
+        self.label: int | None = None
+        self.logits = None  # (alpha, model, 1000)
+        self.models = models
+        state.param.watch(self.reset, [*state.axes, "live_result"])
+        self.param.watch(self.reset, ["model", "target", "eps", "norm"])
+
+    def reset(self, *_):
+        self.delta, self.label, self.logits = None, None, None
+        self.param.update(done=0, status="")
+
+    def run(self, steps: int, progress=None) -> None:
+        """``steps`` PGD steps (one task each, on the engine when there is one), then the alpha grid."""
+        from viewer.live import EngineError, attack_task
+
+        image = self.state.image()
+        if image is None:
+            self.status = "nothing to attack here (not computed)"
+            return
+        if self.delta is None:
+            self.delta = np.zeros((3, *image.shape[:2]), dtype=np.float32)
+        target = None if self.target < 0 else self.target
+        try:
+            for i in range(steps):
+                last = i == steps - 1
+                args = (image, self.delta, self.model, float(self.eps), self.norm, target, self.label, 1,
+                        ALPHAS if last else (), self.models if last else [])
+                engine = self.state.engine
+                if engine is not None:
+                    future = engine.client.submit(attack_task, *args, threads=engine.threads, pure=False)
+                    self.delta, self.label, logits = future.result(timeout=engine.timeout)
+                else:
+                    self.delta, self.label, logits = attack_task(*args)
+                self.done += 1
+                if progress is not None:
+                    progress(i + 1)
+            self.logits = logits
+        except (EngineError, ValueError) as exc:
+            self.status = f"attack failed: {str(exc).splitlines()[0]}"
+            return
+        except Exception as exc:
+            self.status = f"attack failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return
+        flat = self.delta.reshape(-1)
+        size = float(np.abs(flat).max()) if self.norm == "linf" else float(np.linalg.norm(flat))
+        where = "on the engine" if self.state.engine is not None else "in the viewer"
+        self.status = f"{self.done} step(s) {where}; |δ| = {size:.4g} (ε = {self.eps:.4g})"
+
+
+def _attack_views(state: CubeState):
+    """The PGD panel: controls, the attacked input (x + αδ, or δ alone), the
+    transfer view (every model on the blended image) and input-gradient saliency."""
+    attack = AttackState(state)
+    names = state.ds["class_name"].values
+    progress = pn.indicators.Progress(value=0, max=100, width=200, visible=False)
+    step = pn.widgets.Button(name="PGD step (ε/8)", button_type="primary", css_classes=["pt-pgd-step"])
+    run = pn.widgets.Button(name="run N steps", css_classes=["pt-pgd-run"])
+    reset = pn.widgets.Button(name="reset δ")
+
+    def go(n):
+        progress.param.update(visible=True, max=n, value=0)
+        attack.run(n, progress=lambda i: setattr(progress, "value", i))
+        progress.visible = False
+
+    step.on_click(lambda _e: go(1))
+    run.on_click(lambda _e: go(attack.steps))
+    reset.on_click(lambda _e: attack.reset())
+    controls = pn.Row(
+        pn.widgets.Select.from_param(attack.param.model, name="attacked model", width=170),
+        pn.widgets.IntInput.from_param(attack.param.target, name="target (-1: suppress)", width=130),
+        pn.widgets.FloatInput.from_param(attack.param.eps, name="ε", width=90),
+        pn.widgets.Select.from_param(attack.param.norm, name="norm", width=70),
+        pn.widgets.IntInput.from_param(attack.param.steps, name="N", width=70),
+    )
+    buttons = pn.Row(step, run, reset, progress)
+    blend = pn.Row(pn.widgets.DiscreteSlider.from_param(attack.param.alpha, name="α (blend x + αδ)", css_classes=["pt-alpha"]),
+                   pn.widgets.Checkbox.from_param(attack.param.delta_only, name="show δ alone (amplified)",
+                                                  css_classes=["pt-delta-only"]))
+
+    def view(*_):
+        image = state.image()
+        if attack.delta is None or attack.logits is None or image is None:
+            return f"<div class='pt-attack'><p>{attack.status or 'No perturbation yet: press PGD step.'}</p></div>"
+        x = image.astype(np.float32) / 255
+        d = attack.delta.transpose(1, 2, 0)
+        if attack.delta_only:
+            shown = np.clip(0.5 + d / (2 * max(float(np.abs(d).max()), 1e-8)), 0, 1)
+        else:
+            shown = np.clip(x + attack.alpha * d, 0, 1)
+        a = ALPHAS.index(attack.alpha)
+        rows = []
+        for m, model in enumerate(attack.models):
+            p = softmax_row(attack.logits[a, m])
+            before = softmax_row(attack.logits[0, m])
+            top, orig = int(p.argmax()), int(before.argmax())
+            mark = " (attacked)" if model == attack.model else ""
+            rows.append(f"<tr class='pt-transfer-{model}'><td>{model}{mark}</td><td>{names[orig]} ({before[orig]:.2f})</td>"
+                        f"<td>{names[top]} ({p[top]:.2f})</td></tr>")
+        table = ("<table class='pt-transfer'><tr><th>model</th><th>α = 0</th><th>α = " + f"{attack.alpha:g}" + "</th></tr>"
+                 + "".join(rows) + "</table>")
+        label = "δ alone (amplified)" if attack.delta_only else f"x + {attack.alpha:g} δ"
+        return (f"<div class='pt-attack'><p class='pt-attack-status'>{attack.status}</p><figure style='display:inline-block'>"
+                f"<img class='pt-attacked' src='{_png((shown * 255).round().astype(np.uint8))}' width='224'>"
+                f"<figcaption>{label}</figcaption></figure>{table}</div>")
+
+    panel = pn.pane.HTML(pn.bind(view, attack.param.done, attack.param.alpha, attack.param.delta_only, attack.param.status), width=900)
+    return pn.Column(controls, buttons, blend, panel), attack
+
+
+def softmax_row(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits.astype(np.float64) - logits.max())
+    return z / z.sum()
+
+
+def _saliency_view(state: CubeState):
+    """Input-gradient saliency of each compared model at the current point."""
+    toggle = pn.widgets.Checkbox(name="input-gradient saliency (computed here)", value=False, css_classes=["pt-saliency-toggle"])
+
+    def html(*_):
+        if not toggle.value:
+            return ""
+        import torch
+
+        from pipeline.attack import saliency
+
+        image = state.image()
+        if image is None:
+            return f"<p class='pt-missing'>{NOT_COMPUTED}</p>"
+        x = (torch.tensor(image).permute(2, 0, 1)[None].float() / 255).contiguous()
+        tiles = []
+        for model in dict.fromkeys([state.model_a, state.model_b]):
+            s = saliency(x, model)[0].numpy()
+            tiles.append(f"<figure style='display:inline-block;margin:2px'><img class='pt-saliency' src='{_png((s * 255).astype(np.uint8))}' "
+                         f"width='{TILE * 2}'><figcaption style='font-size:9px'>{model}</figcaption></figure>")
+        return "".join(tiles)
+
+    return pn.Column(toggle, pn.pane.HTML(pn.bind(html, toggle, *[state.param[a] for a in state.axes], state.param.model_a,
+                                                  state.param.model_b, state.param.live_result), width=900))
+
+
 def build_app(path: str, cube: str, state: CubeState | None = None, engine: Any = None) -> pn.Column:
     """The viewer for one cube of a store (``state``: an existing state of that
     cube to drive; ``engine``: a viewer.live.LiveEngine for live compute)."""
@@ -446,7 +608,9 @@ def build_app(path: str, cube: str, state: CubeState | None = None, engine: Any 
     fv_kind = pn.widgets.RadioButtonGroup(name="feature visualisation", options=["fourier", "pixel"], value="fourier")
     main.extend([
         pn.pane.Markdown("### Neuron activations"), pn.Row(layer, group, fv_kind), _neuron_view(state, layer, group, fv_kind),
+        _saliency_view(state),
         pn.pane.Markdown("### Feature visualisations"), _gallery_view(path),
+        pn.pane.Markdown("### Adversarial (PGD): attack one model, see whether the others are fooled too"), _attack_views(state)[0],
         pn.pane.Markdown("### Failure finder"), _failure_view(state, settled),
         pn.pane.Markdown("### Sensitivity: how much each axis moves each model"), _sensitivity_view(state),
         pn.pane.Markdown("### Model against model (datashader, every sample)"), _scatter_view(state, settled),

@@ -154,3 +154,32 @@ class LiveEngine:
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()
+
+
+def attack_task(x: np.ndarray, delta: np.ndarray, model: str, eps: float, norm: str, target: int | None,
+                label: int | None, steps: int, alphas: Sequence[float], models: Sequence[str],
+                threads: int | None = None) -> tuple[np.ndarray, int, np.ndarray]:
+    """``steps`` PGD steps from ``delta`` on the model input ``x`` (S, S, 3) uint8,
+    then every model on clamp(x + α δ) for each α in one batch.
+
+    Returns (δ (3, S, S) float32, the label attacked, logits (α, model, 1000) float32).
+    """
+    import torch
+
+    from pipeline import models as registry
+    from pipeline.attack import Attack, blend, label_for, pgd
+
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    device = registry.best_device()
+    xt = (torch.tensor(x).permute(2, 0, 1)[None].float() / 255).contiguous().to(device)
+    attack = Attack(model, eps=eps, norm=norm, target=target)
+    lab = torch.tensor([label], device=device) if label is not None else label_for(xt, attack)
+    d = pgd(xt, attack, steps, delta=torch.tensor(delta)[None].to(device), label=lab) if steps else torch.tensor(delta)[None].to(device)
+    if not alphas or not models:
+        return d[0].cpu().numpy().astype(np.float32), int(lab[0]), None
+    batch = blend(xt, d, alphas)
+    with torch.no_grad():
+        logits = np.stack([registry.load_model(m, device)(registry.preprocess(batch, registry.spec(m))).float().cpu().numpy()
+                           for m in models], axis=1)
+    return d[0].cpu().numpy().astype(np.float32), int(lab[0]), logits
