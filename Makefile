@@ -12,7 +12,7 @@ setup:
 demo: setup
 	.venv/bin/perturber precompute workflows/demo.yaml --out data/generated/demo.zarr
 	.venv/bin/perturber featureviz workflows/featureviz.yaml --out data/generated/demo.zarr
-	.venv/bin/perturber view data/generated/demo.zarr
+	.venv/bin/perturber view data/generated/demo.zarr --engine local
 
 # Tests: everything but the GPU tests (slow and browser tests included).
 test: setup
