@@ -1,5 +1,6 @@
 """The viewer in a real browser: Debian's Chromium driven by Playwright."""
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -84,6 +85,20 @@ def _serve(path: Path, *extra: str):
     raise RuntimeError("the viewer did not start")
 
 
+@contextlib.contextmanager
+def _viewer(page, path: Path, *extra: str):
+    """Serve ``path`` (extra ``perturber view`` options), open it, wait for the
+    model input; afterwards, no JavaScript error may have happened."""
+    proc, url = _serve(path, *extra)
+    try:
+        page.goto(url)
+        page.wait_for_selector("img.pt-input", timeout=60_000)
+        yield
+        assert not page.errors, page.errors
+    finally:
+        proc.kill()
+
+
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1300, "height": 900})
@@ -107,10 +122,7 @@ def _step_slider(page, index=0):
 
 
 def test_page_loads_and_yaw_changes_image_and_predictions(stores, page):
-    proc, url = _serve(stores[0])
-    try:
-        page.goto(url)
-        page.wait_for_selector("img.pt-input", timeout=60_000)
+    with _viewer(page, stores[0]):
         image = page.get_attribute("img.pt-input", "src")
         left = _top5(page, "model_a")
         assert "efficientnet_lite0" in left and "1" in left
@@ -124,9 +136,6 @@ def test_page_loads_and_yaw_changes_image_and_predictions(stores, page):
         model_selects.nth(1).select_option("efficientnet_lite0")  # the right model
         expect(page.locator(".pt-model_b")).to_contain_text("efficientnet_lite0", timeout=30_000)
         assert _top5(page, "model_b") != right
-        assert not page.errors, page.errors
-    finally:
-        proc.kill()
 
 
 FRAMES_JS = """
@@ -148,10 +157,7 @@ FRAMES_JS = """
 
 
 def test_clicking_a_landscape_cell_moves_the_sliders(stores, page):
-    proc, url = _serve(stores[0])
-    try:
-        page.goto(url)
-        page.wait_for_selector("img.pt-input", timeout=60_000)
+    with _viewer(page, stores[0]):
         expect(page.get_by_text("yaw: 0", exact=True)).to_be_visible()
         page.wait_for_timeout(1000)  # let Bokeh lay the plots out
         frame = next(f for f in page.evaluate(FRAMES_JS) if "click a cell" in f["title"])
@@ -159,16 +165,10 @@ def test_clicking_a_landscape_cell_moves_the_sliders(stores, page):
         page.mouse.click(frame["left"] + frame["width"] * 5 / 6, frame["top"] + frame["height"] * 1 / 4)
         expect(page.get_by_text("yaw: 180", exact=True)).to_be_visible(timeout=30_000)
         expect(page.get_by_text("hue: 120", exact=True)).to_be_visible(timeout=30_000)
-        assert not page.errors, page.errors
-    finally:
-        proc.kill()
 
 
 def test_failure_finder_and_neuron_view(stores, page):
-    proc, url = _serve(stores[0])
-    try:
-        page.goto(url)
-        page.wait_for_selector("img.pt-input", timeout=60_000)
+    with _viewer(page, stores[0]):
         expect(page.locator(".pt-neurons").first).to_be_visible(timeout=30_000)
         # Neurons 0 and 2 of Lite0 have feature visualisations beside their maps; Lite1's have none.
         left = page.locator(".pt-neurons").first
@@ -191,23 +191,14 @@ def test_failure_finder_and_neuron_view(stores, page):
         failure.click()
         axis, value = change.split("=")
         expect(page.get_by_text(f"{axis}: {value}", exact=True)).to_be_visible(timeout=30_000)
-        assert not page.errors, page.errors
-    finally:
-        proc.kill()
 
 
 def test_missing_chunks_show_not_computed(stores, page):
-    proc, url = _serve(stores[1])
-    try:
-        page.goto(url)
-        page.wait_for_selector("img.pt-input", timeout=60_000)  # dog, yaw 0: computed
+    with _viewer(page, stores[1]):  # dog, yaw 0: computed
         expect(page.get_by_text("1 of 6 chunks computed")).to_be_visible()
         _step_slider(page)
         page.wait_for_selector(".pt-missing", timeout=30_000)
         assert "not computed" in _top5(page, "model_a")
-        assert not page.errors, page.errors
-    finally:
-        proc.kill()
 
 
 def test_foreign_store_gets_a_message(tmp_path, page):
@@ -224,11 +215,24 @@ def test_foreign_store_gets_a_message(tmp_path, page):
         proc.kill()
 
 
+STATUS_SAYS_JS = """
+(text) => {
+  const find = (root) => {
+    const hit = root.querySelector('.pt-live-status');
+    if (hit) return hit;
+    for (const el of root.querySelectorAll('*')) {
+      if (el.shadowRoot) { const f = find(el.shadowRoot); if (f) return f; }
+    }
+    return null;
+  };
+  const status = find(document);
+  return status !== null && status.textContent.includes(text);
+}
+"""
+
+
 def test_live_compute_off_the_grid(stores, page):
-    proc, url = _serve(stores[0], "--engine", "local")
-    try:
-        page.goto(url)
-        page.wait_for_selector("img.pt-input", timeout=60_000)
+    with _viewer(page, stores[0], "--engine", "local"):
         grid_image = page.get_attribute("img.pt-input", "src")
         page.locator(".pt-live-toggle input[type=checkbox]").check()
         expect(page.locator(".pt-live")).to_contain_text("yaw = 0", timeout=60_000)
@@ -239,8 +243,9 @@ def test_live_compute_off_the_grid(stores, page):
             page.keyboard.press("ArrowRight")
         expect(page.locator(".pt-live")).to_contain_text("yaw = 1.08", timeout=60_000)
         expect(page.locator(".pt-live-status")).to_contain_text("yaw = 1.08, computed in", timeout=60_000)
-        # two steps in quick succession: the first request is stale when the second comes, and is cancelled
+        # a second step while the first is still computing: the first is stale, and is cancelled
         page.keyboard.press("ArrowRight")
+        page.wait_for_function(STATUS_SAYS_JS, arg="computing yaw = 1.44", polling="raf", timeout=30_000)
         page.keyboard.press("ArrowRight")
         expect(page.locator(".pt-live-status")).to_contain_text("yaw = 1.8, computed in", timeout=60_000)
         expect(page.locator(".pt-live-status")).to_contain_text("1 stale request cancelled")
@@ -248,27 +253,15 @@ def test_live_compute_off_the_grid(stores, page):
         expect(page.locator("img.pt-input")).not_to_have_attribute("src", grid_image, timeout=30_000)
         assert "LIVE" in page.inner_text(".pt-live")
         assert "efficientnet_lite0" in _top5(page, "model_a") and "not computed" not in _top5(page, "model_a")
-        assert not page.errors, page.errors
-    finally:
-        proc.kill()
 
 
 def test_without_an_engine_live_compute_says_why(stores, page):
-    proc, url = _serve(stores[0])
-    try:
-        page.goto(url)
-        page.wait_for_selector("img.pt-input", timeout=60_000)
+    with _viewer(page, stores[0]):
         expect(page.locator(".pt-live-off")).to_contain_text("Live compute is off")
-        assert not page.errors, page.errors
-    finally:
-        proc.kill()
 
 
 def test_pgd_in_the_viewer_fools_the_attacked_model_and_alpha_fades_it(stores, page):
-    proc, url = _serve(stores[0], "--engine", "local")
-    try:
-        page.goto(url)
-        page.wait_for_selector("img.pt-input", timeout=60_000)
+    with _viewer(page, stores[0], "--engine", "local"):
         page.locator(".pt-pgd-run button").click()  # 10 steps of eps/8 at eps = 8/255, L-infinity, on Lite0
         expect(page.locator(".pt-attack-status")).to_contain_text("10 step(s) on the engine", timeout=120_000)
         row = page.locator(".pt-transfer-efficientnet_lite0 td")
@@ -287,6 +280,3 @@ def test_pgd_in_the_viewer_fools_the_attacked_model_and_alpha_fades_it(stores, p
         expect(page.locator(".pt-attack figcaption")).to_contain_text("δ alone", timeout=30_000)
         page.locator(".pt-saliency-toggle input[type=checkbox]").check()  # one map per compared model
         expect(page.locator("img.pt-saliency")).to_have_count(2, timeout=60_000)
-        assert not page.errors, page.errors
-    finally:
-        proc.kill()
