@@ -330,7 +330,11 @@ def precompute(spec: FeatureVizSpec, store: Any, scheduler: str | None = None, w
     start = time.perf_counter()
     calls = [(f"featureviz-{t.name}-{p}-{c}", compute_chunk, (spec, t, p, c, store)) for t, p, c in jobs]
     try:
-        done = run_tasks(calls, scheduler, workers, lambda result: bar.update(result[1]) or result[1], echo)
+        def units(result) -> int:
+            bar.update(result[1])
+            return result[1]
+
+        done = run_tasks(calls, scheduler, workers, units, echo)
     finally:
         bar.close()
     echo(f"wrote {done} feature visualisations in {time.perf_counter() - start:.0f} s")

@@ -265,7 +265,11 @@ def run_tasks(calls: list[tuple[str, Callable, tuple]], scheduler: str | None, w
 def _run_dask(jobs, out, storage_options, scheduler, workers, bar, echo) -> int:
     calls = [(f"chunk-{cube.name}-{'-'.join(map(str, idx))}", functools.partial(compute_chunk, batch_sizes=sizes),
               (cube, idx, out, storage_options)) for cube, idx, sizes in jobs]
-    return run_tasks(calls, scheduler, workers, lambda result: bar.update(result[2]) or result[2], echo)
+    def done(result) -> int:
+        bar.update(result[2])
+        return result[2]
+
+    return run_tasks(calls, scheduler, workers, done, echo)
 
 
 def summary(spec: SweepSpec, out: Any, storage_options: Mapping | None = None) -> str:

@@ -164,7 +164,7 @@ def test_cli_on_a_local_cluster_matches_in_process(tmp_path):
 
     import yaml
 
-    raw = {**SPEC, "models": {"efficientnet_lite0": {"layers": {"head": 2}}}, "batch": 1}
+    raw = {**SPEC, "models": {"efficientnet_lite0": {"layers": {"head": 2}}}, "batch": 2}  # 2 batches of 2
     spec_path = tmp_path / "fv.yaml"
     spec_path.write_text(yaml.safe_dump(raw))
     a, b = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")

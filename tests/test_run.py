@@ -237,3 +237,14 @@ def test_slurm_recipe_builds_its_cluster():
         assert "#SBATCH --gres=gpu:1" in script and "PYOPENGL_PLATFORM=egl" in script and "-p gpu" in script
     finally:
         cluster.close()
+
+
+def test_a_local_cluster_run_counts_its_samples_and_leaves_this_process_alone(small_spec, tmp_path):
+    import torch
+
+    watched = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+    environ, threads = {k: os.environ.get(k) for k in watched}, torch.get_num_threads()
+    report = run.precompute(small_spec, str(tmp_path / "lc.zarr"), workers=2, progress=False, echo=lambda _: None)
+    assert report.samples == sum(c.samples for c in small_spec.cubes)
+    # Dask sets these to 1 (and 65536) in the starting process unless put back
+    assert {k: os.environ.get(k) for k in watched} == environ and torch.get_num_threads() == threads
