@@ -456,11 +456,7 @@ class AttackState(param.Parameterized):
                 args = (image, self.delta, self.model, float(self.eps), self.norm, target, self.label, 1,
                         ALPHAS if last else (), self.models if last else [])
                 engine = self.state.engine
-                if engine is not None:
-                    future = engine.client.submit(attack_task, *args, threads=engine.threads, pure=False)
-                    self.delta, self.label, logits = future.result(timeout=engine.timeout)
-                else:
-                    self.delta, self.label, logits = attack_task(*args)
+                self.delta, self.label, logits = engine.call(attack_task, *args) if engine is not None else attack_task(*args)
                 self.done += 1
                 if progress is not None:
                     progress(i + 1)

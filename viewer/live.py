@@ -150,6 +150,18 @@ class LiveEngine:
         key, future = self.submit(session, point, models, layers, neurons, size)
         return self.result(key, future), False
 
+    def call(self, fn, *args: Any) -> Any:
+        """Run ``fn(*args, threads=...)`` as one task on the engine and wait for it
+        (PGD steps); one-line EngineError on failure or timeout."""
+        future = self.client.submit(fn, *args, threads=self.threads, pure=False)
+        try:
+            return future.result(timeout=self.timeout)
+        except TimeoutError:
+            future.cancel()
+            raise EngineError(f"no result within {self.timeout:.0f} s") from None
+        except Exception as exc:
+            raise EngineError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'failed'}") from None
+
     def close(self) -> None:
         self.client.close()
         if self._cluster is not None:
