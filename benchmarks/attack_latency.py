@@ -51,11 +51,12 @@ def main() -> None:
         np.save(args.save_image, image)
     from pipeline import models
     from pipeline.attack import Attack, blend, label_for, pgd_step
+    from pipeline.imageops import to_tensor
 
     device = models.best_device()
     gpu = device.type == "cuda"
     sync = torch.cuda.synchronize if gpu else (lambda: None)
-    x = (torch.tensor(image).permute(2, 0, 1)[None].float() / 255).contiguous().to(device)
+    x = to_tensor(image, device).contiguous()
     attack = Attack(MODELS[0], eps=8 / 255)
 
     start = time.perf_counter()

@@ -241,7 +241,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from pipeline import attack as pgd_attack
-    from pipeline import engine, models
+    from pipeline import engine, imageops, models
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     attacker = args.attack_model or names[0]
@@ -255,7 +255,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     spec = pgd_attack.Attack(attacker, eps=_fraction(args.eps), norm=args.norm, target=args.target,
                              step=_fraction(args.step) if args.step else None)
     result = engine.evaluate([_factor_values(args)], [attacker], size=args.size, device=device)
-    x = (torch.tensor(result.images).permute(0, 3, 1, 2).float() / 255).contiguous().to(device)
+    x = imageops.to_tensor(result.images, device).contiguous()
     bar = tqdm(total=args.steps, desc=f"PGD {args.norm} on {attacker}", unit="step", file=sys.stderr, disable=args.quiet)
     delta = pgd_attack.pgd(x, spec, args.steps, progress=lambda _: bar.update(1))
     bar.close()

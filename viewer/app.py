@@ -13,7 +13,7 @@ import panel as pn
 import param
 
 from pipeline import factors
-from viewer.state import NOT_COMPUTED, CubeState, Landscape, expected_probability, failures, sensitivity
+from viewer.state import NOT_COMPUTED, CubeState, Landscape, expected_probability, failures, sensitivity, softmax
 
 __all__ = ["build_app", "serve"]
 
@@ -259,11 +259,11 @@ def _fv_png(path: str, model: str, layer: str, unit: int, parameterisation: str)
     """The stored feature visualisation of a channel as a data URI (None: not in the store or not computed)."""
     from featureviz import precompute as fv
 
-    found = fv.lookup(_featureviz(path), model, layer)
+    ds = _featureviz(path)
+    found = fv.lookup(ds, model, layer)
     if found is None or unit not in found[1]:
         return None
     array, position = found
-    ds = _featureviz(path)
     params = [str(p) for p in ds["parameterisation"].values]
     if parameterisation not in params:
         return None
@@ -516,8 +516,8 @@ def _attack_views(state: CubeState):
         a = ALPHAS.index(attack.alpha)
         rows = []
         for m, model in enumerate(attack.models):
-            p = softmax_row(attack.logits[a, m])
-            before = softmax_row(attack.logits[0, m])
+            p = softmax(attack.logits[a, m])
+            before = softmax(attack.logits[0, m])
             top, orig = int(p.argmax()), int(before.argmax())
             mark = " (attacked)" if model == attack.model else ""
             rows.append(f"<tr class='pt-transfer-{model}'><td>{model}{mark}</td><td>{names[orig]} ({before[orig]:.2f})</td>"
@@ -533,11 +533,6 @@ def _attack_views(state: CubeState):
     return pn.Column(controls, buttons, blend, panel), attack
 
 
-def softmax_row(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits.astype(np.float64) - logits.max())
-    return z / z.sum()
-
-
 def _saliency_view(state: CubeState):
     """Input-gradient saliency of each compared model at the current point."""
     toggle = pn.widgets.Checkbox(name="input-gradient saliency (computed here)", value=False, css_classes=["pt-saliency-toggle"])
@@ -545,14 +540,13 @@ def _saliency_view(state: CubeState):
     def html(*_):
         if not toggle.value:
             return ""
-        import torch
-
         from pipeline.attack import saliency
+        from pipeline.imageops import to_tensor
 
         image = state.image()
         if image is None:
             return f"<p class='pt-missing'>{NOT_COMPUTED}</p>"
-        x = (torch.tensor(image).permute(2, 0, 1)[None].float() / 255).contiguous()
+        x = to_tensor(image).contiguous()
         tiles = []
         for model in dict.fromkeys([state.model_a, state.model_b]):
             s = saliency(x, model)[0].numpy()

@@ -117,21 +117,23 @@ class LiveEngine:
             self._pending[session] = future
         return key, future
 
-    def result(self, key: str, future) -> LiveResult:
-        """Wait (at most ``timeout``) and cache; a one-line EngineError otherwise."""
-        from concurrent.futures import CancelledError
-
+    def _wait(self, future) -> Any:
+        """The future's value within ``timeout``; a one-line EngineError otherwise."""
         try:
-            value = future.result(timeout=self.timeout)
-        except CancelledError:
-            raise EngineError("cancelled: a newer request replaced it") from None
+            return future.result(timeout=self.timeout)
         except TimeoutError:
             future.cancel()
             raise EngineError(f"no result within {self.timeout:.0f} s") from None
-        except Exception as exc:
+        except BaseException as exc:  # concurrent.futures' or asyncio's CancelledError included
             if type(exc).__name__ == "CancelledError":
                 raise EngineError("cancelled: a newer request replaced it") from None
+            if not isinstance(exc, Exception):
+                raise
             raise EngineError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'failed'}") from None
+
+    def result(self, key: str, future) -> LiveResult:
+        """Wait (at most ``timeout``) and cache; a one-line EngineError otherwise."""
+        value = self._wait(future)
         with self._lock:
             self._cache[key] = value
             self._cache.move_to_end(key)
@@ -153,14 +155,7 @@ class LiveEngine:
     def call(self, fn, *args: Any) -> Any:
         """Run ``fn(*args, threads=...)`` as one task on the engine and wait for it
         (PGD steps); one-line EngineError on failure or timeout."""
-        future = self.client.submit(fn, *args, threads=self.threads, pure=False)
-        try:
-            return future.result(timeout=self.timeout)
-        except TimeoutError:
-            future.cancel()
-            raise EngineError(f"no result within {self.timeout:.0f} s") from None
-        except Exception as exc:
-            raise EngineError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'failed'}") from None
+        return self._wait(self.client.submit(fn, *args, threads=self.threads, pure=False))
 
     def close(self) -> None:
         self.client.close()
@@ -180,11 +175,12 @@ def attack_task(x: np.ndarray, delta: np.ndarray, model: str, eps: float, norm: 
 
     from pipeline import models as registry
     from pipeline.attack import Attack, blend, label_for, pgd
+    from pipeline.imageops import to_tensor
 
     if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     device = registry.best_device()
-    xt = (torch.tensor(x).permute(2, 0, 1)[None].float() / 255).contiguous().to(device)
+    xt = to_tensor(x, device).contiguous()
     attack = Attack(model, eps=eps, norm=norm, target=target)
     lab = torch.tensor([label], device=device) if label is not None else label_for(xt, attack)
     d = pgd(xt, attack, steps, delta=torch.tensor(delta)[None].to(device), label=lab) if steps else torch.tensor(delta)[None].to(device)
