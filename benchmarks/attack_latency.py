@@ -34,7 +34,7 @@ def dog_image(path: str | None) -> np.ndarray:
     """(224, 224, 3) uint8: from ``path`` (.npy) or rendered here."""
     if path:
         return np.load(path)
-    from pipeline import scene
+    from perturber.pipeline import scene
 
     return scene.render({"object": "dog", "background": "meadow"}, size=224)[..., :3]  # no model loaded yet
 
@@ -49,9 +49,9 @@ def main() -> None:
     image = dog_image(args.image)
     if args.save_image:
         np.save(args.save_image, image)
-    from pipeline import models
-    from pipeline.attack import Attack, blend, label_for, pgd_step
-    from pipeline.imageops import to_tensor
+    from perturber.pipeline import models
+    from perturber.pipeline.attack import Attack, blend, label_for, pgd_step
+    from perturber.pipeline.imageops import to_tensor
 
     device = models.best_device()
     gpu = device.type == "cuda"

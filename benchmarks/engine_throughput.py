@@ -20,7 +20,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 import torch  # noqa: E402
 
-from pipeline import engine, factors, imageops, models, scene  # noqa: E402
+from perturber.pipeline import engine, factors, imageops, models, scene  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import report  # noqa: E402

@@ -25,8 +25,8 @@ from datetime import date
 
 import torch
 
-from featureviz.optimize import Settings, visualise
-from pipeline import models
+from perturber.featureviz.optimize import Settings, visualise
+from perturber.pipeline import models
 
 sys.path.insert(0, os.path.dirname(__file__))
 import report  # noqa: E402

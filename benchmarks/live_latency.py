@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--write", metavar="MARKDOWN")
     parser.add_argument("--points", type=int, default=20)
     args = parser.parse_args()
-    from viewer.live import LiveEngine
+    from perturber.viewer.live import LiveEngine
 
     rng = random.Random(0)
     points = [{"object": rng.choice(["dog", "cat"]), "yaw": round(rng.uniform(-180, 180), 2), "pitch": round(rng.uniform(-10, 40), 2),

@@ -21,7 +21,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 import numpy as np  # noqa: E402
 
-from pipeline import factors, scene  # noqa: E402
+from perturber.pipeline import factors, scene  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import report  # noqa: E402

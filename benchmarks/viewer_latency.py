@@ -42,7 +42,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 import numpy as np  # noqa: E402
 
-from pipeline import run, spec, store  # noqa: E402
+from perturber.pipeline import run, spec, store  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import report  # noqa: E402
@@ -116,7 +116,7 @@ def _views(state, which: str):
     """The Panel objects to time: 'core' (what the issue names) or 'full' (the app)."""
     import panel as pn
 
-    from viewer import app
+    from perturber.viewer import app
 
     if which == "full":
         return app.build_app(state.path, state.cube, state=state)
@@ -135,7 +135,7 @@ def time_changes(path: str, which: str, changes: int, seed: int = 1) -> tuple[li
     """(seconds per control change, session start seconds) for ``which`` views."""
     from bokeh.document import Document
 
-    from viewer.state import CubeState
+    from perturber.viewer.state import CubeState
 
     start = time.perf_counter()
     state = CubeState(path, "views")
@@ -202,7 +202,7 @@ def browser_latency(path: str, presses: int, pause: float = 0.0) -> list[float] 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "view", path, "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "perturber", "view", path, "--port", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with sync_playwright() as p:

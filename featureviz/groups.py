@@ -30,7 +30,7 @@ def labels(ds) -> list[str]:
 def mean_activation(path: str, cube: str, variable: str) -> np.ndarray:
     """(*axes, neuron) float32: each stored neuron's spatial mean activation per
     sample, NaN where not computed; one dask pass over the variable, once per process."""
-    from pipeline.store import open_cube
+    from perturber.pipeline.store import open_cube
 
     ds = open_cube(path, cube)
     act = ds[variable]
@@ -46,7 +46,7 @@ def neuron_groups(path: str, cube: str, variable: str, size: int = 8) -> dict[st
     computed samples. Changes most along an axis: the largest spread (max - min)
     along the axis, averaged over every combination of the other axes.
     """
-    from pipeline.store import open_cube
+    from perturber.pipeline.store import open_cube
 
     ds = open_cube(path, cube)
     axes = list(ds.attrs["axes"])

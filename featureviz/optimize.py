@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pipeline import models
+from perturber.pipeline import models
 
 __all__ = ["Settings", "Result", "visualise", "unit_seed", "PARAMETERISATIONS", "KINDS", "high_frequency_energy",
            "random_directions"]

@@ -45,9 +45,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import yaml
 
-from featureviz import FeatureVizError
-from featureviz.optimize import PARAMETERISATIONS, Settings, random_directions, visualise
-from pipeline import models
+from perturber.featureviz import FeatureVizError
+from perturber.featureviz.optimize import PARAMETERISATIONS, Settings, random_directions, visualise
+from perturber.pipeline import models
 
 __all__ = ["FeatureVizSpec", "Target", "FeatureVizError", "load_spec", "parse_spec", "precompute", "GROUP", "open_featureviz"]
 
@@ -185,7 +185,7 @@ def parse_spec(raw: Any, name: str = "spec") -> FeatureVizSpec:
 
 
 def _has_module(model: str, path: str) -> bool:
-    from pipeline.spec import _has_module as has
+    from perturber.pipeline.spec import _has_module as has
 
     return has(models.spec(model), path)
 
@@ -316,7 +316,7 @@ def precompute(spec: FeatureVizSpec, store: Any, scheduler: str | None = None, w
     """Compute every missing batch into ``store``'s featureviz group; returns units written."""
     from tqdm import tqdm
 
-    from pipeline.run import run_tasks
+    from perturber.pipeline.run import run_tasks
 
     create_or_check(spec, store)
     jobs = missing(spec, store)

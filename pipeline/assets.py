@@ -186,7 +186,7 @@ def fetch(run: bool = True) -> tuple[list[str], str | None]:
 
 def imagenet_class_indices(asset_id: str) -> list[int]:
     """ImageNet-1k indices of the classes ``asset_id`` should read as."""
-    from pipeline.models import imagenet_categories
+    from perturber.pipeline.models import imagenet_categories
 
     names = imagenet_categories()
     groups = {"@dogs": range(151, 269), "@cats": range(281, 286)}
@@ -325,7 +325,7 @@ def _parts_from_trimesh(loaded: Any) -> list[Part]:
 
 
 def _parts_from_ac3d(path: Path) -> list[Part]:
-    from pipeline.ac3d import read_ac3d
+    from perturber.pipeline.ac3d import read_ac3d
 
     images: dict[Path, np.ndarray | None] = {}
     parts = []
@@ -410,7 +410,7 @@ def load_mesh_file(path: str | Path, rotate: list[float] | None = None, object_i
     Raises :class:`AssetError` with a one-line reason for a missing, empty,
     oversized, non-finite or unreadable file or texture.
     """
-    from pipeline.factors import MESH_SUFFIXES
+    from perturber.pipeline.factors import MESH_SUFFIXES
 
     path = Path(path)
     name = path.name
@@ -468,7 +468,7 @@ def load_object(object_id: str) -> SceneObject:
 
     Callers must not modify the returned object.
     """
-    from pipeline.factors import MESH_SUFFIXES
+    from perturber.pipeline.factors import MESH_SUFFIXES
 
     if object_id not in catalogue()["objects"] and Path(object_id).suffix.lower() in MESH_SUFFIXES:
         return load_mesh_file(object_id)
@@ -523,7 +523,7 @@ def load_background(background: str, size: int) -> np.ndarray | None:
     ``background`` is a catalogue id or a colour (``'#rrggbb'`` or a name).
     Photos are centre-cropped to a square and resized with a Lanczos filter.
     """
-    from pipeline.factors import colour_to_rgb, normalise_colour
+    from perturber.pipeline.factors import colour_to_rgb, normalise_colour
 
     if background == "none":
         return None

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from pipeline import models
+from perturber.pipeline import models
 
 __all__ = ["Attack", "AttackError", "pgd_step", "pgd", "norm_of", "blend", "saliency", "NORMS"]
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline import factors
+from perturber.pipeline import factors
 
 __all__ = ["main", "parse_sweep"]
 
@@ -82,7 +82,7 @@ def _save_png(image: np.ndarray, out: str) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from pipeline import scene
+    from perturber.pipeline import scene
 
     values = _factor_values(args)
     params = factors.validate(values)
@@ -98,7 +98,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def _attributions(params: dict[str, Any]) -> list[str]:
-    from pipeline import assets
+    from perturber.pipeline import assets
 
     return assets.attributions(params)
 
@@ -112,7 +112,7 @@ def contact_sheet(rows: Sequence[dict[str, Any]], sweep: tuple[str, list[Any]], 
     from PIL import Image, ImageDraw
     from tqdm import tqdm
 
-    from pipeline import scene
+    from perturber.pipeline import scene
 
     name, values = sweep
     label_h, pad = 18, 4
@@ -147,7 +147,7 @@ def contact_sheet(rows: Sequence[dict[str, Any]], sweep: tuple[str, list[Any]], 
 
 
 def cmd_sheet(args: argparse.Namespace) -> int:
-    from pipeline import assets
+    from perturber.pipeline import assets
 
     base = _factor_values(args)
     objects = assets.object_ids() if args.objects == "all" else [o.strip() for o in args.objects.split(",") if o.strip()]
@@ -168,7 +168,7 @@ def cmd_sheet(args: argparse.Namespace) -> int:
 
 
 def cmd_assets(args: argparse.Namespace) -> int:
-    from pipeline import assets
+    from perturber.pipeline import assets
 
     if args.fetch:
         packages, command = assets.fetch(run=True)
@@ -189,7 +189,7 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pipeline import engine, figures, models
+    from perturber.pipeline import engine, figures, models
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     for name in names:
@@ -240,8 +240,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from pipeline import attack as pgd_attack
-    from pipeline import engine, imageops, models
+    from perturber.pipeline import attack as pgd_attack
+    from perturber.pipeline import engine, imageops, models
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     attacker = args.attack_model or names[0]
@@ -300,7 +300,7 @@ def _suffixed(path: str, suffix: str) -> str:
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
-    from pipeline import run, spec
+    from perturber.pipeline import run, spec
 
     sweep = spec.load_spec(args.spec, force=args.force)
     if args.prune:
@@ -310,7 +310,7 @@ def cmd_precompute(args: argparse.Namespace) -> int:
         return 0
     scheduler, cluster = args.scheduler, None
     if args.cluster:
-        from pipeline import clusters
+        from perturber.pipeline import clusters
 
         cluster = clusters.build(args.cluster)
         scheduler = cluster.scheduler_address
@@ -328,7 +328,7 @@ def cmd_precompute(args: argparse.Namespace) -> int:
 
 
 def cmd_featureviz(args: argparse.Namespace) -> int:
-    from featureviz import precompute as fv
+    from perturber.featureviz import precompute as fv
 
     spec = fv.load_spec(args.spec)
     fv.precompute(spec, args.out, scheduler=args.scheduler, workers=args.workers, progress=not args.quiet)
@@ -336,7 +336,7 @@ def cmd_featureviz(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from viewer import app
+    from perturber.viewer import app
 
     if args.address not in ("127.0.0.1", "localhost") and not args.allow_remote:
         raise CLIError(f"--address {args.address}: serving beyond this machine needs --allow-remote")
@@ -439,18 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.assets import AssetError
-    from pipeline.models import ModelError
-    from pipeline.spec import SpecError
-    from pipeline.clusters import ClusterError
-    from pipeline.store import StoreError
-    from featureviz import FeatureVizError
-    from pipeline.attack import AttackError
+    from perturber.pipeline.assets import AssetError
+    from perturber.pipeline.models import ModelError
+    from perturber.pipeline.spec import SpecError
+    from perturber.pipeline.clusters import ClusterError
+    from perturber.pipeline.store import StoreError
+    from perturber.featureviz import FeatureVizError
+    from perturber.pipeline.attack import AttackError
 
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="perturber: %(message)s")
-    logging.getLogger("pipeline").setLevel(logging.INFO)
+    logging.getLogger("perturber").setLevel(logging.INFO)
     for handler in logging.getLogger().handlers:  # Dask sets its own loggers to INFO when imported
         handler.addFilter(lambda record: record.levelno >= logging.WARNING or not record.name.startswith("distributed"))
     parser = build_parser()

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from pipeline import factors, imageops, models, scene
+from perturber.pipeline import factors, imageops, models, scene
 
 __all__ = ["Evaluation", "evaluate", "model_input"]
 

@@ -66,7 +66,7 @@ __all__ = [
 
 # The default (the original tool's contrast: p = 1 is the identity, p = 0 flat
 # grey) is declared once, with the `expression` factor.
-from pipeline.factors import DEFAULT_EXPRESSION  # noqa: E402
+from perturber.pipeline.factors import DEFAULT_EXPRESSION  # noqa: E402
 
 MAX_LENGTH = 500  # characters
 MAX_NODES = 200  # AST nodes (values, operations and calls)

@@ -181,7 +181,7 @@ class ExpressionText:
     """A sandboxed colour expression over r, g, b and p (see :mod:`pipeline.expression`)."""
 
     def validate(self, name: str, value: Any, units: str) -> str:
-        from pipeline.expression import ExpressionError, compile_expression
+        from perturber.pipeline.expression import ExpressionError, compile_expression
 
         text = str(value)
         try:
@@ -303,19 +303,19 @@ def parse_cli_value(name: str, text: str) -> Any:
 
 
 def _object_ids() -> list[str]:
-    from pipeline import assets
+    from perturber.pipeline import assets
 
     return assets.object_ids()
 
 
 def _texture_ids() -> list[str]:
-    from pipeline import assets
+    from perturber.pipeline import assets
 
     return [*assets.object_ids(), *(f"pattern:{p}" for p in assets.pattern_ids())]
 
 
 def _background_ids() -> list[str]:
-    from pipeline import assets
+    from perturber.pipeline import assets
 
     return assets.background_ids()
 

@@ -131,7 +131,7 @@ def hue_shift(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
 
 def colour_expression(images: torch.Tensor, text: str, p: torch.Tensor) -> torch.Tensor:
     """A user's sandboxed colour expression over r, g, b and slider ``p`` (B,)."""
-    from pipeline.expression import apply_expression
+    from perturber.pipeline.expression import apply_expression
 
     return apply_expression(images, text, torch.as_tensor(p, dtype=images.dtype, device=images.device))
 
@@ -327,7 +327,7 @@ def apply_image_factors(rgba: torch.Tensor, params: Sequence[Mapping[str, Any]])
     factor dicts (:func:`pipeline.factors.validate`). Returns (B, 4, H, W):
     RGB after all ops; alpha 1 except where the background is 'none'.
     """
-    from pipeline.factors import DEFAULT_EXPRESSION
+    from perturber.pipeline.factors import DEFAULT_EXPRESSION
 
     size = rgba.shape[-1]
     backgrounds, opaque = background_batch([p["background"] for p in params], size, rgba.device)
@@ -370,7 +370,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def background_batch(names: Sequence[str], size: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Backgrounds for factor values ``names``: ((B, 3, size, size) in [0, 1], opaque (B,) bool)."""
-    from pipeline.assets import load_background
+    from perturber.pipeline.assets import load_background
 
     images = [load_background(n, size) for n in names]
     opaque = torch.tensor([im is not None for im in images], device=device)

@@ -232,7 +232,7 @@ def _verify(path: Path, sha256: str | None, name: str, prefix: bool = False) -> 
 def cached_path(url: str) -> Path:
     """Where :func:`download` keeps ``url``: under a folder named by a hash of the
     URL, so two sources whose files share a name do not collide."""
-    from pipeline.assets import cache_dir
+    from perturber.pipeline.assets import cache_dir
 
     basename = url.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or "weights"
     return cache_dir() / "weights" / hashlib.sha256(url.encode()).hexdigest()[:16] / basename
@@ -382,7 +382,7 @@ def tuned_batch_size(name: str, device: str, candidates: tuple[int, ...] = (1, 2
     """
     import json
 
-    from pipeline.assets import cache_dir
+    from perturber.pipeline.assets import cache_dir
 
     dev = torch.device(device)
     label = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu-{torch.get_num_threads()}threads"

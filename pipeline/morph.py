@@ -27,7 +27,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from pipeline import assets
+from perturber.pipeline import assets
 
 log = logging.getLogger(__name__)
 

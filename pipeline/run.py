@@ -21,8 +21,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pipeline import store as zstore
-from pipeline.spec import CubeSpec, SweepSpec
+from perturber.pipeline import store as zstore
+from perturber.pipeline.spec import CubeSpec, SweepSpec
 
 __all__ = ["compute_chunk", "precompute", "dry_run", "RunReport", "estimate", "run_tasks", "start_local_cluster"]
 
@@ -55,7 +55,7 @@ def compute_chunk(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_opti
     """
     import torch
 
-    from pipeline import engine
+    from perturber.pipeline import engine
 
     if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
@@ -82,7 +82,7 @@ def compute_chunk(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_opti
 
 def _expected_prob(points: list[dict[str, Any]], ev: Any, cube: CubeSpec) -> np.ndarray:
     """(B, models): total probability of each point's object's catalogue classes (NaN for user meshes)."""
-    from pipeline import assets, factors
+    from perturber.pipeline import assets, factors
 
     out = np.full((len(points), len(cube.models)), np.nan, dtype=np.float32)
     for i, point in enumerate(points):
@@ -124,7 +124,7 @@ def estimate(cube: CubeSpec, renders_per_s: float = 40.0, images_per_s: float = 
 
 
 def _kind(name: str) -> str:
-    from pipeline import factors
+    from perturber.pipeline import factors
 
     return factors.get(name).kind
 
@@ -275,7 +275,7 @@ def _run_dask(jobs, out, storage_options, scheduler, workers, bar, echo) -> int:
 def summary(spec: SweepSpec, out: Any, storage_options: Mapping | None = None) -> str:
     """A table of top-1 classes across each cube: per object and model, the most
     frequent top-1 class and the share of samples read as one of the object's classes."""
-    from pipeline import assets, models
+    from perturber.pipeline import assets, models
 
     names = models.imagenet_categories()
     lines = []

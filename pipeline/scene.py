@@ -31,9 +31,9 @@ import numpy as np
 # EGL must be chosen before pyrender (and PyOpenGL) are first imported.
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-from pipeline import factors  # noqa: E402
-from pipeline.assets import Part  # noqa: E402
-from pipeline.surface import surface  # noqa: E402
+from perturber.pipeline import factors  # noqa: E402
+from perturber.pipeline.assets import Part  # noqa: E402
+from perturber.pipeline.surface import surface  # noqa: E402
 
 __all__ = ["RenderResult", "Renderer", "default_renderer", "render_scene", "render", "camera_pose", "YFOV_DEGREES"]
 
@@ -265,7 +265,7 @@ def render_scene(values: Mapping[str, Any], size: int = 224) -> RenderResult:
 def render(values: Mapping[str, Any], size: int = 224) -> np.ndarray:
     """Validate, render the scene and apply every image factor (background
     included): (size, size, 4) uint8 RGBA, alpha 255 unless the background is 'none'."""
-    from pipeline import imageops
+    from perturber.pipeline import imageops
 
     params = factors.validate(values)
     result = default_renderer().render(params, size)

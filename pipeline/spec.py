@@ -34,7 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
-from pipeline import factors, models
+from perturber.pipeline import factors, models
 
 __all__ = ["SpecError", "CubeSpec", "SweepSpec", "load_spec", "parse_spec", "DEFAULT_BUDGET"]
 

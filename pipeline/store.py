@@ -31,8 +31,8 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from pipeline import factors, models
-from pipeline.spec import CubeSpec
+from perturber.pipeline import factors, models
+from perturber.pipeline.spec import CubeSpec
 
 __all__ = ["StoreError", "Layout", "layout", "default_options", "create_or_check", "write_chunk", "done_mask", "chunk_slices", "open_cube"]
 
@@ -151,7 +151,7 @@ def template(cube: CubeSpec, lay: Layout) -> xr.Dataset:
 
 
 def _group_attrs(cube: CubeSpec) -> dict[str, Any]:
-    from pipeline import assets
+    from perturber.pipeline import assets
 
     ids = set()
     for name, values in cube.axes:

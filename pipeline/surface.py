@@ -16,8 +16,8 @@ import functools
 
 import numpy as np
 
-from pipeline import assets, morph
-from pipeline.assets import Part
+from perturber.pipeline import assets, morph
+from perturber.pipeline.assets import Part
 
 __all__ = ["surface", "transfer_texture", "pattern_parts", "PLAIN_GREY"]
 

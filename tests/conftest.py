@@ -7,8 +7,8 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 import numpy as np
 import pytest
 
-from pipeline import factors
-from pipeline.scene import default_renderer
+from perturber.pipeline import factors
+from perturber.pipeline.scene import default_renderer
 
 
 @pytest.fixture(scope="session")

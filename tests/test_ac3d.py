@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.ac3d import read_ac3d
-from pipeline.assets import catalogue
+from perturber.pipeline.ac3d import read_ac3d
+from perturber.pipeline.assets import catalogue
 
 SQUARE = """AC3Db
 MATERIAL "red" rgb 1 0 0  amb 1 1 1  emis 0 0 0  spec 0 0 0  shi 1  trans 0

@@ -5,8 +5,8 @@ import pytest
 import trimesh
 import yaml
 
-from pipeline import assets
-from pipeline.assets import AssetError
+from perturber.pipeline import assets
+from perturber.pipeline.assets import AssetError
 
 REQUIRED = {"dog", "cat", "sports_car", "fire_truck", "bulldog", "siamese_cat", "truck", "teddy_bear", "teapot"}
 

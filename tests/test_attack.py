@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import engine, models
-from pipeline.attack import Attack, AttackError, blend, label_for, norm_of, pgd, pgd_step, saliency
+from perturber.pipeline import engine, models
+from perturber.pipeline.attack import Attack, AttackError, blend, label_for, norm_of, pgd, pgd_step, saliency
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,7 @@ def test_blend_and_saliency(dog):
     s = saliency(dog, MODEL)
     assert s.shape == (1, 224, 224) and float(s.max()) == pytest.approx(1.0)
     # the gradient lives on the dog, not the meadow: compare with the object's silhouette
-    from pipeline import scene
+    from perturber.pipeline import scene
 
     alpha = scene.render({"object": "dog", "background": "none"}, size=224)[..., 3] > 0
     inside, outside = float(s[0][torch.tensor(alpha)].mean()), float(s[0][~torch.tensor(alpha)].mean())
@@ -117,7 +117,7 @@ def test_attack_command_writes_delta_and_the_transfer_view(tmp_path, capsys):
 
     import xarray as xr
 
-    from pipeline import cli
+    from perturber.pipeline import cli
 
     out = tmp_path / "a.npz"
     assert cli.main(["attack", "--object", "dog", "--background", "meadow", "--steps", "10", "--quiet", "-o", str(out)]) == 0

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import cli, factors
+from perturber.pipeline import cli, factors
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "perturber", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_render_writes_the_requested_image(tmp_path):

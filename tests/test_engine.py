@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import assets, engine, models
-from pipeline.models import ModelError
+from perturber.pipeline import assets, engine, models
+from perturber.pipeline.models import ModelError
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ def test_transparent_background_is_black_for_the_model():
 
 
 def test_predict_command(tmp_path):
-    from pipeline import cli
+    from perturber.pipeline import cli
 
     code = cli.main(["predict", "--object", "dog", "--yaw", "30", "--hue", "90",
                      "--models", "efficientnet_lite0,efficientnet_lite2", "--layer", "stage4",

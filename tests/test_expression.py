@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import expression as ex
-from pipeline.expression import (
+from perturber.pipeline import expression as ex
+from perturber.pipeline.expression import (
     DEFAULT_EXPRESSION,
     Expression,
     ExpressionError,

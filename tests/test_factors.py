@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline import factors
-from pipeline.factors import FactorError
+from perturber.pipeline import factors
+from perturber.pipeline.factors import FactorError
 
 
 def test_every_factor_declares_its_space():

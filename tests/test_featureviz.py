@@ -8,11 +8,11 @@ import pytest
 import xarray as xr
 import zarr
 
-from featureviz import FeatureVizError
-from featureviz import precompute as fv
-from featureviz.groups import labels, neuron_groups
-from featureviz.optimize import Settings, high_frequency_energy, random_directions, visualise
-from pipeline import models, run, spec, store
+from perturber.featureviz import FeatureVizError
+from perturber.featureviz import precompute as fv
+from perturber.featureviz.groups import labels, neuron_groups
+from perturber.featureviz.optimize import Settings, high_frequency_energy, random_directions, visualise
+from perturber.pipeline import models, run, spec, store
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def _real_activations(net, layer):
     """(4, C) mean activations of ``layer`` on real renders of four catalogue objects."""
     import torch
 
-    from pipeline import scene
+    from perturber.pipeline import scene
 
     images = np.stack([scene.render({"object": o, "background": "meadow"}, size=224)[..., :3]
                        for o in ("dog", "cat", "sports_car", "fire_truck")])
@@ -169,7 +169,7 @@ def test_cli_on_a_local_cluster_matches_in_process(tmp_path):
     spec_path.write_text(yaml.safe_dump(raw))
     a, b = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
     fv.precompute(fv.parse_spec(raw), a, scheduler="synchronous", progress=False, echo=lambda _: None)
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "featureviz", str(spec_path), "--out", b, "--workers", "2"],
+    done = subprocess.run([sys.executable, "-m", "perturber", "featureviz", str(spec_path), "--out", b, "--workers", "2"],
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "wrote 4 feature visualisations" in done.stdout
@@ -178,7 +178,7 @@ def test_cli_on_a_local_cluster_matches_in_process(tmp_path):
     y = xr.open_zarr(b, group="featureviz")["fv_efficientnet_lite0_head"].values
     diff = np.abs(x.astype(int) - y.astype(int))  # workers run torch on 1 thread: other rounding
     assert diff.mean() < 1.0 and diff.max() <= 16
-    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "featureviz", str(tmp_path / "missing.yaml"), "--out", b],
+    bad = subprocess.run([sys.executable, "-m", "perturber", "featureviz", str(tmp_path / "missing.yaml"), "--out", b],
                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "missing.yaml" in bad.stderr
 
@@ -215,7 +215,7 @@ def test_checkpoints_are_visualised_beside_their_model(tmp_path, monkeypatch, li
     import torch
     import yaml
 
-    from pipeline import scene
+    from perturber.pipeline import scene
 
     tuned = copy.deepcopy(lite0).train()
     tuned.requires_grad_(True)

@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 from skimage import color, data
 
-from pipeline import factors, imageops
+from perturber.pipeline import factors, imageops
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import engine
-from viewer.live import EngineError, LiveEngine
+from perturber.pipeline import engine
+from perturber.viewer.live import EngineError, LiveEngine
 
 pytestmark = pytest.mark.slow
 
@@ -68,8 +68,8 @@ def test_an_unreachable_scheduler_is_reported():
 def test_the_viewer_state_computes_a_fixed_factor_live(live, tmp_path):
     """A factor the cube holds fixed, first at its stored value (the live result
     must equal the store's), then moved off it."""
-    from pipeline import run, spec
-    from viewer.state import CubeState
+    from perturber.pipeline import run, spec
+    from perturber.viewer.state import CubeState
 
     sweep = spec.parse_spec({"name": "l", "cubes": {"views": {
         "axes": {"object": ["dog"], "yaw": [0.0, 90.0]}, "models": MODELS, "layers": ["head"], "neurons": {"head": 2},

@@ -20,8 +20,8 @@ import yaml
 from skimage import data as skdata
 from torch import nn
 
-from pipeline import models
-from pipeline.models import ModelError, capture, load_model, preprocess, sha256_of, spec
+from perturber.pipeline import models
+from perturber.pipeline.models import ModelError, capture, load_model, preprocess, sha256_of, spec
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]

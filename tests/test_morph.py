@@ -5,7 +5,7 @@ import pytest
 import trimesh
 
 from conftest import iou, mask
-from pipeline import morph
+from perturber.pipeline import morph
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def test_texture_is_independent_of_shape(render):
 
 
 def test_field_cache_is_reused(tmp_path, monkeypatch):
-    from pipeline import assets
+    from perturber.pipeline import assets
 
     monkeypatch.setenv("PERTURBER_CACHE", str(tmp_path))
     morph.shape_field.cache_clear()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline import assets, models, scene
+from perturber.pipeline import assets, models, scene
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ import pytest
 import xarray as xr
 import zarr
 
-from pipeline import clusters, run, spec, store
-from pipeline.store import StoreError
+from perturber.pipeline import clusters, run, spec, store
+from perturber.pipeline.store import StoreError
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +86,7 @@ def test_store_is_plain_xarray(reference_store, small_spec):
 
 
 def test_store_matches_evaluate(reference_store, small_spec):
-    from pipeline import engine
+    from perturber.pipeline import engine
 
     ds = xr.open_zarr(reference_store, group="views")
     ev = engine.evaluate([{"object": "cat", "yaw": 90.0, "hue": 120}], ["efficientnet_lite0"], layers=["head"], neurons={"head": [3, 1]})
@@ -147,7 +147,7 @@ def _store_bytes(path: Path) -> dict[str, bytes]:
 
 
 def _run_cli(spec_path, out, *extra):
-    cmd = [sys.executable, "-m", "pipeline.cli", "precompute", str(spec_path), "--out", str(out), "--quiet", *extra]
+    cmd = [sys.executable, "-m", "perturber", "precompute", str(spec_path), "--out", str(out), "--quiet", *extra]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -184,7 +184,7 @@ def test_killed_job_resumes_to_the_same_bytes(reference_store, tmp_path, extra):
     proc.wait()
     done = zarr.open_group(str(out), mode="r")["views"]["done"][...]
     assert 0 < done.sum() < done.size, "the kill should land mid-run"
-    resumed = subprocess.run([sys.executable, "-m", "pipeline.cli", "precompute", str(spec_path), "--out", str(out),
+    resumed = subprocess.run([sys.executable, "-m", "perturber", "precompute", str(spec_path), "--out", str(out),
                               "--quiet", *extra], cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{done.size - int(done.sum())} chunks" in resumed.stdout or "wrote" in resumed.stdout

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import centroid, iou, mask
-from pipeline import factors, scene
+from perturber.pipeline import factors, scene
 
 
 def test_render_shapes_and_types(render):

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import spec
-from pipeline.spec import SpecError
+from perturber.pipeline import spec
+from perturber.pipeline.spec import SpecError
 
 WORKFLOWS = [p for p in sorted(Path(__file__).resolve().parents[1].glob("workflows/*.yaml")) if not p.name.startswith("featureviz")]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from featureviz import precompute as fv
-from pipeline import run, spec, store
+from perturber.featureviz import precompute as fv
+from perturber.pipeline import run, spec, store
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -72,7 +72,7 @@ def browser():
 
 def _serve(path: Path, *extra: str):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "view", str(path), "--port", str(port), *extra], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "perturber", "view", str(path), "--port", str(port), *extra], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -178,7 +178,7 @@ def test_failure_finder_and_neuron_view(stores, page):
         assert "→" in page.inner_text(".pt-gallery")  # the objective, start → end
         # A data-driven group: the neurons most active for the dog (computed from the store).
         groups = page.locator("select").filter(has=page.locator("option", has_text="most active for dog"))
-        from featureviz.groups import neuron_groups
+        from perturber.featureviz.groups import neuron_groups
 
         order = neuron_groups(str(stores[0]), "views", "act_efficientnet_lite0_head")["most active for dog"]
         groups.select_option("most active for dog")

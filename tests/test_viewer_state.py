@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline import assets, run, spec, store
-from viewer.state import CubeState, Landscape, failures, sensitivity, softmax
+from perturber.pipeline import assets, run, spec, store
+from perturber.viewer.state import CubeState, Landscape, failures, sensitivity, softmax
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +82,7 @@ def test_sensitivity_ranks_the_axes(stores):
 
 
 def test_expected_probability_sums_the_objects_classes(stores):
-    from viewer.state import expected_probability
+    from perturber.viewer.state import expected_probability
 
     s = CubeState(stores[0], "views")
     p = expected_probability(stores[0], "views")

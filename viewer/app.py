@@ -12,8 +12,8 @@ import numpy as np
 import panel as pn
 import param
 
-from pipeline import factors
-from viewer.state import NOT_COMPUTED, CubeState, Landscape, expected_probability, failures, sensitivity, softmax
+from perturber.pipeline import factors
+from perturber.viewer.state import NOT_COMPUTED, CubeState, Landscape, expected_probability, failures, sensitivity, softmax
 
 __all__ = ["build_app", "serve"]
 
@@ -257,7 +257,7 @@ def _failure_view(state: CubeState, settled: Settled):
 @functools.lru_cache(maxsize=4096)
 def _fv_png(path: str, model: str, layer: str, unit: int, parameterisation: str) -> str | None:
     """The stored feature visualisation of a channel as a data URI (None: not in the store or not computed)."""
-    from featureviz import precompute as fv
+    from perturber.featureviz import precompute as fv
 
     ds = _featureviz(path)
     found = fv.lookup(ds, model, layer)
@@ -275,14 +275,14 @@ def _fv_png(path: str, model: str, layer: str, unit: int, parameterisation: str)
 
 @functools.lru_cache(maxsize=8)
 def _featureviz(path: str):
-    from featureviz import precompute as fv
+    from perturber.featureviz import precompute as fv
 
     return fv.open_featureviz(path)
 
 
 def _positions(state: CubeState, variable: str, label: str) -> list[int]:
     """Positions along ``variable``'s stored neurons of the group ``label``."""
-    from featureviz.groups import neuron_groups
+    from perturber.featureviz.groups import neuron_groups
 
     if label.startswith("stored "):
         lo, hi = (int(v) for v in label.split()[-1].split("-"))
@@ -298,7 +298,7 @@ def _neuron_view(state: CubeState, layer: pn.widgets.Select, group: pn.widgets.S
     def html(*_):
         from PIL import Image
 
-        from pipeline.figures import activation_overlay
+        from perturber.pipeline.figures import activation_overlay
 
         image = state.image()
         columns = []
@@ -336,7 +336,7 @@ def _neuron_view(state: CubeState, layer: pn.widgets.Select, group: pn.widgets.S
 def _gallery_view(path: str):
     """Every stored feature visualisation of one target (a layer's channels or
     directions, or class logits), with how much the optimisation raised its objective."""
-    from featureviz import precompute as fv
+    from perturber.featureviz import precompute as fv
 
     ds = _featureviz(path)
     if ds is None:
@@ -355,7 +355,7 @@ def _gallery_view(path: str):
         objective = ds[f"objective_{name}"].values[p]
         units = ds[f"unit_{name}"].values
         if array.attrs["kind"] == "logit" and classes is None:
-            from pipeline.models import imagenet_categories
+            from perturber.pipeline.models import imagenet_categories
 
             classes = imagenet_categories()
         tiles = []
@@ -441,7 +441,7 @@ class AttackState(param.Parameterized):
 
     def run(self, steps: int, progress=None) -> None:
         """``steps`` PGD steps (one task each, on the engine when there is one), then the alpha grid."""
-        from viewer.live import EngineError, attack_task
+        from perturber.viewer.live import EngineError, attack_task
 
         image = self.state.image()
         if image is None:
@@ -540,8 +540,8 @@ def _saliency_view(state: CubeState):
     def html(*_):
         if not toggle.value:
             return ""
-        from pipeline.attack import saliency
-        from pipeline.imageops import to_tensor
+        from perturber.pipeline.attack import saliency
+        from perturber.pipeline.imageops import to_tensor
 
         image = state.image()
         if image is None:
@@ -561,7 +561,7 @@ def _saliency_view(state: CubeState):
 def build_app(path: str, cube: str, state: CubeState | None = None, engine: Any = None) -> pn.Column:
     """The viewer for one cube of a store (``state``: an existing state of that
     cube to drive; ``engine``: a viewer.live.LiveEngine for live compute)."""
-    from pipeline.store import StoreError
+    from perturber.pipeline.store import StoreError
 
     try:
         state = state or CubeState(path, cube, engine=engine)
@@ -591,7 +591,7 @@ def build_app(path: str, cube: str, state: CubeState | None = None, engine: Any 
     layers = sorted({str(state.ds[v].attrs.get("layer")) for v in state.ds.data_vars if v.startswith("act_")})
     layer = pn.widgets.Select(name="layer", options=layers, value=layers[0] if layers else None, width=160)
     most = max((state.ds[v].shape[len(state.axes)] for v in state.ds.data_vars if v.startswith("act_")), default=0)
-    from featureviz.groups import labels
+    from perturber.featureviz.groups import labels
 
     stored = [f"stored {i}-{min(i + NEURONS_PER_GROUP, most) - 1}" for i in range(0, most, NEURONS_PER_GROUP)]
     group = pn.widgets.Select(name="neuron group", options=stored + (labels(state.ds) if most else []) or ["-"], width=260)
@@ -614,12 +614,12 @@ def serve(path: str, cube: str | None = None, port: int = 5006, address: str = "
           engine: str | None = None):
     """Serve the viewer with Panel's server (blocking). ``engine``: None (grid
     points only), 'local' (start a LocalCluster) or a Dask scheduler address."""
-    from viewer.state import cube_names
+    from perturber.viewer.state import cube_names
 
     name = cube or cube_names(path)[0]
     live = None
     if engine:
-        from viewer.live import LiveEngine
+        from perturber.viewer.live import LiveEngine
 
         live = LiveEngine(scheduler=None if engine == "local" else engine)
         print(f"live compute on {live.where}")

@@ -44,7 +44,7 @@ def evaluate_point(point: Mapping[str, Any], models: Sequence[str], layers: Sequ
 
     import torch
 
-    from pipeline import engine
+    from perturber.pipeline import engine
 
     if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
@@ -68,7 +68,7 @@ class LiveEngine:
 
         from distributed import Client
 
-        from pipeline.run import start_local_cluster
+        from perturber.pipeline.run import start_local_cluster
 
         self.timeout, self.max_pending = timeout, max_pending
         self._cache: collections.OrderedDict[str, LiveResult] = collections.OrderedDict()
@@ -173,9 +173,9 @@ def attack_task(x: np.ndarray, delta: np.ndarray, model: str, eps: float, norm: 
     """
     import torch
 
-    from pipeline import models as registry
-    from pipeline.attack import Attack, blend, label_for, pgd
-    from pipeline.imageops import to_tensor
+    from perturber.pipeline import models as registry
+    from perturber.pipeline.attack import Attack, blend, label_for, pgd
+    from perturber.pipeline.imageops import to_tensor
 
     if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)

@@ -18,8 +18,8 @@ import numpy as np
 import param
 import xarray as xr
 
-from pipeline import factors
-from pipeline.store import StoreError, open_cube
+from perturber.pipeline import factors
+from perturber.pipeline.store import StoreError, open_cube
 
 __all__ = ["CubeState", "Landscape", "open_store", "cube_names", "softmax", "sensitivity", "failures", "expected_probability", "NOT_COMPUTED"]
 
@@ -151,7 +151,7 @@ class CubeState(param.Parameterized):
         if self.engine is None:
             self.live_result, self.live_status = None, "live compute is off: start the viewer with --engine"
             return
-        from viewer.live import EngineError
+        from perturber.viewer.live import EngineError
 
         layers, neurons = self.live_layers()
         point = dict(self.point())
@@ -185,7 +185,7 @@ class CubeState(param.Parameterized):
             self._deliver(key, future)
 
     def _deliver(self, key: str, future: Any) -> None:
-        from viewer.live import EngineError
+        from perturber.viewer.live import EngineError
 
         if key != self._latest:
             return  # stale: a newer request is on its way
@@ -267,7 +267,7 @@ class CubeState(param.Parameterized):
 
     def attributions(self) -> list[str]:
         """Attributions of the assets at the current point (CC-BY)."""
-        from pipeline import assets
+        from perturber.pipeline import assets
 
         return assets.attributions(self.point())
 
@@ -376,7 +376,7 @@ def sensitivity(state: CubeState) -> dict[str, dict[str, float]]:
 def _wrong(path: str, cube: str, m: int) -> np.ndarray:
     """(*axes) bool: where model ``m``'s top-1 is not one of the object's classes
     (computed cells only), once per process."""
-    from pipeline import assets
+    from perturber.pipeline import assets
 
     ds = open_store(path, cube)
     axes = list(ds.attrs["axes"])
@@ -433,7 +433,7 @@ def expected_probability(path: str, cube: str) -> np.ndarray:
     """(*axes, model): each sample's total probability of its object's classes,
     once per process; NaN where not computed. Stores record it as
     ``expected_prob``; for older ones it is derived from the logits with dask."""
-    from pipeline import assets
+    from perturber.pipeline import assets
 
     if "expected_prob" in open_store(path, cube):
         return open_store(path, cube)["expected_prob"].values
