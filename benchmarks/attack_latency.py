@@ -49,7 +49,7 @@ def main() -> None:
     image = dog_image(args.image)
     if args.save_image:
         np.save(args.save_image, image)
-    from perturber.pipeline import models
+    from perturber.pipeline import inference, models
     from perturber.pipeline.attack import Attack, blend, label_for, pgd_step
     from perturber.pipeline.imageops import to_tensor
 
@@ -76,7 +76,7 @@ def main() -> None:
         with torch.no_grad():
             batch = blend(x, delta, ALPHAS)
             for name in MODELS:
-                models.load_model(name, device)(models.preprocess(batch, models.spec(name))).argmax(1).cpu()
+                models.load_model(name, device)(inference.preprocess(batch, models.spec(name))).argmax(1).cpu()
         sync()
         t2 = time.perf_counter()
         steps.append(t1 - t0)

@@ -20,7 +20,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 import torch  # noqa: E402
 
-from perturber.pipeline import engine, factors, imageops, models, scene  # noqa: E402
+from perturber.pipeline import engine, expression, factors, imageops, inference, models, scene  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import report  # noqa: E402
@@ -48,7 +48,7 @@ def image_ops(batch: int = 64, size: int = 224) -> dict[str, float]:
         "saturation": lambda: imageops.saturation(x, v(0.5)),
         "hue": lambda: imageops.hue_shift(x, v(90)),
         "gamma": lambda: imageops.gamma(x, v(2.0)),
-        "expression (default, p=2)": lambda: imageops.colour_expression(x, factors.DEFAULT_EXPRESSION, v(2.0)),
+        "expression (default, p=2)": lambda: imageops.colour_expression(x, expression.DEFAULT_EXPRESSION, v(2.0)),
         "band gains": lambda: imageops.band_gains(x, v(1.0), v(0.5), v(2.0)),
         "blur (sigma 2)": lambda: imageops.gaussian_blur(x, v(2.0)),
         "patch shuffle (k 4)": lambda: imageops.patch_shuffle(x, v(4), seeds),
@@ -64,7 +64,7 @@ def model_rates(device: str) -> dict[str, dict[int, float]]:
     for name in MODELS:
         s = models.spec(name)
         net = models.load_model(name, device)
-        x = models.preprocess(torch.rand(32, 3, s.input_size, s.input_size, device=device), s)
+        x = inference.preprocess(torch.rand(32, 3, s.input_size, s.input_size, device=device), s)
         out[name] = {bs: _rate(32, lambda: [net(x[i : i + bs]) for i in range(0, 32, bs)], repeat=2) for bs in (1, 4, 32)}
     return out
 
@@ -81,7 +81,7 @@ def evaluate_vs_naive(device: str) -> tuple[float, float]:
             rgb = engine.model_input(imageops.apply_image_factors(rgba, [p]))
             for name in names:
                 with torch.no_grad():
-                    models.load_model(name, device)(models.preprocess(rgb, models.spec(name)))
+                    models.load_model(name, device)(inference.preprocess(rgb, models.spec(name)))
 
     fast = _rate(len(points), lambda: engine.evaluate(points, names, device=device), repeat=1)
     slow = _rate(len(points), naive, repeat=1)

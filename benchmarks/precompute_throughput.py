@@ -29,7 +29,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 import torch  # noqa: E402
 
-from perturber.pipeline import engine, factors, imageops, models, run, scene, spec  # noqa: E402
+from perturber.pipeline import engine, factors, imageops, inference, models, run, scene, spec  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import report  # noqa: E402
@@ -68,7 +68,7 @@ def best_model_rates() -> dict[str, tuple[float, int]]:
     for name in MODELS:
         s = models.spec(name)
         net = models.load_model(name, "cpu")
-        x = models.preprocess(torch.rand(32, 3, s.input_size, s.input_size), s)
+        x = inference.preprocess(torch.rand(32, 3, s.input_size, s.input_size), s)
         best = (0.0, 1)
         for bs in (1, 2, 4, 8, 16, 32):
             net(x[:bs])
@@ -91,7 +91,7 @@ def naive_rate(sweep: spec.SweepSpec, n: int = 36) -> float:
         rgb = engine.model_input(imageops.apply_image_factors(imageops.to_tensor(renderer.render(p, 224).rgba), [p]))
         for name in MODELS:
             with torch.no_grad():
-                models.load_model(name, "cpu")(models.preprocess(rgb, models.spec(name)))
+                models.load_model(name, "cpu")(inference.preprocess(rgb, models.spec(name)))
     return n / (time.perf_counter() - start)
 
 

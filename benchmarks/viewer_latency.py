@@ -117,13 +117,15 @@ def _views(state, which: str):
     import panel as pn
 
     from perturber.viewer import app
+    from perturber.viewer.panels.model_input import InputPanel
+    from perturber.viewer.panels.neurons import NeuronPanel
+    from perturber.viewer.panels.top5 import Top5Panel
 
     if which == "full":
         return app.build_app(state.path, state.cube, state=state)
-    layer = pn.widgets.Select(options=["head"], value="head")
-    group = pn.widgets.Select(options=["stored 0-7"], value="stored 0-7")
-    return pn.Column(app._input_view(state), app._top5_view(state, "model_a"), app._top5_view(state, "model_b"),
-                     app._neuron_view(state, layer, group, per_model=2))
+    neurons = NeuronPanel(state, per_model=2)
+    neurons.layer.value, neurons.group.value = "head", "stored 0-7"
+    return pn.Column(InputPanel(state), Top5Panel(state, "model_a"), Top5Panel(state, "model_b"), neurons)
 
 
 def _html_of(root) -> str:

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from perturber.pipeline import models
+from perturber.pipeline import inference, models
 
 __all__ = ["Settings", "Result", "visualise", "unit_seed", "PARAMETERISATIONS", "KINDS", "high_frequency_energy",
            "random_directions"]
@@ -142,14 +142,14 @@ def visualise(model: str, target: str, units: Sequence[int], kind: str = "channe
     autocast = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.precision]
 
     def forward(images: torch.Tensor) -> torch.Tensor:
-        x = models.preprocess(images, spec, resize=False)  # as Lucid: the network sees the image at its size
+        x = inference.preprocess(images, spec, resize=False)  # as Lucid: the network sees the image at its size
         if settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # only the network in low precision: the transforms invert matrices
         with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
             if path is None:
                 return _objective(kind, net(x), units_t, dirs).float()
-            with models.capture(net, [path], detach=False) as captured:
+            with inference.capture(net, [path], detach=False) as captured:
                 net(x)
             return _objective(kind, captured[path], units_t, dirs).float()
 

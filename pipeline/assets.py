@@ -1,14 +1,12 @@
 """The asset catalogue: built-in objects, backgrounds and patterns.
 
-``data/catalogue.yaml`` names every asset: where it comes from (a Debian or
-pip package and the path inside, plus the upstream address), its licence and
-attribution, and for objects the ImageNet classes it should read as and the
-rotation that makes it upright and facing the camera at yaw 0.
-
-Objects load as :class:`SceneObject` (parts with colour, texture and UVs),
-normalised: upright (+y), facing +z, bounding box centred at the origin,
-largest side 1. A user's own mesh goes through :func:`load_mesh_file`, which
-validates it first.
+``data/catalogue.yaml`` (or ``PERTURBER_CATALOGUE``) names every asset:
+where it comes from (a Debian or pip package and the path inside, plus the
+upstream address), its licence and attribution, and for objects the ImageNet
+classes it should read as and the rotation that makes it upright and facing
+the camera at yaw 0. This module finds the files behind the entries and reads
+backgrounds and patterns; :mod:`perturber.pipeline.meshes` turns an object's
+file into a mesh.
 """
 
 from __future__ import annotations
@@ -19,24 +17,27 @@ import re
 import shutil
 import subprocess
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import skimage
 import yaml
 from PIL import Image
 
+from perturber.pipeline import classes, config
+from perturber.pipeline.colours import colour_to_rgb, normalise_colour
+from perturber.pipeline.errors import PerturberError
+
 __all__ = [
     "AssetError",
-    "Part",
-    "SceneObject",
+    "MESH_SUFFIXES",
     "catalogue",
+    "source_key",
     "object_ids",
     "background_ids",
     "pattern_ids",
-    "load_object",
-    "load_mesh_file",
+    "object_file",
     "load_background",
     "load_pattern",
     "asset_status",
@@ -45,18 +46,13 @@ __all__ = [
     "attribution",
     "attributions",
     "pattern_of",
-    "cache_dir",
 ]
 
-CATALOGUE_PATH = Path(__file__).resolve().parents[1] / "data" / "catalogue.yaml"
-
-#: Limits for a user's mesh file: bytes on disk, faces, texture pixels.
-MAX_MESH_BYTES = 200 * 1024 * 1024
-MAX_FACES = 2_000_000
-MAX_TEXTURE_PIXELS = 64 * 1024 * 1024
+#: File types a mesh can come in (AC3D through perturber.pipeline.ac3d, the rest through trimesh).
+MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl", ".off", ".ac")
 
 
-class AssetError(ValueError):
+class AssetError(PerturberError):
     """An asset is missing, unreadable or invalid; the message is one line."""
 
 
@@ -65,15 +61,24 @@ class AssetError(ValueError):
 # --------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def catalogue(path: str | None = None) -> dict[str, Any]:
-    """The parsed catalogue (``PERTURBER_CATALOGUE`` overrides the path)."""
-    path = path or os.environ.get("PERTURBER_CATALOGUE") or str(CATALOGUE_PATH)
-    with open(path) as f:
+def catalogue() -> dict[str, Any]:
+    """The parsed catalogue in use (re-read when its file changes)."""
+    return _read_catalogue(config.file_key(config.catalogue_path()))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_catalogue(key: tuple[str, int, int]) -> dict[str, Any]:
+    with open(key[0]) as f:
         data = yaml.safe_load(f)
     for section in ("objects", "backgrounds", "patterns"):
         data.setdefault(section, {})
     return data
+
+
+def source_key() -> tuple:
+    """What finding an asset depends on (the catalogue file and the asset folders):
+    part of the key of every in-memory cache of loaded assets."""
+    return (config.file_key(config.catalogue_path()), config.asset_dirs())
 
 
 def object_ids() -> list[str]:
@@ -88,30 +93,13 @@ def pattern_ids() -> list[str]:
     return list(catalogue()["patterns"])
 
 
-def cache_dir() -> Path:
-    """Where extracted models and morph fields are cached (``PERTURBER_CACHE``)."""
-    root = os.environ.get("PERTURBER_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "perturber"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _asset_dirs() -> list[Path]:
-    """Extra folders searched for asset files by base name (``PERTURBER_ASSET_DIR``)."""
-    return [Path(p) for p in os.environ.get("PERTURBER_ASSET_DIR", "").split(os.pathsep) if p]
-
-
 def _locate(source: dict[str, Any]) -> Path | None:
     """The file behind ``source`` (archive or plain file), or None if absent."""
     if "skimage" in source:
-        import skimage
-
         path = Path(skimage.__file__).parent / "data" / source["skimage"]
         return path if path.is_file() else None
     original = Path(source.get("archive") or source["file"])
-    for candidate in (original, *(d / original.name for d in _asset_dirs())):
+    for candidate in (original, *(d / original.name for d in config.asset_dirs())):
         if candidate.is_file():
             return candidate
     return None
@@ -185,263 +173,28 @@ def fetch(run: bool = True) -> tuple[list[str], str | None]:
 
 
 def imagenet_class_indices(asset_id: str) -> list[int]:
-    """ImageNet-1k indices of the classes ``asset_id`` should read as."""
-    from perturber.pipeline.models import imagenet_categories
-
-    names = imagenet_categories()
-    groups = {"@dogs": range(151, 269), "@cats": range(281, 286)}
-    out: list[int] = []
-    for cls in _entry("objects", asset_id)["classes"]:
-        if cls in groups:
-            out.extend(groups[cls])
-        elif cls in names:
-            out.append(names.index(cls))
-        else:
-            raise AssetError(f"object {asset_id!r}: {cls!r} is not an ImageNet class name")
-    return out
-
-
-# --------------------------------------------------------------------------
-# 3D objects
-# --------------------------------------------------------------------------
-
-
-@dataclass
-class Part:
-    """Triangles sharing one material.
-
-    ``vertices`` (N, 3) float64, ``faces`` (M, 3) int64, ``uv`` (N, 2) texture
-    coordinates or None, ``image`` (h, w, 3|4) uint8 texture or None,
-    ``colour`` RGBA in [0, 1] (multiplies the texture).
-    """
-
-    vertices: np.ndarray
-    faces: np.ndarray
-    uv: np.ndarray | None = None
-    image: np.ndarray | None = None
-    colour: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 1.0)
-
-
-@dataclass
-class SceneObject:
-    """A normalised 3D object: parts, plus where it came from."""
-
-    id: str
-    parts: list[Part]
-    attribution: str = ""
-    licence: str = ""
-    classes: list[str] = field(default_factory=list)
-
-    def merged(self) -> tuple[np.ndarray, np.ndarray]:
-        """All parts' triangles as one soup: vertices (N, 3), faces (M, 3)."""
-        offsets = np.cumsum([0] + [len(p.vertices) for p in self.parts])
-        vertices = np.concatenate([p.vertices for p in self.parts])
-        faces = np.concatenate([p.faces + o for p, o in zip(self.parts, offsets)])
-        return vertices, faces
-
-    @property
-    def bounds(self) -> np.ndarray:
-        vertices, _ = self.merged()
-        return np.stack([vertices.min(0), vertices.max(0)])
-
-
-def _rotation(degrees: list[float]) -> np.ndarray:
-    from trimesh.transformations import euler_matrix
-
-    return euler_matrix(*np.radians(degrees), axes="sxyz")[:3, :3]
-
-
-def _normalise(parts: list[Part], rotate: list[float] | None = None) -> list[Part]:
-    """Rotate, centre the bounding box at the origin and scale the largest side to 1."""
-    rot = _rotation(rotate or [0, 0, 0])
-    for p in parts:
-        p.vertices = p.vertices @ rot.T
-    allv = np.concatenate([p.vertices for p in parts])
-    lo, hi = allv.min(0), allv.max(0)
-    extent = float((hi - lo).max())
-    if not extent > 0:
-        raise AssetError("mesh has zero size (all vertices coincide)")
-    centre = (lo + hi) / 2
-    for p in parts:
-        p.vertices = (p.vertices - centre) / extent
-    return parts
-
-
-def _image_array(image: Any) -> np.ndarray | None:
-    if image is None:
-        return None
-    if not isinstance(image, Image.Image):
-        return None
-    if image.width * image.height > MAX_TEXTURE_PIXELS:
-        raise AssetError(f"texture is too large ({image.width}x{image.height} pixels)")
-    mode = "RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB"
-    return np.asarray(image.convert(mode))
-
-
-def _parts_from_trimesh(loaded: Any) -> list[Part]:
-    import trimesh
-
-    if isinstance(loaded, trimesh.Trimesh):
-        meshes = [loaded]
-    elif isinstance(loaded, trimesh.Scene):
-        meshes = [g for g in loaded.dump(concatenate=False) if isinstance(g, trimesh.Trimesh)]
-    else:
-        meshes = []
-    parts = []
-    for mesh in meshes:
-        if len(mesh.faces) == 0:
-            continue
-        uv = image = None
-        colour = (0.8, 0.8, 0.8, 1.0)
-        visual = mesh.visual
-        if isinstance(visual, trimesh.visual.TextureVisuals):
-            material = visual.material
-            if hasattr(material, "baseColorTexture"):  # PBR (glTF)
-                image = _image_array(material.baseColorTexture)
-                if material.baseColorFactor is not None:
-                    colour = tuple(np.asarray(material.baseColorFactor, dtype=float) / 255.0)
-            else:
-                image = _image_array(getattr(material, "image", None))
-                diffuse = getattr(material, "diffuse", None)
-                if diffuse is not None:
-                    colour = tuple(np.asarray(diffuse, dtype=float) / 255.0)
-            if image is not None and visual.uv is not None and len(visual.uv) == len(mesh.vertices):
-                uv = np.asarray(visual.uv, dtype=np.float64)
-                colour = (1.0, 1.0, 1.0, colour[3]) if colour[:3] == (0.8, 0.8, 0.8) else colour
-            else:
-                image = None
-        elif isinstance(visual, trimesh.visual.ColorVisuals) and visual.kind is not None:
-            colour = tuple(np.asarray(visual.main_color, dtype=float) / 255.0)
-        parts.append(
-            Part(
-                vertices=np.asarray(mesh.vertices, dtype=np.float64),
-                faces=np.asarray(mesh.faces, dtype=np.int64),
-                uv=uv,
-                image=image,
-                colour=tuple(float(c) for c in colour),
-            )
-        )
-    return parts
-
-
-def _parts_from_ac3d(path: Path) -> list[Part]:
-    from perturber.pipeline.ac3d import read_ac3d
-
-    images: dict[Path, np.ndarray | None] = {}
-    parts = []
-    for ac in read_ac3d(path):
-        image = None
-        if ac.texture is not None:
-            if ac.texture not in images:
-                images[ac.texture] = _read_texture(ac.texture)
-            image = images[ac.texture]
-        parts.append(
-            Part(
-                vertices=ac.vertices,
-                faces=ac.faces,
-                uv=ac.uv if image is not None else None,
-                image=image,
-                colour=(*ac.rgb, 1.0) if image is None else (1.0, 1.0, 1.0, 1.0),
-            )
-        )
-    return parts
-
-
-def _read_texture(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise AssetError(f"texture {path.name!r} not found next to the mesh")
+    """ImageNet-1k indices of the classes ``asset_id`` should read as, in catalogue order."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return _image_array(im)
-    except AssetError:
-        raise
-    except Exception as exc:
-        raise AssetError(f"texture {path.name!r} cannot be read ({exc})") from None
+        return classes.indices(_entry("objects", asset_id)["classes"])
+    except classes.UnknownClass as exc:
+        raise AssetError(f"object {asset_id!r}: {exc}") from None
 
-
-def _check_obj_textures(path: Path) -> None:
-    """Every ``map_Kd`` of every ``mtllib`` of an OBJ must exist and decode."""
-    mtllibs = []
-    with open(path, errors="replace") as f:
-        for line in f:
-            if line.startswith("mtllib"):
-                mtllibs.append(line.split(None, 1)[1].strip())
-    for lib in mtllibs:
-        mtl = path.parent / lib
-        if not mtl.is_file():
-            raise AssetError(f"{path.name}: material library {lib!r} not found")
-        for line in mtl.read_text(errors="replace").splitlines():
-            if line.strip().lower().startswith("map_kd"):
-                tex = line.split()[-1]
-                _read_texture(mtl.parent / tex)
-
-
-def _read_parts(path: Path) -> list[Part]:
-    import trimesh
-
-    suffix = path.suffix.lower()
-    if suffix == ".ac":
-        return _parts_from_ac3d(path)
-    if suffix == ".obj":
-        _check_obj_textures(path)
-    loaded = trimesh.load(str(path), force="scene", process=False)
-    return _parts_from_trimesh(loaded)
-
-
-def _validate_parts(parts: list[Part], name: str) -> None:
-    faces = sum(len(p.faces) for p in parts)
-    if faces == 0:
-        raise AssetError(f"{name}: mesh has no triangles")
-    if faces > MAX_FACES:
-        raise AssetError(f"{name}: mesh has {faces} triangles, more than the limit of {MAX_FACES}")
-    for p in parts:
-        if not np.isfinite(p.vertices).all():
-            raise AssetError(f"{name}: mesh has non-finite vertex coordinates (NaN or inf)")
-        if p.faces.min() < 0 or p.faces.max() >= len(p.vertices):
-            raise AssetError(f"{name}: a face refers to a vertex that does not exist")
-        if p.uv is not None and not np.isfinite(p.uv).all():
-            raise AssetError(f"{name}: mesh has non-finite texture coordinates")
-
-
-def load_mesh_file(path: str | Path, rotate: list[float] | None = None, object_id: str | None = None) -> SceneObject:
-    """Load, validate and normalise a mesh file (OBJ, GLB/glTF, PLY, STL, OFF, AC3D).
-
-    Raises :class:`AssetError` with a one-line reason for a missing, empty,
-    oversized, non-finite or unreadable file or texture.
-    """
-    from perturber.pipeline.factors import MESH_SUFFIXES
-
-    path = Path(path)
-    name = path.name
-    if not path.is_file():
-        raise AssetError(f"{name}: mesh file not found")
-    if path.suffix.lower() not in MESH_SUFFIXES:
-        raise AssetError(f"{name}: unsupported mesh format (use one of {', '.join(MESH_SUFFIXES)})")
-    size = path.stat().st_size
-    if size == 0:
-        raise AssetError(f"{name}: file is empty")
-    if size > MAX_MESH_BYTES:
-        raise AssetError(f"{name}: file is {size / 2**20:.0f} MiB, more than the limit of {MAX_MESH_BYTES // 2**20} MiB")
-    try:
-        parts = _read_parts(path)
-    except AssetError as exc:
-        raise AssetError(str(exc) if str(exc).startswith(name) else f"{name}: {exc}") from None
-    except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AssetError(f"{name}: cannot read mesh ({reason})") from None
-    _validate_parts(parts, name)
-    try:
-        parts = _normalise(parts, rotate)
-    except AssetError as exc:
-        raise AssetError(f"{name}: {exc}") from None
-    return SceneObject(id=object_id or str(path), parts=parts, attribution=f"user mesh {name}")
+def object_file(object_id: str) -> tuple[Path, list[float] | None]:
+    """(the mesh file of catalogue object ``object_id``, the rotation that makes it
+    upright and facing +z in degrees); extracted from its archive into the cache."""
+    entry = _entry("objects", object_id)
+    source = entry["source"]
+    found = _locate(source)
+    if found is None:
+        raise AssetError(f"object {object_id!r} is not installed: {_install_hint(source)}")
+    path = _extract(found, source["member"]) if "archive" in source else found
+    return path, entry.get("transform", {}).get("rotate")
 
 
 def _extract(archive: Path, member: str) -> Path:
     """Extract the folder holding ``member`` from a zip into the cache; return the member's path."""
     folder = member.rsplit("/", 1)[0] + "/"
-    target = cache_dir() / "models" / archive.stem
+    target = config.cache_dir() / "models" / archive.stem
     out = target / member
     if out.is_file():
         return out
@@ -462,29 +215,6 @@ def _extract(archive: Path, member: str) -> Path:
     return out
 
 
-@functools.lru_cache(maxsize=32)
-def load_object(object_id: str) -> SceneObject:
-    """A catalogue object (or a user's mesh path), loaded and normalised; cached.
-
-    Callers must not modify the returned object.
-    """
-    from perturber.pipeline.factors import MESH_SUFFIXES
-
-    if object_id not in catalogue()["objects"] and Path(object_id).suffix.lower() in MESH_SUFFIXES:
-        return load_mesh_file(object_id)
-    entry = _entry("objects", object_id)
-    source = entry["source"]
-    found = _locate(source)
-    if found is None:
-        raise AssetError(f"object {object_id!r} is not installed: {_install_hint(source)}")
-    path = _extract(found, source["member"]) if "archive" in source else found
-    obj = load_mesh_file(path, rotate=entry.get("transform", {}).get("rotate"), object_id=object_id)
-    obj.attribution = entry["attribution"]
-    obj.licence = entry["licence"]
-    obj.classes = list(entry["classes"])
-    return obj
-
-
 # --------------------------------------------------------------------------
 # Backgrounds and patterns
 # --------------------------------------------------------------------------
@@ -503,9 +233,13 @@ def _read_gimp_pattern(path: Path) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3])
 
 
-@functools.lru_cache(maxsize=16)
 def load_pattern(pattern_id: str) -> np.ndarray:
-    """Pattern ``pattern_id`` as an (h, w, 3) uint8 RGB tile."""
+    """Pattern ``pattern_id`` as an (h, w, 3) uint8 RGB tile; cached, do not modify."""
+    return _load_pattern(pattern_id, source_key())
+
+
+@functools.lru_cache(maxsize=16)
+def _load_pattern(pattern_id: str, key: tuple) -> np.ndarray:
     entry = _entry("patterns", pattern_id)
     path = _locate(entry["source"])
     if path is None:
@@ -516,15 +250,18 @@ def load_pattern(pattern_id: str) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-@functools.lru_cache(maxsize=64)
 def load_background(background: str, size: int) -> np.ndarray | None:
     """Background ``background`` as a (size, size, 3) uint8 RGB image; None for 'none'.
 
     ``background`` is a catalogue id or a colour (``'#rrggbb'`` or a name).
     Photos are centre-cropped to a square and resized with a Lanczos filter.
+    Cached; do not modify.
     """
-    from perturber.pipeline.factors import colour_to_rgb, normalise_colour
+    return _load_background(background, size, source_key())
 
+
+@functools.lru_cache(maxsize=64)
+def _load_background(background: str, size: int, key: tuple) -> np.ndarray | None:
     if background == "none":
         return None
     entry = catalogue()["backgrounds"].get(background)

@@ -21,14 +21,15 @@ from typing import Sequence
 
 import torch
 
-from perturber.pipeline import models
+from perturber.pipeline import inference, models
+from perturber.pipeline.errors import PerturberError
 
 __all__ = ["Attack", "AttackError", "pgd_step", "pgd", "norm_of", "blend", "saliency", "NORMS"]
 
 NORMS = ("linf", "l2")
 
 
-class AttackError(ValueError):
+class AttackError(PerturberError):
     """An attack cannot run as asked; the message is one line."""
 
 
@@ -63,7 +64,7 @@ class Attack:
 
 
 def _logits(net: torch.nn.Module, spec: models.ModelSpec, x: torch.Tensor) -> torch.Tensor:
-    return net(models.preprocess(x, spec)).float()
+    return net(inference.preprocess(x, spec)).float()
 
 
 def norm_of(delta: torch.Tensor, norm: str) -> torch.Tensor:

@@ -7,10 +7,12 @@ from typing import Any
 
 import yaml
 
+from perturber.pipeline.errors import PerturberError, one_line
+
 __all__ = ["ClusterError", "load_recipe", "build"]
 
 
-class ClusterError(ValueError):
+class ClusterError(PerturberError):
     """A cluster recipe is invalid; the message is one line."""
 
 
@@ -20,7 +22,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     try:
         recipe = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ClusterError(f"{path}: cannot read the cluster recipe ({str(exc).splitlines()[0]})") from None
+        raise ClusterError(f"{path}: cannot read the cluster recipe ({one_line(exc)})") from None
     if not isinstance(recipe, dict) or recipe.get("kind") not in ("slurm", "pbs"):
         raise ClusterError(f"{path}: kind must be slurm or pbs")
     if not isinstance(recipe.get("jobs", 1), int) or recipe.get("jobs", 1) < 1:

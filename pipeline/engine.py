@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from perturber.pipeline import factors, imageops, models, scene
+from perturber.pipeline import factors, imageops, inference, models, plugins, scene
 
 __all__ = ["Evaluation", "evaluate", "model_input"]
 
@@ -79,47 +79,27 @@ def evaluate(
     (default: all channels). ``size``: render side in pixels; each model
     resizes to its own input size. Runs on ``device`` (default: CUDA when
     available) in batches of ``batch_size`` (one for all models or one per
-    model; default: each model's measured best, :func:`pipeline.models.tuned_batch_size`).
+    model; default: each model's measured best, :func:`perturber.pipeline.inference.tuned_batch_size`).
     """
     if not points:
         raise ValueError("evaluate() needs at least one point")
+    plugins.load()  # factors from other packages (a Dask worker runs this first)
     device = torch.device(device) if device is not None else models.best_device()
     params = [factors.validate(p) for p in points]
-    specs = [models.spec(m) for m in model_names]
+    for name in model_names:
+        models.spec(name)  # a clear error for an unknown model, before any render
 
     rgba, renders = _render_batch(params, size)
     rgba = imageops.apply_image_factors(rgba.to(device), params)
     rgb = model_input(rgba)
     result = Evaluation(params=params, images=imageops.to_uint8(rgb), renders=renders)
 
-    for s in specs:
-        wanted = list(layers.get(s.name, ()) if isinstance(layers, Mapping) else (layers or ()))
-        paths = [s.layer_path(layer) for layer in wanted]
-        net = models.load_model(s.name, device)
-        chosen = batch_size.get(s.name) if isinstance(batch_size, Mapping) else batch_size
-        step = chosen or models.tuned_batch_size(s.name, str(device))
-        logits, acts = [], {layer: [] for layer in wanted}
-        with torch.no_grad(), models.capture(net, paths) as captured:
-            for start in range(0, len(params), step):
-                x = models.preprocess(rgb[start : start + step].float(), s)
-                logits.append(net(x).float())
-                for layer, path in zip(wanted, paths):
-                    a = captured[path]
-                    if a.ndim != 4:
-                        raise models.ModelError(f"layer {layer!r} of {s.name} gives {a.ndim}-D output, not a map")
-                    chosen = (neurons or {}).get(layer)
-                    if chosen is not None:
-                        if max(chosen, default=-1) >= a.shape[1] or min(chosen, default=0) < 0:
-                            raise models.ModelError(f"layer {layer!r} of {s.name} has {a.shape[1]} channels; neuron out of range")
-                        a = a[:, list(chosen)]
-                    acts[layer].append(a.float().cpu())
-        all_logits = torch.cat(logits).cpu()
-        probs, classes = all_logits.softmax(1).topk(k, dim=1)
-        result.logits[s.name] = all_logits
-        result.top_class[s.name] = classes
-        result.top_prob[s.name] = probs
-        result.activations[s.name] = {layer: torch.cat(v) for layer, v in acts.items()}
-        result.neurons[s.name] = {
-            layer: list((neurons or {}).get(layer) or range(result.activations[s.name][layer].shape[1])) for layer in wanted
-        }
+    outputs = inference.run_models(rgb, model_names, layers=layers, neurons=neurons, device=device, batch_size=batch_size)
+    for name, out in outputs.items():
+        probs, classes = out.logits.softmax(1).topk(k, dim=1)
+        result.logits[name] = out.logits
+        result.top_class[name] = classes
+        result.top_prob[name] = probs
+        result.activations[name] = out.activations
+        result.neurons[name] = out.neurons
     return result

@@ -9,7 +9,8 @@ user types one *expression* over the per-pixel channels ``r``, ``g``, ``b``
     mix(r, 1 - r, p)                                                   # fade to negative
 
 The text is parsed with :mod:`ast` and checked against a whitelist *before*
-anything runs; evaluation walks the checked tree and calls torch ops directly.
+anything runs; evaluation walks the checked tree with torch (or numpy) operations
+(:mod:`perturber.pipeline.expression_ops`), never with eval or exec.
 User text is never given to ``eval``, ``exec`` or ``compile``, and nothing in
 it can reach Python objects, attributes, imports or builtins.
 
@@ -45,10 +46,13 @@ import ast
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
-import torch
-from torch import Tensor
+import numpy as np
+
+from perturber.pipeline.expression_ops import (
+    BINARY, COMPARE, CONSTANTS, FUNCTIONS, MAX_EXPONENT, VARIABLES, backend, backend_of, evaluate,
+)
 
 __all__ = [
     "DEFAULT_EXPRESSION",
@@ -64,76 +68,19 @@ __all__ = [
     "compile_expression",
 ]
 
-# The default (the original tool's contrast: p = 1 is the identity, p = 0 flat
-# grey) is declared once, with the `expression` factor.
-from perturber.pipeline.factors import DEFAULT_EXPRESSION  # noqa: E402
+#: The default: the original tool's contrast (p = 1 is the identity, p = 0 flat grey).
+DEFAULT_EXPRESSION = "((r - 0.5) * p + 0.5, (g - 0.5) * p + 0.5, (b - 0.5) * p + 0.5)"
 
 MAX_LENGTH = 500  # characters
 MAX_NODES = 200  # AST nodes (values, operations and calls)
 MAX_DEPTH = 30  # nesting depth of the AST, and of brackets in the text
 MAX_CONSTANT = 1e6  # largest absolute value of a numeric literal
-MAX_EXPONENT = 16  # largest |exponent| of ** and pow()
-
-VARIABLES = ("r", "g", "b", "p")
-CONSTANTS = {"pi": math.pi, "e": math.e}
 
 
 class ExpressionError(ValueError):
     """An expression that is not allowed; the message says what is wrong, on one line."""
 
 
-def _power(base: Tensor, exponent: Tensor) -> Tensor:
-    return torch.pow(base, exponent.clamp(-MAX_EXPONENT, MAX_EXPONENT))
-
-
-def _smoothstep(edge0: Tensor, edge1: Tensor, x: Tensor) -> Tensor:
-    t = ((x - edge0) / (edge1 - edge0)).clamp(0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
-FUNCTIONS: dict[str, tuple[int, Callable[..., Tensor]]] = {
-    # name: (number of arguments, implementation on tensors)
-    "sin": (1, torch.sin),
-    "cos": (1, torch.cos),
-    "tan": (1, torch.tan),
-    "asin": (1, lambda x: torch.asin(x.clamp(-1.0, 1.0))),
-    "acos": (1, lambda x: torch.acos(x.clamp(-1.0, 1.0))),
-    "atan": (1, torch.atan),
-    "atan2": (2, torch.atan2),  # atan2(y, x)
-    "exp": (1, torch.exp),
-    "log": (1, lambda x: torch.log(x.clamp(min=1e-12))),
-    "sqrt": (1, lambda x: torch.sqrt(x.clamp(min=0.0))),
-    "abs": (1, torch.abs),
-    "min": (2, torch.minimum),
-    "max": (2, torch.maximum),
-    "clamp": (3, lambda x, lo, hi: torch.minimum(torch.maximum(x, lo), hi)),
-    "floor": (1, torch.floor),
-    "ceil": (1, torch.ceil),
-    "fract": (1, lambda x: x - torch.floor(x)),
-    "mix": (3, lambda a, b, t: a + (b - a) * t),
-    "step": (2, lambda edge, x: (x >= edge).to(x.dtype)),
-    "smoothstep": (3, _smoothstep),
-    "pow": (2, _power),
-}
-"""Functions an expression may call: GLSL names and meanings (``log`` and
-``sqrt`` clamp their argument to > 0 and >= 0, ``asin``/``acos`` to [-1, 1])."""
-
-_BINARY = {
-    ast.Add: torch.add,
-    ast.Sub: torch.sub,
-    ast.Mult: torch.mul,
-    ast.Div: torch.div,
-    ast.Mod: torch.remainder,
-    ast.Pow: _power,
-}
-_COMPARE = {
-    ast.Lt: torch.lt,
-    ast.LtE: torch.le,
-    ast.Gt: torch.gt,
-    ast.GtE: torch.ge,
-    ast.Eq: torch.eq,
-    ast.NotEq: torch.ne,
-}
 _SYMBOLS = {
     ast.FloorDiv: "//", ast.MatMult: "@", ast.LShift: "<<", ast.RShift: ">>",
     ast.BitOr: "|", ast.BitAnd: "&", ast.BitXor: "^", ast.Invert: "~", ast.Not: "not",
@@ -179,8 +126,9 @@ class Expression:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_values", _check(self.text))
 
-    def __call__(self, r: Tensor, g: Tensor, b: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Evaluate on one channel each: r, g, b (B, H, W) float, p (B,) float.
+    def __call__(self, r: Any, g: Any, b: Any, p: Any) -> tuple[Any, Any, Any]:
+        """Evaluate on one channel each: r, g, b (B, H, W) float, p (B,) float;
+        torch tensors (images) or numpy arrays.
 
         Returns new (r, g, b), each of the shape, dtype and device of ``r``,
         unclamped and possibly inf or NaN. They may be expanded views of one
@@ -188,14 +136,23 @@ class Expression:
         """
         if not (r.shape == g.shape == b.shape):
             raise ValueError(f"r, g and b must have the same shape, got {tuple(r.shape)}, {tuple(g.shape)}, {tuple(b.shape)}")
-        if not r.is_floating_point():
-            raise ValueError(f"r, g and b must be floating point, got {r.dtype}")
-        p = torch.as_tensor(p, dtype=r.dtype, device=r.device)
+        k = backend_of(r)
+        if k is backend("torch"):
+            if not r.is_floating_point():
+                raise ValueError(f"r, g and b must be floating point, got {r.dtype}")
+            import torch
+
+            p = torch.as_tensor(p, dtype=r.dtype, device=r.device)
+            g, b = g.to(r), b.to(r)
+        else:
+            if r.dtype.kind != "f":
+                raise ValueError(f"r, g and b must be floating point, got {r.dtype}")
+            p, g, b = np.asarray(p, dtype=r.dtype), g.astype(r.dtype), b.astype(r.dtype)
         if p.ndim == 1 and r.ndim >= 1:
             p = p.reshape(p.shape + (1,) * (r.ndim - 1))  # (B,) -> (B, 1, 1)
-        names = {"r": r, "g": g.to(r), "b": b.to(r), "p": p}
-        names.update({k: _constant(v, r) for k, v in CONSTANTS.items()})
-        outputs = [torch.broadcast_to(_evaluate(node, names, r), r.shape) for node in self._values]
+        names = {"r": r, "g": g, "b": b, "p": p}
+        names.update({name: k.constant(v, r) for name, v in CONSTANTS.items()})
+        outputs = [k.broadcast_to(evaluate(node, names, r, k), r.shape) for node in self._values]
         if len(outputs) == 1:
             outputs *= 3
         return outputs[0], outputs[1], outputs[2]
@@ -216,15 +173,17 @@ def compile_expression(text: str) -> Expression:
     return _compile_cached(text)
 
 
-def apply_expression(images: Tensor, text: str | Expression, p: Tensor) -> Tensor:
+def apply_expression(images: Any, text: str | Expression, p: Any) -> Any:
     """Recolour ``images`` with the expression ``text`` at slider values ``p``.
 
-    images (B, 3, H, W) float RGB in [0, 1]; p (B,) float (or a scalar for all
-    samples). Returns a new (B, 3, H, W) tensor in [0, 1] on the same device:
-    NaN becomes 0, +inf 1 and -inf 0, then everything is clamped to [0, 1].
-    Raises :class:`ExpressionError` for a bad expression, ValueError for bad
-    shapes.
+    images (B, 3, H, W) float RGB torch tensor in [0, 1]; p (B,) float (or a
+    scalar for all samples). Returns a new (B, 3, H, W) tensor in [0, 1] on the
+    same device: NaN becomes 0, +inf 1 and -inf 0, then everything is clamped
+    to [0, 1]. Raises :class:`ExpressionError` for a bad expression,
+    ValueError for bad shapes.
     """
+    import torch  # heavy: checking an expression does not need it
+
     expression = text if isinstance(text, Expression) else compile_expression(text)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
@@ -301,7 +260,7 @@ def _check_node(node: ast.AST, source: str) -> None:
         _check_node(node.operand, source)
 
     elif isinstance(node, ast.BinOp):
-        if type(node.op) not in _BINARY:
+        if type(node.op) not in BINARY:
             hint = " (use floor(a / b))" if isinstance(node.op, ast.FloorDiv) else ""
             raise ExpressionError(f"operator '{_SYMBOLS.get(type(node.op), '?')}' is not allowed{hint}")
         _check_node(node.left, source)
@@ -311,7 +270,7 @@ def _check_node(node: ast.AST, source: str) -> None:
 
     elif isinstance(node, ast.Compare):
         for op in node.ops:
-            if type(op) not in _COMPARE:
+            if type(op) not in COMPARE:
                 raise ExpressionError(f"operator '{_SYMBOLS.get(type(op), '?')}' is not allowed")
         for operand in [node.left, *node.comparators]:
             _check_node(operand, source)
@@ -359,9 +318,11 @@ def _check_exponent(node: ast.expr) -> None:
     """
     if any(isinstance(n, ast.Name) and n.id in VARIABLES for n in ast.walk(node)):
         return  # clamped per pixel when evaluated
-    like = torch.zeros((), dtype=torch.float64)
-    names = {k: _constant(v, like) for k, v in CONSTANTS.items()}
-    value = float(_evaluate(node, names, like))
+    like = np.zeros((), dtype=np.float64)
+    k = backend("numpy")
+    names = {name: k.constant(v, like) for name, v in CONSTANTS.items()}
+    with np.errstate(all="ignore"):  # 1 / 0 is inf, as for images
+        value = float(evaluate(node, names, like, k))
     if math.isnan(value):
         raise ExpressionError("exponent is not a number")
     if not abs(value) <= MAX_EXPONENT:
@@ -415,40 +376,3 @@ def _format(value: float) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:g}"
 
 
-# ------------------------------------------------------------------- evaluation
-
-
-def _constant(value: float, like: Tensor) -> Tensor:
-    return torch.tensor(float(value), dtype=like.dtype, device=like.device)
-
-
-def _evaluate(node: ast.expr, names: dict[str, Tensor], like: Tensor) -> Tensor:
-    """Value of a checked ``node``; ``names`` maps r, g, b, p, pi, e to tensors.
-
-    Numbers become 0-d tensors of the dtype and device of ``like``; the
-    result broadcasts like the names it uses.
-    """
-    if isinstance(node, ast.Constant):
-        return _constant(node.value, like)
-    if isinstance(node, ast.Name):
-        return names[node.id]
-    if isinstance(node, ast.UnaryOp):
-        operand = _evaluate(node.operand, names, like)
-        return -operand if isinstance(node.op, ast.USub) else operand
-    if isinstance(node, ast.BinOp):
-        return _BINARY[type(node.op)](_evaluate(node.left, names, like), _evaluate(node.right, names, like))
-    if isinstance(node, ast.Compare):
-        left, result = _evaluate(node.left, names, like), None
-        for op, right_node in zip(node.ops, node.comparators):
-            right = _evaluate(right_node, names, like)
-            holds = _COMPARE[type(op)](left, right).to(like.dtype)
-            result = holds if result is None else result * holds
-            left = right
-        return result
-    if isinstance(node, ast.IfExp):
-        test = _evaluate(node.test, names, like)
-        return torch.where(test != 0, _evaluate(node.body, names, like), _evaluate(node.orelse, names, like))
-    if isinstance(node, ast.Call):
-        function = FUNCTIONS[node.func.id][1]
-        return function(*[_evaluate(arg, names, like) for arg in node.args])
-    raise ExpressionError(f"{type(node).__name__} is not allowed")  # unreachable after _check

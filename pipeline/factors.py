@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from PIL import ImageColor
+from perturber.pipeline import assets, expression
+from perturber.pipeline.assets import MESH_SUFFIXES
+from perturber.pipeline.colours import normalise_colour
+from perturber.pipeline.errors import PerturberError
 
 __all__ = [
     "FactorError",
@@ -33,6 +36,7 @@ __all__ = [
     "Factor",
     "FACTORS",
     "register",
+    "declare",
     "get",
     "names",
     "validate",
@@ -42,7 +46,7 @@ __all__ = [
 ]
 
 
-class FactorError(ValueError):
+class FactorError(PerturberError):
     """A factor name or value is not acceptable; the message is one line."""
 
 
@@ -96,27 +100,6 @@ class Choice:
 
     def describe(self) -> str:
         return "{" + ", ".join(self.values) + "}"
-
-
-_HEX = re.compile(r"^#[0-9a-f]{6}$")
-
-
-def normalise_colour(value: Any) -> str | None:
-    """``'red'``, ``'#F00'``, ``'#ff0000'`` → ``'#ff0000'``; None if not a colour."""
-    text = str(value).strip().lower()
-    if len(text) > 32:
-        return None
-    try:
-        rgb = ImageColor.getrgb(text)
-    except ValueError:
-        return None
-    return "#{:02x}{:02x}{:02x}".format(*rgb[:3])
-
-
-def colour_to_rgb(value: str) -> tuple[float, float, float]:
-    """``'#ff8000'`` → ``(1.0, 0.502, 0.0)`` (linear in [0, 1], no gamma)."""
-    r, g, b = ImageColor.getrgb(value)[:3]
-    return (r / 255.0, g / 255.0, b / 255.0)
 
 
 @dataclass(frozen=True)
@@ -178,23 +161,18 @@ class AssetRef:
 
 @dataclass(frozen=True)
 class ExpressionText:
-    """A sandboxed colour expression over r, g, b and p (see :mod:`pipeline.expression`)."""
+    """A sandboxed colour expression over r, g, b and p (see :mod:`perturber.pipeline.expression`)."""
 
     def validate(self, name: str, value: Any, units: str) -> str:
-        from perturber.pipeline.expression import ExpressionError, compile_expression
-
         text = str(value)
         try:
-            compile_expression(text)
-        except ExpressionError as exc:
+            expression.compile_expression(text)
+        except expression.ExpressionError as exc:
             raise FactorError(f"{name}: {exc}") from None
         return text
 
     def describe(self) -> str:
         return "an expression over r, g, b, p: one value (grey) or three (r, g, b)"
-
-
-MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl", ".off", ".ac")
 
 
 def _fmt(x: float) -> str:
@@ -242,6 +220,21 @@ def register(factor: Factor) -> Factor:
     if factor.name in FACTORS:
         raise ValueError(f"factor {factor.name!r} is already registered")
     FACTORS[factor.name] = factor
+    return factor
+
+
+def declare(factor: str | Factor, kind: str) -> Factor:
+    """The factor an implementation names: a registered name, or a new
+    :class:`Factor` that is registered here (how a plugin declares its factor
+    and its implementation together). ``kind`` is what the implementation
+    handles (``scene`` or ``image``)."""
+    if isinstance(factor, Factor):
+        if FACTORS.get(factor.name) is not factor:
+            register(factor)
+    else:
+        factor = get(factor)
+    if factor.kind != kind:
+        raise ValueError(f"factor {factor.name!r} is of kind {factor.kind!r}, not {kind!r}")
     return factor
 
 
@@ -295,35 +288,21 @@ def parse_cli_value(name: str, text: str) -> Any:
 
 
 # --------------------------------------------------------------------------
-# Scene factors (rendered by pipeline.scene)
+# Scene factors (set by the scene setters of perturber.pipeline.scene)
 # --------------------------------------------------------------------------
 # The default camera is the canonical view: a three-quarter view from slightly
 # above (yaw 45, pitch 10), where the built-in objects read as their classes
 # (a straight front view of a car does not, for EfficientNet-Lite0).
 
 
-def _object_ids() -> list[str]:
-    from perturber.pipeline import assets
-
-    return assets.object_ids()
-
-
 def _texture_ids() -> list[str]:
-    from perturber.pipeline import assets
-
     return [*assets.object_ids(), *(f"pattern:{p}" for p in assets.pattern_ids())]
 
 
-def _background_ids() -> list[str]:
-    from perturber.pipeline import assets
-
-    return assets.background_ids()
-
-
 _SCENE = [
-    Factor("object", "scene", AssetRef(_object_ids, mesh_path=True, what="object"), "dog", "",
+    Factor("object", "scene", AssetRef(assets.object_ids, mesh_path=True, what="object"), "dog", "",
            "Which 3D object: a catalogue id or the path of your own mesh file.", "Object & shape"),
-    Factor("morph_target", "scene", AssetRef(_object_ids, extra=("none",), what="object"), "none", "",
+    Factor("morph_target", "scene", AssetRef(assets.object_ids, extra=("none",), what="object"), "none", "",
            "Second object of a shape morph ('none': no morph).", "Object & shape"),
     Factor("morph_t", "scene", Interval(0.0, 1.0), 0.0, "fraction",
            "Shape morph from object (0) to morph_target (1); texture is unaffected.", "Object & shape"),
@@ -361,14 +340,11 @@ _SCENE = [
 ]
 
 # --------------------------------------------------------------------------
-# Image factors (applied to the RGBA render by pipeline.imageops)
+# Image factors (applied to the RGBA render by the ops of perturber.pipeline.imageops)
 # --------------------------------------------------------------------------
 
-#: The colour expression's default: the original tool's contrast (p = 1: identity).
-DEFAULT_EXPRESSION = "((r - 0.5) * p + 0.5, (g - 0.5) * p + 0.5, (b - 0.5) * p + 0.5)"
-
 _IMAGE = [
-    Factor("background", "image", AssetRef(_background_ids, extra=("none",), colour=True, what="background"),
+    Factor("background", "image", AssetRef(assets.background_ids, extra=("none",), colour=True, what="background"),
            "white", "",
            "Behind the object: a photo id, a solid colour, or 'none' (transparent, alpha 0).", "Background"),
     Factor("fade", "image", Interval(0.0, 1.0), 0.0, "fraction",
@@ -383,7 +359,7 @@ _IMAGE = [
            "Rotates HSV hue; 180 swaps each colour for its complement.", "Colour"),
     Factor("gamma", "image", Interval(0.1, 10.0), 1.0, "exponent",
            "Raises each channel to this power: above 1 darkens, below 1 brightens.", "Colour"),
-    Factor("expression", "image", ExpressionText(), DEFAULT_EXPRESSION, "",
+    Factor("expression", "image", ExpressionText(), expression.DEFAULT_EXPRESSION, "",
            "Your own colour expression over r, g, b in [0, 1] and the slider p (sandboxed).", "Colour"),
     Factor("expression_p", "image", Interval(-10.0, 10.0), 1.0, "",
            "The slider parameter p of the colour expression.", "Colour"),

@@ -1,12 +1,18 @@
-"""Figures: activation maps over the model input (red positive, blue negative)."""
+"""Figures: activation maps over the model input (red positive, blue negative),
+and contact sheets of renders."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import matplotlib
 import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
 
-__all__ = ["activation_overlay", "activation_figure"]
+from perturber.pipeline import assets, factors
+
+__all__ = ["activation_overlay", "activation_figure", "contact_sheet"]
 
 
 def activation_overlay(image: np.ndarray, activation: np.ndarray, limit: float | None = None) -> np.ndarray:
@@ -16,10 +22,6 @@ def activation_overlay(image: np.ndarray, activation: np.ndarray, limit: float |
     Colours: red for positive, blue for negative, white at zero; ``limit`` is
     the activation shown at full colour (default: the map's largest magnitude).
     """
-    import matplotlib
-
-    from PIL import Image
-
     size = image.shape[0]
     act = np.asarray(Image.fromarray(activation.astype(np.float32)).resize((size, size), Image.BILINEAR))
     limit = float(np.abs(activation).max()) if limit is None else float(limit)
@@ -36,10 +38,8 @@ def activation_figure(image: np.ndarray, activations: np.ndarray, neurons: Seque
 
     activations (N, h, w) float for the channel indices ``neurons``.
     """
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the backend
 
     n = len(neurons)
     cols = min(n, 6)
@@ -59,3 +59,43 @@ def activation_figure(image: np.ndarray, activations: np.ndarray, neurons: Seque
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def contact_sheet(rows: Sequence[dict[str, Any]], sweep: tuple[str, list[Any]], size: int,
+                  render: Callable[[Mapping[str, Any], int], np.ndarray], progress: bool = True) -> np.ndarray:
+    """Render every row (factor values) at every sweep value: an (H, W, 3) uint8 sheet.
+
+    ``render(values, size)`` gives one (size, size, 4) uint8 RGBA image
+    (:func:`perturber.pipeline.scene.render`). Labels name the row's object and
+    the swept value; the footer lists the attribution of every asset shown (CC-BY).
+    """
+    name, values = sweep
+    label_h, pad = 18, 4
+    jobs = [(r, v) for r in rows for v in values]
+    tiles = []
+    credits: list[str] = []
+    for row, value in tqdm(jobs, desc="rendering", unit="image", disable=not progress):
+        params = factors.validate({**row, name: value})
+        tiles.append(render(params, size))
+        credits.extend(c for c in assets.attributions(params) if c not in credits)
+    footer_h = 14 * len(credits) + 2 * pad
+    width = len(values) * (size + pad) + pad
+    height = len(rows) * (size + label_h + pad) + pad + label_h + footer_h
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, value in enumerate(values):
+        text = f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+        draw.text((pad + j * (size + pad), pad), text, fill="black")
+    for i, row in enumerate(rows):
+        y0 = pad + label_h + i * (size + label_h + pad)
+        for j in range(len(values)):
+            tile = Image.fromarray(tiles[i * len(values) + j]).convert("RGBA")
+            checker = Image.new("RGBA", tile.size, (255, 255, 255, 255))
+            sheet.paste(Image.alpha_composite(checker, tile).convert("RGB"), (pad + j * (size + pad), y0 + label_h))
+        label = ", ".join(f"{k}={v}" for k, v in row.items())
+        draw.text((pad, y0 + 2), label, fill="black")
+    y = height - footer_h + pad
+    for line in credits:
+        draw.text((pad, y), line, fill=(60, 60, 60))
+        y += 14
+    return np.asarray(sheet)

@@ -1,13 +1,34 @@
-"""Image factors: pure batched torch ops on rendered images.
+"""Image factors: pure batched torch ops on rendered images, each registered
+against the factors it implements.
 
-Every op takes ``images`` (B, 3, H, W) float in [0, 1] and per-sample
-parameters as tensors of shape (B,), and returns new images of the same
+Every op takes ``images`` (B, 3, H, W) float in [0, 1] and one argument per
+factor, in the order the op names them: a (B,) float64 tensor for a numeric
+factor, a list of B strings otherwise. It returns new images of the same
 shape, clamped to [0, 1]. Ops never sample parameters: noise and shuffles take
 a seed per sample, and draw from a generator seeded with it on the CPU, so the
 same seed gives the same pixels on any device. Ops run on the images' device.
 
-:func:`apply_image_factors` applies all image factors of a batch in a fixed
-order (:data:`ORDER`): background composite, colour, frequency, spatial, noise.
+An op registers itself with
+:func:`~perturber.pipeline.implementations.image_op`, next to its definition::
+
+    @image_op("fade", order=10)
+    @image_op("fade", order=10)
+def fade(images, amount): ...
+
+:func:`apply_image_factors` applies every registered op to a batch, in
+ascending ``order``; an op is skipped when every sample has its factors at
+their defaults (:attr:`Factor.default`, the identity), seeds aside. The
+order of the built-in ops:
+
+| order | op | factors |
+| ---: | --- | --- |
+| 0 | background composite | background (RGBA in, RGBA out; runs at its default too) |
+| 10-70 | colour | fade, brightness, contrast, saturation, hue, gamma, expression (+ expression_p) |
+| 80-90 | frequency | band_low, band_mid, band_high; blur |
+| 100 | spatial | shuffle (+ shuffle_seed) |
+| 110-130 | noise | noise_uniform, noise_gaussian, noise_salt_pepper (+ noise_seed) |
+
+A plugin's op takes a free ``order`` between these (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -19,8 +40,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from perturber.pipeline import assets, expression, factors
+from perturber.pipeline.implementations import image_op, registered_ops
+
 __all__ = [
-    "ORDER",
     "composite",
     "fade",
     "brightness",
@@ -37,6 +60,7 @@ __all__ = [
     "uniform_noise",
     "gaussian_noise",
     "salt_and_pepper",
+    "background",
     "apply_image_factors",
     "to_tensor",
     "to_uint8",
@@ -68,26 +92,38 @@ def composite(images: torch.Tensor, backgrounds: torch.Tensor, opaque: torch.Ten
     return torch.where(opaque[:, None, None, None], out, images)
 
 
+@image_op("background", order=0, rgba=True, skip_at_default=False)
+def background(images: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+    """Composite RGBA ``images`` (B, 4, H, W) over the backgrounds ``names`` (B
+    factor values: a photo id, a colour, or 'none' to keep the alpha)."""
+    backgrounds, opaque = background_batch(names, images.shape[-1], images.device)
+    return composite(images, backgrounds, opaque)
+
+
 # --------------------------------------------------------------------------
 # Colour
 # --------------------------------------------------------------------------
 
 
+@image_op("fade", order=10)
 def fade(images: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
     """Fade to black: ``amount`` (B,) in [0, 1], 0 unchanged, 1 black."""
     return images * (1.0 - _per_sample(amount, images))
 
 
+@image_op("brightness", order=20)
 def brightness(images: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """Add ``offset`` (B,) in [-1, 1] to every channel."""
     return (images + _per_sample(offset, images)).clamp(0.0, 1.0)
 
 
+@image_op("contrast", order=30)
 def contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Scale about mid-grey: ``(x - 0.5) * factor + 0.5`` (the original tool's contrast)."""
     return ((images - 0.5) * _per_sample(factor, images) + 0.5).clamp(0.0, 1.0)
 
 
+@image_op("gamma", order=60)
 def gamma(images: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
     """``x ** exponent`` per sample; exponent > 0, 1 unchanged, > 1 darkens."""
     return images.clamp(0.0, 1.0).pow(_per_sample(exponent, images))
@@ -116,6 +152,7 @@ def _hsv_to_rgb(hue: torch.Tensor, sat: torch.Tensor, value: torch.Tensor) -> to
     return value[:, None] - (value * sat)[:, None] * weight
 
 
+@image_op("saturation", order=40)
 def saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Multiply HSV saturation by ``factor`` (B,) ≥ 0 (0: grey, 1: unchanged), clamped to 1."""
     hue, sat, value = _rgb_to_hsv(images)
@@ -123,17 +160,26 @@ def saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _hsv_to_rgb(hue, sat, value)
 
 
+@image_op("hue", order=50)
 def hue_shift(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     """Rotate HSV hue by ``degrees`` (B,); 360 is a full turn."""
     hue, sat, value = _rgb_to_hsv(images)
     return _hsv_to_rgb(hue + _per_sample(degrees, images)[:, 0] / 360.0, sat, value)
 
 
-def colour_expression(images: torch.Tensor, text: str, p: torch.Tensor) -> torch.Tensor:
-    """A user's sandboxed colour expression over r, g, b and slider ``p`` (B,)."""
-    from perturber.pipeline.expression import apply_expression
-
-    return apply_expression(images, text, torch.as_tensor(p, dtype=images.dtype, device=images.device))
+@image_op("expression", "expression_p", order=70)
+def colour_expression(images: torch.Tensor, text: str | Sequence[str], p: torch.Tensor) -> torch.Tensor:
+    """A user's sandboxed colour expression over r, g, b and slider ``p`` (B,):
+    one text for the whole batch, or one per sample (each distinct text is
+    applied in one batched call)."""
+    p = torch.as_tensor(p, dtype=images.dtype, device=images.device)
+    if isinstance(text, str):
+        return expression.apply_expression(images, text, p)
+    out = images.clone()
+    for one in dict.fromkeys(text):
+        idx = [i for i, t in enumerate(text) if t == one]
+        out[idx] = expression.apply_expression(images[idx], one, p.expand(images.shape[0])[idx])
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -183,6 +229,7 @@ def collapse_pyramid(bands: Sequence[torch.Tensor], gains: Sequence[torch.Tensor
     return image
 
 
+@image_op("band_low", "band_mid", "band_high", order=80)
 def band_gains(images: torch.Tensor, low: torch.Tensor, mid: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     """Scale three frequency bands of a 4-level Laplacian pyramid (gains (B,) each).
 
@@ -206,6 +253,7 @@ def _gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
     return k / k.sum(1, keepdim=True)
 
 
+@image_op("blur", order=90)
 def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Gaussian blur with per-sample ``sigma`` (B,) in pixels (0: unchanged).
 
@@ -234,6 +282,7 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(seed))
 
 
+@image_op("shuffle", "shuffle_seed", order=100, seeds=("shuffle_seed",))
 def patch_shuffle(images: torch.Tensor, k: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """Cut each image into a k×k grid of patches and permute them (seeded).
 
@@ -267,6 +316,7 @@ def _draws(images: torch.Tensor, seed: torch.Tensor, draw) -> torch.Tensor:
     return torch.stack([draw(_generator(s)) for s in seeds]).to(device=images.device, dtype=images.dtype)
 
 
+@image_op("noise_uniform", "noise_seed", order=110, seeds=("noise_seed",))
 def uniform_noise(images: torch.Tensor, amplitude: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """Add uniform noise in [-amplitude, amplitude] (B,), seeded per sample."""
     shape = images.shape[1:]
@@ -274,6 +324,7 @@ def uniform_noise(images: torch.Tensor, amplitude: torch.Tensor, seed: torch.Ten
     return (images + noise * _per_sample(amplitude, images)).clamp(0.0, 1.0)
 
 
+@image_op("noise_gaussian", "noise_seed", order=120, seeds=("noise_seed",))
 def gaussian_noise(images: torch.Tensor, sigma: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """Add Gaussian noise of standard deviation ``sigma`` (B,), seeded per sample."""
     shape = images.shape[1:]
@@ -281,6 +332,7 @@ def gaussian_noise(images: torch.Tensor, sigma: torch.Tensor, seed: torch.Tensor
     return (images + noise * _per_sample(sigma, images)).clamp(0.0, 1.0)
 
 
+@image_op("noise_salt_pepper", "noise_seed", order=130, seeds=("noise_seed",))
 def salt_and_pepper(images: torch.Tensor, fraction: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """Set a ``fraction`` (B,) of pixels to black or white (half each), seeded per sample."""
     shape = (1, *images.shape[2:])
@@ -294,60 +346,31 @@ def salt_and_pepper(images: torch.Tensor, fraction: torch.Tensor, seed: torch.Te
 # All image factors of a batch
 # --------------------------------------------------------------------------
 
-#: (factor names, op) in the order they are applied; an op is skipped when every
-#: sample of the batch has its factors at their identity values.
-ORDER: list[tuple[tuple[str, ...], Any]] = [
-    (("fade",), fade),
-    (("brightness",), brightness),
-    (("contrast",), contrast),
-    (("saturation",), saturation),
-    (("hue",), hue_shift),
-    (("gamma",), gamma),
-    (("expression", "expression_p"), colour_expression),
-    (("band_low", "band_mid", "band_high"), band_gains),
-    (("blur",), gaussian_blur),
-    (("shuffle", "shuffle_seed"), patch_shuffle),
-    (("noise_uniform", "noise_seed"), uniform_noise),
-    (("noise_gaussian", "noise_seed"), gaussian_noise),
-    (("noise_salt_pepper", "noise_seed"), salt_and_pepper),
-]
-
-#: Values at which an op leaves the image unchanged.
-IDENTITY = {
-    "fade": 0.0, "brightness": 0.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.0, "gamma": 1.0,
-    "band_low": 1.0, "band_mid": 1.0, "band_high": 1.0, "blur": 0.0, "shuffle": 1,
-    "noise_uniform": 0.0, "noise_gaussian": 0.0, "noise_salt_pepper": 0.0,
-}
-
-
 def apply_image_factors(rgba: torch.Tensor, params: Sequence[Mapping[str, Any]]) -> torch.Tensor:
-    """Apply every image factor to a batch of renders.
+    """Apply every image factor to a batch of renders, op by op in their order.
 
     rgba (B, 4, H, W) float in [0, 1], straight alpha; ``params`` B validated
-    factor dicts (:func:`pipeline.factors.validate`). Returns (B, 4, H, W):
-    RGB after all ops; alpha 1 except where the background is 'none'.
+    factor dicts (:func:`perturber.pipeline.factors.validate`). Returns
+    (B, 4, H, W): RGB after all ops; alpha 1 except where the background is 'none'.
     """
-    from perturber.pipeline.factors import DEFAULT_EXPRESSION
-
-    size = rgba.shape[-1]
-    backgrounds, opaque = background_batch([p["background"] for p in params], size, rgba.device)
-    images = composite(rgba, backgrounds, opaque)
-    alpha, rgb = images[:, 3:], images[:, :3]
-    for names, op in ORDER:
-        if names[0] == "expression":
-            texts = {p["expression"] for p in params}
-            if texts == {DEFAULT_EXPRESSION} and all(p["expression_p"] == 1.0 for p in params):
-                continue
-            for text in texts:  # one batched call per distinct expression
-                idx = [i for i, p in enumerate(params) if p["expression"] == text]
-                pv = torch.tensor([params[i]["expression_p"] for i in idx])
-                rgb[idx] = op(rgb[idx], text, pv)
+    rgb, alpha = rgba[:, :3], rgba[:, 3:]
+    for op in registered_ops():
+        if op.at_identity(params):
             continue
-        if all(p[names[0]] == IDENTITY[names[0]] for p in params):
-            continue
-        args = [torch.tensor([p[n] for p in params], dtype=torch.float64) for n in names]
-        rgb = op(rgb, *args)
+        args = [_argument(name, params) for name in op.factors]
+        if op.rgba:
+            images = op.fn(torch.cat([rgb, alpha], dim=1), *args)
+            rgb, alpha = images[:, :3], images[:, 3:]
+        else:
+            rgb = op.fn(rgb, *args)
     return torch.cat([rgb, alpha], dim=1)
+
+
+def _argument(name: str, params: Sequence[Mapping[str, Any]]) -> torch.Tensor | list[str]:
+    """One factor's values across the batch: (B,) float64 when numeric, else B strings."""
+    if factors.get(name).numeric:
+        return torch.tensor([p[name] for p in params], dtype=torch.float64)
+    return [p[name] for p in params]
 
 
 # --------------------------------------------------------------------------
@@ -370,9 +393,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def background_batch(names: Sequence[str], size: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Backgrounds for factor values ``names``: ((B, 3, size, size) in [0, 1], opaque (B,) bool)."""
-    from perturber.pipeline.assets import load_background
-
-    images = [load_background(n, size) for n in names]
+    images = [assets.load_background(n, size) for n in names]
     opaque = torch.tensor([im is not None for im in images], device=device)
     blank = np.zeros((size, size, 3), np.uint8)
     stacked = to_tensor([blank if im is None else im for im in images], device)

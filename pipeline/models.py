@@ -9,53 +9,50 @@ Loading never unpickles code (``torch.load(weights_only=True)``), remaps
 checkpoint keys explicitly, and fails with a one-line :class:`ModelError` on a
 checksum mismatch, a missing file or mismatched keys.
 
-Activations are captured by module path with forward hooks that copy the
-output (an in-place ReLU after the hooked module would otherwise overwrite
-it); a module that runs several times per forward pass is addressed as
-``path@k``.
+Running the models on images (preprocessing, captured activations, batch
+sizes) is :mod:`perturber.pipeline.inference`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import importlib.util
 import os
 import shutil
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 import yaml
+from efficientnet_lite_pytorch import EfficientNet
+
+from perturber.pipeline import config
+from perturber.pipeline.errors import PerturberError, one_line
 
 __all__ = [
     "ModelError",
     "ModelSpec",
     "ARCHITECTURES",
+    "REGISTRY_PATH",
+    "build_architecture",
     "registry",
     "model_names",
     "spec",
     "load_model",
     "best_device",
-    "preprocess",
-    "capture",
-    "imagenet_categories",
-    "classify",
     "load_efficientnet_lite",
     "sha256_of",
-    "tuned_batch_size",
 ]
 
-REGISTRY_PATH = Path(__file__).resolve().parents[1] / "data" / "models.yaml"
+#: The built-in registry (user registries: ``PERTURBER_MODELS``, :func:`perturber.pipeline.config.model_registries`).
+REGISTRY_PATH = config.DATA_DIR / "models.yaml"
 
 
-class ModelError(ValueError):
+class ModelError(PerturberError):
     """A model entry, its weights or a layer name is wrong; the message is one line."""
 
 
@@ -66,8 +63,6 @@ class ModelError(ValueError):
 
 def _efficientnet_lite(variant: str) -> Callable[[], torch.nn.Module]:
     def build() -> torch.nn.Module:
-        from efficientnet_lite_pytorch import EfficientNet
-
         return EfficientNet.from_name(variant)
 
     return build
@@ -85,7 +80,7 @@ def build_architecture(name: str) -> torch.nn.Module:
     if name in ARCHITECTURES:
         return ARCHITECTURES[name]()
     if name.startswith("torchvision:"):
-        import torchvision
+        import torchvision  # heavy (it loads torch._dynamo): only for torchvision architectures
 
         model = name.split(":", 1)[1]
         if model not in torchvision.models.list_models():
@@ -165,23 +160,28 @@ def _parse_entry(name: str, entry: Mapping[str, Any], origin: str) -> ModelSpec:
 
 
 def registry(extra: Sequence[str] | None = None) -> dict[str, ModelSpec]:
-    """Built-in entries plus those of ``extra`` files (default: ``PERTURBER_MODELS``)."""
-    files = [str(REGISTRY_PATH)]
-    files += list(extra) if extra is not None else [p for p in os.environ.get("PERTURBER_MODELS", "").split(os.pathsep) if p]
-    return _registry(tuple(files))
+    """Built-in entries plus those of ``extra`` files (default: ``PERTURBER_MODELS``).
+
+    Read again whenever one of the files changes."""
+    files = config.model_registries() if extra is None else (REGISTRY_PATH, *map(Path, extra))
+    return _registry(_keys(files))
+
+
+def _keys(files: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
+    return tuple(config.file_key(Path(f)) for f in files)
 
 
 @functools.lru_cache(maxsize=8)
-def _registry(files: tuple[str, ...]) -> dict[str, ModelSpec]:
+def _registry(keys: tuple[tuple[str, int, int], ...]) -> dict[str, ModelSpec]:
     out: dict[str, ModelSpec] = {}
-    for path in files:
+    for path, _, _ in keys:
         try:
             with open(path) as f:
                 data = yaml.safe_load(f) or {}
         except OSError as exc:
             raise ModelError(f"cannot read model registry {path} ({exc.strerror})") from None
         except yaml.YAMLError as exc:
-            raise ModelError(f"model registry {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise ModelError(f"model registry {path} is not valid YAML ({one_line(exc)})") from None
         if not isinstance(data, Mapping):
             raise ModelError(f"model registry {path} must map model names to entries")
         for name, entry in data.items():
@@ -232,10 +232,8 @@ def _verify(path: Path, sha256: str | None, name: str, prefix: bool = False) -> 
 def cached_path(url: str) -> Path:
     """Where :func:`download` keeps ``url``: under a folder named by a hash of the
     URL, so two sources whose files share a name do not collide."""
-    from perturber.pipeline.assets import cache_dir
-
     basename = url.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or "weights"
-    return cache_dir() / "weights" / hashlib.sha256(url.encode()).hexdigest()[:16] / basename
+    return config.cache_dir() / "weights" / hashlib.sha256(url.encode()).hexdigest()[:16] / basename
 
 
 def download(url: str, name: str) -> Path:
@@ -251,8 +249,7 @@ def download(url: str, name: str) -> Path:
         os.replace(tmp, target)
     except Exception as exc:  # URL errors, HTTP errors, bad schemes, truncated reads
         Path(tmp).unlink(missing_ok=True)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"model {name!r}: cannot download {url} ({reason})") from None
+        raise ModelError(f"model {name!r}: cannot download {url} ({one_line(exc)})") from None
     return target
 
 
@@ -282,7 +279,7 @@ def weights_file(s: ModelSpec) -> Path:
         _verify(path, sha256, s.name)
         return path
     if "torchvision" in w:
-        import torchvision
+        import torchvision  # heavy: only for torchvision weights
 
         try:
             weights = torchvision.models.get_weight(str(w["torchvision"]))
@@ -338,14 +335,13 @@ def best_device() -> torch.device:
 
 
 @functools.lru_cache(maxsize=8)
-def _load(name: str, device: str, files: tuple[str, ...]) -> torch.nn.Module:
-    s = _registry(files)[name]
+def _load(name: str, device: str, keys: tuple[tuple[str, int, int], ...]) -> torch.nn.Module:
+    s = _registry(keys)[name]
     path = weights_file(s)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle refusing code, a truncated file, ...
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise ModelError(f"model {name!r}: cannot load {path.name} safely ({reason})") from None
+        raise ModelError(f"model {name!r}: cannot load {path.name} safely ({one_line(exc)})") from None
     model = build_architecture(s.architecture)
     _load_state(model, _remap(state, s), name)
     # channels_last: measured 1.4-1.6x faster on the CPU for EfficientNet-Lite
@@ -361,8 +357,7 @@ def load_model(name: str, device: str | torch.device | None = None) -> torch.nn.
     and device. Do not modify it."""
     spec(name)  # a clear error for unknown names
     device = str(device or best_device())
-    files = (str(REGISTRY_PATH), *[p for p in os.environ.get("PERTURBER_MODELS", "").split(os.pathsep) if p])
-    return _load(name, device, files)
+    return _load(name, device, _keys(config.model_registries()))
 
 
 def load_efficientnet_lite(name: str = "efficientnet_lite0") -> torch.nn.Module:
@@ -370,131 +365,3 @@ def load_efficientnet_lite(name: str = "efficientnet_lite0") -> torch.nn.Module:
     if not name.startswith("efficientnet_lite"):
         raise ModelError(f"unknown model {name!r}: not an EfficientNet-Lite")
     return load_model(name, "cpu")
-
-
-@functools.lru_cache(maxsize=16)
-def tuned_batch_size(name: str, device: str, candidates: tuple[int, ...] = (1, 2, 4, 8, 16)) -> int:
-    """The fastest batch size for model ``name`` on ``device``, measured once.
-
-    The best batch size is a property of the machine, not of the model
-    (EfficientNet-Lite0 on a 2-core CPU: 85 images/s at batch 2, 45 at 32);
-    the result is cached on disk per model, device and thread count.
-    """
-    import json
-
-    from perturber.pipeline.assets import cache_dir
-
-    dev = torch.device(device)
-    label = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu-{torch.get_num_threads()}threads"
-    path = cache_dir() / "batch-sizes.json"
-    key = f"{name}|{label}"
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key in known:
-        return int(known[key])
-    s = spec(name)
-    net = load_model(name, dev)
-    n = max(candidates) * 2
-    x = preprocess(torch.rand(n, 3, s.input_size, s.input_size, device=dev), s)
-    best, best_rate = candidates[0], 0.0
-    with torch.no_grad():
-        for bs in candidates:
-            net(x[:bs])  # warm-up
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            start = time.perf_counter()
-            for i in range(0, n, bs):
-                net(x[i : i + bs])
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            rate = n / (time.perf_counter() - start)
-            if rate > best_rate:
-                best, best_rate = bs, rate
-    known[key] = best
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-    return best
-
-
-# --------------------------------------------------------------------------
-# Inputs, outputs, activations
-# --------------------------------------------------------------------------
-
-
-def preprocess(images: torch.Tensor, s: ModelSpec, resize: bool = True) -> torch.Tensor:
-    """RGB (B, 3, H, W) in [0, 1] → the model's input: resized to ``input_size``
-    (bilinear, antialiased; unless ``resize`` is False, as feature visualisation
-    does: the network sees the optimised image at its own size) and normalised
-    with its mean and std."""
-    x = images
-    if resize and (x.shape[-1] != s.input_size or x.shape[-2] != s.input_size):
-        x = torch.nn.functional.interpolate(x, size=(s.input_size, s.input_size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(s.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(s.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
-@contextlib.contextmanager
-def capture(model: torch.nn.Module, paths: Sequence[str], detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the outputs of modules ``paths`` during forward passes in the block.
-
-    Yields a dict path → tensor, filled by each forward pass. The tensor is a
-    copy (an in-place op later in the network cannot change it). A module that
-    runs several times per pass must be named ``path@k`` (k-th call, from 0).
-    """
-    modules = dict(model.named_modules())
-    wanted: dict[str, dict[int | None, str]] = {}
-    for p in paths:
-        base, _, index = p.partition("@")
-        if base not in modules:
-            raise ModelError(f"no layer {base!r} in this model")
-        if index and not index.isdigit():
-            raise ModelError(f"layer {p!r}: the call index after @ must be a number")
-        wanted.setdefault(base, {})[int(index) if index else None] = p
-    out: dict[str, torch.Tensor] = {}
-    calls: dict[str, int] = {}
-    handles = []
-
-    def hook_for(base: str):
-        def hook(module, inputs, output):
-            k = calls.get(base, 0)
-            calls[base] = k + 1
-            t = output.detach() if detach else output
-            for index, name in wanted[base].items():
-                if index is None and k == 1:
-                    raise ModelError(f"layer {base!r} runs more than once per forward pass; name a call as {base}@0, {base}@1, ...")
-                if index is None or index == k:
-                    out[name] = t.clone()
-
-        return hook
-
-    for base in wanted:
-        handles.append(modules[base].register_forward_hook(hook_for(base)))
-    pre = model.register_forward_pre_hook(lambda *_: calls.clear())
-    try:
-        yield out
-    finally:
-        pre.remove()
-        for h in handles:
-            h.remove()
-
-
-@functools.lru_cache(maxsize=1)
-def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet-1k class names, in index order."""
-    from torchvision.models import ResNet50_Weights
-
-    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-@torch.no_grad()
-def classify(model: torch.nn.Module, images: np.ndarray, size: int = 224) -> torch.Tensor:
-    """Softmax probabilities (B, 1000) for uint8 RGB(A) images (B, H, W, C) and an
-    ImageNet-normalised model of input side ``size``. Alpha is dropped."""
-    x = torch.from_numpy(np.ascontiguousarray(images[..., :3])).permute(0, 3, 1, 2).float() / 255.0
-    s = ModelSpec("", "", {}, size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    device = next(model.parameters()).device
-    return model(preprocess(x.to(device), s)).softmax(dim=1).cpu()

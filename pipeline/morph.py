@@ -13,7 +13,7 @@ between grid points. The morph at ``t`` is the zero level set of
 reproducing the two shapes up to the grid resolution.
 
 Fields take seconds to compute and are cached on disk per object and
-resolution (:func:`pipeline.assets.cache_dir`).
+resolution (``PERTURBER_CACHE``, :func:`perturber.pipeline.config.cache_dir`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ import hashlib
 import logging
 import os
 import time
+from pathlib import Path
 
+import igl
 import numpy as np
 from scipy import ndimage
+from skimage.measure import marching_cubes
 
-from perturber.pipeline import assets
+from perturber.pipeline import assets, config, meshes
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,6 @@ def grid_axis(resolution: int = RESOLUTION) -> np.ndarray:
 def _thin_faces(v: np.ndarray, f: np.ndarray, depth: float) -> np.ndarray:
     """Faces with no inside within ``depth`` behind them on either side:
     thin rods, open sheets. (M,) bool."""
-    import igl
-
     tri = v[f]
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
@@ -65,8 +66,6 @@ def _thin_faces(v: np.ndarray, f: np.ndarray, depth: float) -> np.ndarray:
 
 
 def _compute_field(vertices: np.ndarray, faces: np.ndarray, resolution: int) -> np.ndarray:
-    import igl
-
     g = grid_axis(resolution)
     step = g[1] - g[0]
     shape = (resolution,) * 3
@@ -101,7 +100,7 @@ def _compute_field(vertices: np.ndarray, faces: np.ndarray, resolution: int) -> 
 
 
 def _field_key(object_id: str, resolution: int) -> str:
-    vertices, faces = assets.load_object(object_id).merged()
+    vertices, faces = meshes.load_object(object_id).merged()
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(vertices, dtype=np.float64).tobytes())
     h.update(np.ascontiguousarray(faces, dtype=np.int64).tobytes())
@@ -109,20 +108,30 @@ def _field_key(object_id: str, resolution: int) -> str:
     return h.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=16)
 def shape_field(object_id: str, resolution: int = RESOLUTION) -> np.ndarray:
     """Signed distance field of an object, (R, R, R) float32, negative inside.
 
     Indexed ``[x, y, z]`` over :func:`grid_axis`; units are object sizes.
-    Cached in memory and on disk (keyed by the mesh's content).
+    Cached in memory and on disk (:func:`cached_field`). Do not modify it.
     """
-    path = assets.cache_dir() / "fields" / f"{_field_key(object_id, resolution)}.npy"
+    return _shape_field(object_id, resolution, assets.source_key(), config.cache_dir())
+
+
+@functools.lru_cache(maxsize=16)
+def _shape_field(object_id: str, resolution: int, key: tuple, cache: Path) -> np.ndarray:
+    return cached_field(object_id, resolution, cache)
+
+
+def cached_field(object_id: str, resolution: int, cache: Path) -> np.ndarray:
+    """The shape field from the disk cache under ``cache`` (keyed by the mesh's
+    content), computed and saved there when missing or damaged."""
+    path = cache / "fields" / f"{_field_key(object_id, resolution)}.npy"
     if path.is_file():
         try:
             return np.load(path)
         except (OSError, ValueError):
             pass  # a corrupt cache file: recompute it
-    vertices, faces = assets.load_object(object_id).merged()
+    vertices, faces = meshes.load_object(object_id).merged()
     log.info("computing the %d^3 shape field of %s (once; cached in %s)", resolution, object_id, path.parent)
     start = time.perf_counter()
     field = _compute_field(vertices, faces, resolution)
@@ -134,15 +143,17 @@ def shape_field(object_id: str, resolution: int = RESOLUTION) -> np.ndarray:
     return field
 
 
-@functools.lru_cache(maxsize=16)
 def morph_mesh(object_a: str, object_b: str, t: float, resolution: int = RESOLUTION) -> tuple[np.ndarray, np.ndarray]:
     """The closed mesh ``t`` of the way from ``object_a``'s shape to ``object_b``'s.
 
     Returns vertices (N, 3) float64 in object sizes and faces (M, 3) int64,
-    outward-oriented. ``t`` in [0, 1].
+    outward-oriented. ``t`` in [0, 1]. Cached; do not modify.
     """
-    from skimage.measure import marching_cubes
+    return _morph_mesh(object_a, object_b, float(t), resolution, assets.source_key())
 
+
+@functools.lru_cache(maxsize=16)
+def _morph_mesh(object_a: str, object_b: str, t: float, resolution: int, key: tuple) -> tuple[np.ndarray, np.ndarray]:
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"morph t={t} is outside [0, 1]")
     field = (1.0 - t) * shape_field(object_a, resolution) + t * shape_field(object_b, resolution)

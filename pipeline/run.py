@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import functools
 import itertools
-import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
+from tqdm import tqdm
 
+from perturber.pipeline import analysis, engine, factors, names
 from perturber.pipeline import store as zstore
 from perturber.pipeline.spec import CubeSpec, SweepSpec
+from perturber.pipeline.tasks import run_tasks, use_threads
 
-__all__ = ["compute_chunk", "precompute", "dry_run", "RunReport", "estimate", "run_tasks", "start_local_cluster"]
+__all__ = ["compute_chunk", "chunk_points", "precompute", "dry_run", "summary", "RunReport", "estimate"]
 
 
 @dataclass
@@ -50,46 +51,37 @@ def compute_chunk(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_opti
                   threads: int | None = None) -> tuple[str, tuple[int, ...], int]:
     """Evaluate and write one chunk; returns (cube name, chunk index, samples).
 
-    ``threads``: torch CPU threads for this process (Dask workers otherwise run
-    torch single-threaded whatever OMP_NUM_THREADS says).
+    ``threads``: torch CPU threads for this process (:func:`perturber.pipeline.tasks.use_threads`).
     """
-    import torch
-
-    from perturber.pipeline import engine
-
-    if threads and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-
+    use_threads(threads)
     points, shape = chunk_points(cube, index)
     ev = engine.evaluate(points, list(cube.models), layers=list(cube.layers), neurons=_neuron_lists(cube),
                          size=cube.size, k=cube.top_k, device=device, batch_size=batch_sizes)
     stack = lambda per_model: np.stack([per_model[m].numpy() for m in cube.models], axis=1)  # noqa: E731
     values = {
-        "logits": stack(ev.logits).reshape(*shape, len(cube.models), 1000),
-        "top_class": stack(ev.top_class).reshape(*shape, len(cube.models), cube.top_k),
-        "top_prob": stack(ev.top_prob).reshape(*shape, len(cube.models), cube.top_k),
+        names.LOGITS: stack(ev.logits).reshape(*shape, len(cube.models), 1000),
+        names.TOP_CLASS: stack(ev.top_class).reshape(*shape, len(cube.models), cube.top_k),
+        names.TOP_PROB: stack(ev.top_prob).reshape(*shape, len(cube.models), cube.top_k),
+        names.EXPECTED_PROB: _expected_prob(points, ev, cube).reshape(*shape, len(cube.models)),
     }
-    values["expected_prob"] = _expected_prob(points, ev, cube).reshape(*shape, len(cube.models))
     if cube.images:
-        values["image"] = ev.images.reshape(*shape, cube.size, cube.size, 3)
+        values[names.IMAGE] = ev.images.reshape(*shape, cube.size, cube.size, 3)
     for model in cube.models:
         for layer in cube.layers:
             a = ev.activations[model][layer].numpy()
-            values[zstore.act_name(model, layer)] = a.reshape(*shape, *a.shape[1:])
+            values[names.activation(model, layer).variable] = a.reshape(*shape, *a.shape[1:])
     zstore.write_chunk(cube, out, index, values, storage_options)
     return cube.name, index, len(points)
 
 
 def _expected_prob(points: list[dict[str, Any]], ev: Any, cube: CubeSpec) -> np.ndarray:
-    """(B, models): total probability of each point's object's catalogue classes (NaN for user meshes)."""
-    from perturber.pipeline import assets, factors
-
+    """(B, models): total probability of each point's object's classes (NaN for
+    mesh files; :mod:`perturber.pipeline.analysis`)."""
     out = np.full((len(points), len(cube.models)), np.nan, dtype=np.float32)
     for i, point in enumerate(points):
-        obj = point.get("object", factors.get("object").default)
-        if obj not in assets.object_ids():
+        classes = analysis.class_indices(point.get("object", factors.get("object").default))
+        if classes is None:
             continue
-        classes = assets.imagenet_class_indices(obj)
         for m, model in enumerate(cube.models):
             out[i, m] = float(ev.logits[model][i].softmax(0)[classes].sum())
     return out
@@ -124,8 +116,6 @@ def estimate(cube: CubeSpec, renders_per_s: float = 40.0, images_per_s: float = 
 
 
 def _kind(name: str) -> str:
-    from perturber.pipeline import factors
-
     return factors.get(name).kind
 
 
@@ -161,8 +151,6 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
     processes, one thread each); 'synchronous' runs in this process (no Dask);
     anything else is the address of a running Dask scheduler.
     """
-    from tqdm import tqdm
-
     start = time.perf_counter()
     storage_options = zstore.default_options(out, storage_options)
     report = RunReport()
@@ -194,74 +182,6 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
     return report
 
 
-def start_local_cluster(**kwargs: Any):
-    """A LocalCluster of worker processes on 127.0.0.1 that leaves this process as it was.
-
-    Starting one sets OMP_NUM_THREADS=1 (and MKL/OpenBLAS, MALLOC_TRIM_THRESHOLD_)
-    in the caller's own environment and drops its torch threads to one; any
-    later computation here, or a subprocess started from here, would then run
-    single-threaded and round differently. Both are put back.
-    """
-    from distributed import LocalCluster
-
-    saved = dict(os.environ)
-    threads = None
-    if "torch" in sys.modules:
-        threads = sys.modules["torch"].get_num_threads()
-    try:
-        return LocalCluster(processes=True, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, **kwargs)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        if threads is not None:
-            sys.modules["torch"].set_num_threads(threads)
-
-
-def run_tasks(calls: list[tuple[str, Callable, tuple]], scheduler: str | None, workers: int | None,
-              on_result: Callable[[Any], int], echo: Callable[[str], None] = print) -> int:
-    """Run ``(key, function, args)`` calls as Dask tasks; returns the sum of ``on_result`` over the results.
-
-    ``scheduler``: None starts a LocalCluster sized to the machine (``workers``
-    processes, one thread each, torch threads shared out); 'synchronous' runs in
-    this process; anything else is the address of a running scheduler. Every
-    function takes a ``threads`` keyword (torch CPU threads for its process).
-    """
-    if scheduler == "synchronous":
-        return sum(on_result(fn(*args)) for _, fn, args in calls)
-    from distributed import Client, as_completed
-
-    threads = None
-    if scheduler is None:
-        import dask
-
-        n = workers or max(1, min(len(calls), os.cpu_count() or 1))
-        threads = max(1, (os.cpu_count() or 1) // n)
-        # Dask's workers start with MALLOC_TRIM_THRESHOLD_=65536; setting it
-        # also turns off glibc's adaptive mmap threshold, so every activation
-        # buffer over 128 KiB is mmapped and unmapped per layer (measured: 2.2x
-        # slower chunks, half the time in the kernel). Raise both thresholds;
-        # they must be set before a worker starts, hence pre-spawn-environ.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": str(1 << 30),
-                              "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": str(1 << 25),
-                              "distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": str(threads),
-                              "distributed.nanny.pre-spawn-environ.PYOPENGL_PLATFORM": "egl"}):
-            cluster = start_local_cluster(n_workers=n, threads_per_worker=1)
-        client = Client(cluster)
-    else:
-        cluster, client = None, Client(scheduler)
-    echo(f"dask dashboard: {client.dashboard_link}")
-    total = 0
-    try:
-        futures = [client.submit(fn, *args, threads=threads, pure=False, key=key) for key, fn, args in calls]
-        for future in as_completed(futures):
-            total += on_result(future.result())
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-    return total
-
-
 def _run_dask(jobs, out, storage_options, scheduler, workers, bar, echo) -> int:
     calls = [(f"chunk-{cube.name}-{'-'.join(map(str, idx))}", functools.partial(compute_chunk, batch_sizes=sizes),
               (cube, idx, out, storage_options)) for cube, idx, sizes in jobs]
@@ -274,28 +194,16 @@ def _run_dask(jobs, out, storage_options, scheduler, workers, bar, echo) -> int:
 
 def summary(spec: SweepSpec, out: Any, storage_options: Mapping | None = None) -> str:
     """A table of top-1 classes across each cube: per object and model, the most
-    frequent top-1 class and the share of samples read as one of the object's classes."""
-    from perturber.pipeline import assets, models
-
-    names = models.imagenet_categories()
+    frequent top-1 class and the share of samples read as one of the object's
+    classes (:meth:`perturber.pipeline.analysis.Cube.summary`)."""
     lines = []
     for cube in spec.cubes:
-        ds = zstore.open_cube(out, cube.name, storage_options)
-        top1 = ds["top_class"].isel(rank=0)
-        objects = [str(o) for o in ds["object"].values] if "object" in ds.dims else [str(cube.fixed.get("object", "dog"))]
+        rows = analysis.Cube(zstore.open_cube(out, cube.name, storage_options)).summary()
         lines.append(f"cube {cube.name} ({cube.samples} samples): top-1 across the cube")
         lines.append(f"  {'object':<12} {'model':<20} {'most frequent top-1':<28} {'share':>6}  {'reads as its class':>18}")
-        for obj in objects:
-            sel = top1.sel(object=obj) if "object" in ds.dims else top1
-            expected = set(assets.imagenet_class_indices(obj)) if obj in assets.object_ids() else set()
-            for model in cube.models:
-                values = sel.sel(model=model).values.ravel()
-                values = values[~np.isnan(values)].astype(int)
-                if values.size == 0:
-                    lines.append(f"  {obj:<12} {model:<20} {'not computed':<28}")
-                    continue
-                counts = np.bincount(values, minlength=1000)
-                best = int(counts.argmax())
-                right = np.isin(values, list(expected)).mean() if expected else math.nan
-                lines.append(f"  {obj:<12} {model:<20} {names[best][:28]:<28} {counts[best] / values.size:>6.0%}  {right:>18.0%}")
+        for row in rows:
+            if row.samples == 0:
+                lines.append(f"  {row.object:<12} {row.model:<20} {'not computed':<28}")
+                continue
+            lines.append(f"  {row.object:<12} {row.model:<20} {row.top1[:28]:<28} {row.top1_share:>6.0%}  {row.reads_as_class:>18.0%}")
     return "\n".join(lines)

@@ -16,10 +16,17 @@ Conventions (all in the object's normalised frame: +y up, the object faces
 - the key light is fixed to the camera's orbit (a studio light): ``light_azimuth``
   0 and ``light_elevation`` 0 light the object from the camera; ``roll``
   rotates the image with its lighting.
+
+Each scene factor reaches the renderer through a *setter* registered with
+:func:`~perturber.pipeline.implementations.scene_setter` below: before every
+render the setters run in order (geometry 0, material 10, camera 20, key
+light 30, ambient 40) and set the renderer's scene from the factor values.
+A plugin adds a scene factor with a setter of its own (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from collections import OrderedDict
@@ -31,8 +38,10 @@ import numpy as np
 # EGL must be chosen before pyrender (and PyOpenGL) are first imported.
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-from perturber.pipeline import factors  # noqa: E402
-from perturber.pipeline.assets import Part  # noqa: E402
+from perturber.pipeline import factors, imageops  # noqa: E402
+from perturber.pipeline.colours import colour_to_rgb  # noqa: E402
+from perturber.pipeline.implementations import registered_setters, scene_setter  # noqa: E402
+from perturber.pipeline.meshes import Part  # noqa: E402
 from perturber.pipeline.surface import surface  # noqa: E402
 
 __all__ = ["RenderResult", "Renderer", "default_renderer", "render_scene", "render", "camera_pose", "YFOV_DEGREES"]
@@ -140,8 +149,6 @@ def _load_triton_first() -> None:
     a later ``import triton`` (which torch and torchvision do lazily) crashes
     the process with a segmentation fault. Loaded in this order, both work.
     """
-    import importlib.util
-
     if importlib.util.find_spec("triton") is not None:
         import triton  # noqa: F401
 
@@ -150,24 +157,30 @@ class Renderer:
     """Renders scene factors; holds one OpenGL context for all image sizes.
 
     Not thread-safe: use one per thread (:func:`default_renderer` gives each
-    thread its own).
+    thread its own). Scene setters work on its public attributes: ``scene``
+    (the pyrender scene), ``mesh_node``, ``camera_node``, ``light_node`` and
+    ``light`` (the key light), ``primitives`` (the object's pyrender
+    primitives with their base colours, RGBA) and ``flags`` (pyrender render
+    flags of this render).
     """
 
     def __init__(self, mesh_cache_size: int = 8):
         _load_triton_first()
         import pyrender
 
-        self._pyrender = pyrender
+        self.pyrender = pyrender
         self._offscreen: Any = None
         self._meshes: OrderedDict[tuple, tuple[Any, list]] = OrderedDict()
         self._mesh_cache_size = mesh_cache_size
-        self._scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0])
+        self.scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0])
         self._camera = pyrender.PerspectiveCamera(yfov=np.radians(YFOV_DEGREES), aspectRatio=1.0, znear=0.05, zfar=50.0)
-        self._camera_node = self._scene.add(self._camera)
-        self._light = pyrender.DirectionalLight()
-        self._light_node = self._scene.add(self._light)
-        self._mesh_node = None
+        self.camera_node = self.scene.add(self._camera)
+        self.light = pyrender.DirectionalLight()
+        self.light_node = self.scene.add(self.light)
+        self.mesh_node = None
         self._mesh_key: tuple | None = None
+        self.primitives: list[tuple[Any, np.ndarray]] = []
+        self.flags = pyrender.RenderFlags.RGBA
 
     def _mesh(self, key: tuple, parts: tuple[Part, ...], smooth: bool):
         """The pyrender mesh for ``key``, least recently used evicted first."""
@@ -177,59 +190,89 @@ class Renderer:
             if len(self._meshes) >= self._mesh_cache_size:
                 self._meshes.popitem(last=False)
             built = [_primitive(p, smooth) for p in parts]
-            mesh = self._pyrender.Mesh(primitives=[prim for prim, _ in built])
+            mesh = self.pyrender.Mesh(primitives=[prim for prim, _ in built])
             self._meshes[key] = (mesh, built)
         return self._meshes[key]
+
+    def show_mesh(self, key: tuple, parts: tuple[Part, ...], smooth: bool) -> None:
+        """Put the mesh of ``parts`` (identified by ``key``) in the scene, uploading it once."""
+        mesh, built = self._mesh(key, parts, smooth)
+        if self._mesh_key != key:
+            if self.mesh_node is not None:
+                self.scene.remove_node(self.mesh_node)
+            self.mesh_node = self.scene.add(mesh)
+            self._mesh_key = key
+        self.primitives = built
 
     def _offscreen_renderer(self, size: int):
         # One context for every size: uploaded meshes belong to a context.
         if self._offscreen is None:
-            self._offscreen = self._pyrender.OffscreenRenderer(size, size)
+            self._offscreen = self.pyrender.OffscreenRenderer(size, size)
         elif self._offscreen.viewport_width != size:
             self._offscreen.viewport_width = self._offscreen.viewport_height = size
         return self._offscreen
 
     def render(self, params: Mapping[str, Any], size: int = 224) -> RenderResult:
-        """Render validated factor values (see :func:`pipeline.factors.validate`).
+        """Render validated factor values (see :func:`perturber.pipeline.factors.validate`).
 
-        Only scene factors are read; ``size`` is the square image side in pixels.
+        Only scene factors are read (by the registered scene setters, in
+        order); ``size`` is the square image side in pixels.
         """
-        p = params
-        parts = surface(p["object"], p["morph_target"], float(p["morph_t"]), p["texture"])
-        smooth = p["shading"] != "flat"
-        key = (p["object"], p["morph_target"], float(p["morph_t"]), p["texture"], smooth)
-        mesh, built = self._mesh(key, parts, smooth)
-        if self._mesh_key != key:
-            if self._mesh_node is not None:
-                self._scene.remove_node(self._mesh_node)
-            self._mesh_node = self._scene.add(mesh)
-            self._mesh_key = key
-
-        tint = np.array([*factors.colour_to_rgb(p["tint"]), 1.0])
-        for primitive, base in built:
-            factor = np.array([0.0, 0.0, 0.0, 1.0]) if p["shading"] == "silhouette" else base * tint
-            primitive.material.baseColorFactor = factor
-
-        pose = camera_pose(p["yaw"], p["pitch"], p["roll"], p["distance"], p["pan_x"], p["pan_y"])
-        self._scene.set_pose(self._camera_node, pose)
-        # The light turns with the camera's orbit but not with its roll: roll
-        # is a rotation of the whole image, its lighting included.
-        orbit = _rot("y", p["yaw"]) @ _rot("x", -p["pitch"])
-        self._scene.set_pose(self._light_node, orbit @ _rot("y", p["light_azimuth"]) @ _rot("x", -p["light_elevation"]))
-        self._light.color = np.array(factors.colour_to_rgb(p["light_color"]))
-        self._light.intensity = float(p["light_intensity"])
-        self._scene.ambient_light = np.full(3, float(p["ambient"]))
-
-        flags = self._pyrender.RenderFlags.RGBA
-        if p["shading"] in ("unlit", "silhouette"):
-            flags |= self._pyrender.RenderFlags.FLAT
-        colour, depth = self._offscreen_renderer(size).render(self._scene, flags=flags)
+        self.flags = self.pyrender.RenderFlags.RGBA
+        for setter in registered_setters():
+            setter.fn(self, params)
+        colour, depth = self._offscreen_renderer(size).render(self.scene, flags=self.flags)
         return RenderResult(rgba=_unpremultiply(colour), depth=np.where(depth > 0, depth, np.inf).astype(np.float32))
 
     def close(self) -> None:
         if self._offscreen is not None:
             self._offscreen.delete()
             self._offscreen = None
+
+
+# --------------------------------------------------------------------------
+# Scene setters: how each scene factor reaches the renderer
+# --------------------------------------------------------------------------
+
+
+@scene_setter("object", "morph_target", "morph_t", "texture", "shading", order=0)
+def _geometry(r: Renderer, p: Mapping[str, Any]) -> None:
+    """The object's surface: its shape (a catalogue object, a mesh file or a
+    morph), its texture, and smooth or faceted normals."""
+    parts = surface(p["object"], p["morph_target"], float(p["morph_t"]), p["texture"])
+    smooth = p["shading"] != "flat"
+    r.show_mesh((p["object"], p["morph_target"], float(p["morph_t"]), p["texture"], smooth), parts, smooth)
+
+
+@scene_setter("tint", "shading", order=10)
+def _material(r: Renderer, p: Mapping[str, Any]) -> None:
+    """Surface colour (tinted, or black for a silhouette); no lighting when unlit."""
+    tint = np.array([*colour_to_rgb(p["tint"]), 1.0])
+    for primitive, base in r.primitives:
+        factor = np.array([0.0, 0.0, 0.0, 1.0]) if p["shading"] == "silhouette" else base * tint
+        primitive.material.baseColorFactor = factor
+    if p["shading"] in ("unlit", "silhouette"):
+        r.flags |= r.pyrender.RenderFlags.FLAT
+
+
+@scene_setter("yaw", "pitch", "roll", "distance", "pan_x", "pan_y", order=20)
+def _camera(r: Renderer, p: Mapping[str, Any]) -> None:
+    r.scene.set_pose(r.camera_node, camera_pose(p["yaw"], p["pitch"], p["roll"], p["distance"], p["pan_x"], p["pan_y"]))
+
+
+@scene_setter("light_azimuth", "light_elevation", "light_intensity", "light_color", order=30)
+def _key_light(r: Renderer, p: Mapping[str, Any]) -> None:
+    # The light turns with the camera's orbit but not with its roll: roll
+    # is a rotation of the whole image, its lighting included.
+    orbit = _rot("y", p["yaw"]) @ _rot("x", -p["pitch"])
+    r.scene.set_pose(r.light_node, orbit @ _rot("y", p["light_azimuth"]) @ _rot("x", -p["light_elevation"]))
+    r.light.color = np.array(colour_to_rgb(p["light_color"]))
+    r.light.intensity = float(p["light_intensity"])
+
+
+@scene_setter("ambient", order=40)
+def _ambient(r: Renderer, p: Mapping[str, Any]) -> None:
+    r.scene.ambient_light = np.full(3, float(p["ambient"]))
 
 
 def _unpremultiply(colour: np.ndarray) -> np.ndarray:
@@ -265,8 +308,6 @@ def render_scene(values: Mapping[str, Any], size: int = 224) -> RenderResult:
 def render(values: Mapping[str, Any], size: int = 224) -> np.ndarray:
     """Validate, render the scene and apply every image factor (background
     included): (size, size, 4) uint8 RGBA, alpha 255 unless the background is 'none'."""
-    from perturber.pipeline import imageops
-
     params = factors.validate(values)
     result = default_renderer().render(params, size)
     out = imageops.apply_image_factors(imageops.to_tensor(result.rgba), [params])

@@ -35,14 +35,15 @@ import numpy as np
 import yaml
 
 from perturber.pipeline import factors, models
+from perturber.pipeline.errors import PerturberError, one_line
 
-__all__ = ["SpecError", "CubeSpec", "SweepSpec", "load_spec", "parse_spec", "DEFAULT_BUDGET"]
+__all__ = ["SpecError", "CubeSpec", "SweepSpec", "load_spec", "parse_spec", "has_module", "DEFAULT_BUDGET"]
 
 #: Samples per cube above which a spec needs ``force``.
 DEFAULT_BUDGET = 100_000
 
 
-class SpecError(ValueError):
+class SpecError(PerturberError):
     """A spec is invalid; the message is one line and names the place."""
 
 
@@ -212,7 +213,7 @@ def _parse_cube(name: str, raw: Any, budget: int, force: bool) -> CubeSpec:
     layers = tuple(raw.get("layers") or ())
     for s in specs:
         for layer in layers:
-            if layer not in s.layers and not _has_module(s, layer):
+            if layer not in s.layers and not has_module(s, layer):
                 raise SpecError(f"{where}: model {s.name} has no layer {layer!r} (named layers: {', '.join(s.layers)})")
     neurons = dict(raw.get("neurons") or {})
     for layer, chosen in neurons.items():
@@ -247,7 +248,8 @@ def _parse_cube(name: str, raw: Any, budget: int, force: bool) -> CubeSpec:
     return cube
 
 
-def _has_module(s: models.ModelSpec, path: str) -> bool:
+def has_module(s: models.ModelSpec, path: str) -> bool:
+    """Whether ``s``'s architecture has the module of ``path`` (``module.path`` or ``module.path@k``)."""
     base = path.partition("@")[0]
     return base in dict(models.build_architecture(s.architecture).named_modules())
 
@@ -281,5 +283,5 @@ def load_spec(path: str | Path, force: bool = False) -> SweepSpec:
     except OSError as exc:
         raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise SpecError(f"{path}: not valid YAML ({one_line(exc)})") from None
     return parse_spec(data, name=path.stem, force=force)

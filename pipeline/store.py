@@ -9,7 +9,7 @@ Layout of a cube group (``xarray.open_zarr(path, group=cube)``):
 | ``top_prob`` | *axes, model, rank | float32 |
 | ``expected_prob`` | *axes, model | float32, probability of the object's own classes |
 | ``image`` | *axes, y, x, channel | uint8, the exact model input (0 where unwritten: see ``done``) |
-| ``act_<model>_<layer>`` | *axes, neuron_<model>_<layer>, ay_<…>, ax_<…> | float16 |
+| ``act_<model>_<layer>`` | *axes, neuron_<model>_<layer>, ay_<…>, ax_<…> | float16 (names: :mod:`perturber.pipeline.names`) |
 | ``done`` | chunk_<axis>… | uint8, 1 once the chunk is written |
 
 Unwritten float cells are NaN. Coordinates carry ``units`` and ``long_name``;
@@ -27,19 +27,24 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 import yaml
+import zarr
 
-from perturber.pipeline import factors, models
+import perturber
+from perturber.pipeline import assets, classes, factors, inference, models, names
+from perturber.pipeline.errors import PerturberError, one_line
 from perturber.pipeline.spec import CubeSpec
 
-__all__ = ["StoreError", "Layout", "layout", "default_options", "create_or_check", "write_chunk", "done_mask", "chunk_slices", "open_cube"]
+__all__ = ["StoreError", "Layout", "layout", "default_options", "create_or_check", "write_chunk", "done_mask", "chunk_slices",
+           "open_cube", "consolidate"]
 
 FORMAT_VERSION = 1
 
 
-class StoreError(ValueError):
+class StoreError(PerturberError):
     """A store cannot be used as asked; the message is one line."""
 
 
@@ -51,7 +56,7 @@ class Layout:
 
 
 @contextlib.contextmanager
-def _consolidated_ok():
+def consolidated_ok():
     """Consolidated metadata is our deliberate choice (one read opens a cube);
     zarr warns that it is not yet part of the v3 specification."""
     with warnings.catch_warnings():
@@ -59,32 +64,13 @@ def _consolidated_ok():
         yield
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("perturber")
-    except Exception:  # not installed as a distribution
-        return "unknown"
-
-
-def act_name(model: str, layer: str) -> str:
-    return f"act_{model}_{layer}".replace(".", "_").replace("@", "_")
-
-
 def layout(cube: CubeSpec) -> Layout:
-    """Probe each model once (zeros input) for its layers' channel counts and map sizes."""
-    import torch
-
+    """Probe each model once (black input) for its layers' channel counts and map sizes."""
     acts = {}
     for name in cube.models:
-        s = models.spec(name)
-        net = models.load_model(name, "cpu")
-        paths = [s.layer_path(layer) for layer in cube.layers]
-        with torch.no_grad(), models.capture(net, paths) as captured:
-            net(models.preprocess(torch.zeros(1, 3, cube.size, cube.size), s))
-        for layer, path in zip(cube.layers, paths):
-            _, channels, ay, ax = captured[path].shape
+        shapes = inference.layer_shapes(name, cube.layers, cube.size)
+        for layer in cube.layers:
+            channels, ay, ax = shapes[layer]
             chosen = cube.neurons.get(layer)
             neurons = list(range(channels)) if chosen is None else (list(range(min(chosen, channels))) if isinstance(chosen, int) else list(chosen))
             if max(neurons) >= channels:
@@ -101,48 +87,47 @@ def _axis_coord(name: str, values: tuple) -> xr.Variable:
 
 def template(cube: CubeSpec, lay: Layout) -> xr.Dataset:
     """The lazy (dask, NaN-filled) dataset of the whole cube, with every coordinate and attribute."""
-    import dask.array as da
-
     axes = cube.axis_names
     shape = cube.shape
     chunks = cube.chunk_shape
     k, n_models = cube.top_k, len(cube.models)
     coords: dict[str, Any] = {name: _axis_coord(name, values) for name, values in cube.axes}
-    coords["model"] = xr.Variable(("model",), np.array(cube.models, dtype=object), {"long_name": "model name (data/models.yaml)", "units": "1"})
-    coords["rank"] = xr.Variable(("rank",), np.arange(1, k + 1), {"long_name": "rank of the class, 1 = most probable", "units": "1"})
-    coords["class"] = xr.Variable(("class",), np.arange(1000), {"long_name": "ImageNet-1k class index", "units": "1"})
-    coords["class_name"] = xr.Variable(("class",), np.array(models.imagenet_categories(), dtype=object), {"long_name": "ImageNet-1k class name", "units": "1"})
+    coords[names.MODEL] = xr.Variable((names.MODEL,), np.array(cube.models, dtype=object), {"long_name": "model name (data/models.yaml)", "units": "1"})
+    coords[names.RANK] = xr.Variable((names.RANK,), np.arange(1, k + 1), {"long_name": "rank of the class, 1 = most probable", "units": "1"})
+    coords[names.CLASS] = xr.Variable((names.CLASS,), np.arange(1000), {"long_name": "ImageNet-1k class index", "units": "1"})
+    coords[names.CLASS_NAME] = xr.Variable((names.CLASS,), np.array(classes.imagenet_categories(), dtype=object),
+                                           {"long_name": "ImageNet-1k class name", "units": "1"})
 
     def full(extra_shape, extra_chunks, dtype, fill):
         return da.full(shape + extra_shape, fill, dtype=dtype, chunks=chunks + extra_chunks)
 
+    per_model = (*axes, names.MODEL)
     data: dict[str, Any] = {
-        "logits": ((*axes, "model", "class"), full((n_models, 1000), (n_models, 1000), np.float16, np.nan),
-                   {"long_name": "logits (pre-softmax scores)", "units": "1"}),
-        "top_class": ((*axes, "model", "rank"), full((n_models, k), (n_models, k), np.int16, -1),
-                      {"long_name": "ImageNet class index at this rank", "units": "1"}),
-        "top_prob": ((*axes, "model", "rank"), full((n_models, k), (n_models, k), np.float32, np.nan),
-                     {"long_name": "softmax probability of the class at this rank", "units": "1"}),
-        "expected_prob": ((*axes, "model"), full((n_models,), (n_models,), np.float32, np.nan),
-                          {"long_name": "total softmax probability of the object's classes (data/catalogue.yaml)", "units": "1"}),
+        names.LOGITS: ((*per_model, names.CLASS), full((n_models, 1000), (n_models, 1000), np.float16, np.nan),
+                       {"long_name": "logits (pre-softmax scores)", "units": "1"}),
+        names.TOP_CLASS: ((*per_model, names.RANK), full((n_models, k), (n_models, k), np.int16, -1),
+                          {"long_name": "ImageNet class index at this rank", "units": "1"}),
+        names.TOP_PROB: ((*per_model, names.RANK), full((n_models, k), (n_models, k), np.float32, np.nan),
+                         {"long_name": "softmax probability of the class at this rank", "units": "1"}),
+        names.EXPECTED_PROB: (per_model, full((n_models,), (n_models,), np.float32, np.nan),
+                              {"long_name": "total softmax probability of the object's classes (data/catalogue.yaml)", "units": "1"}),
     }
     if cube.images:
         s = cube.size
-        coords["y"] = xr.Variable(("y",), np.arange(s), {"long_name": "image row", "units": "pixel"})
-        coords["x"] = xr.Variable(("x",), np.arange(s), {"long_name": "image column", "units": "pixel"})
-        coords["channel"] = xr.Variable(("channel",), np.array(["r", "g", "b"], dtype=object), {"long_name": "colour channel", "units": "1"})
-        data["image"] = ((*axes, "y", "x", "channel"), full((s, s, 3), (s, s, 3), np.uint8, 0),
-                         {"long_name": "model input image before resize and normalisation (0 where not computed: see done)", "units": "1"})
+        coords[names.Y] = xr.Variable((names.Y,), np.arange(s), {"long_name": "image row", "units": "pixel"})
+        coords[names.X] = xr.Variable((names.X,), np.arange(s), {"long_name": "image column", "units": "pixel"})
+        coords[names.CHANNEL] = xr.Variable((names.CHANNEL,), np.array(["r", "g", "b"], dtype=object), {"long_name": "colour channel", "units": "1"})
+        data[names.IMAGE] = ((*axes, names.Y, names.X, names.CHANNEL), full((s, s, 3), (s, s, 3), np.uint8, 0),
+                             {"long_name": "model input image before resize and normalisation (0 where not computed: see done)", "units": "1"})
     for (model, layer), (neurons, ay, ax) in lay.activations.items():
-        name = act_name(model, layer)
-        ndim = f"neuron_{name[4:]}"
-        coords[ndim] = xr.Variable((ndim,), np.array(neurons), {"long_name": f"channel of {layer} in {model}", "units": "1"})
-        data[name] = ((*axes, ndim, f"ay_{name[4:]}", f"ax_{name[4:]}"),
-                      full((len(neurons), ay, ax), (len(neurons), ay, ax), np.float16, np.nan),
-                      {"long_name": f"activation of {model} {layer} ({models.spec(model).layer_path(layer)})", "units": "1",
-                       "model": model, "layer": layer})
+        act = names.activation(model, layer)
+        coords[act.neuron] = xr.Variable((act.neuron,), np.array(neurons), {"long_name": f"channel of {layer} in {model}", "units": "1"})
+        data[act.variable] = ((*axes, act.neuron, act.ay, act.ax),
+                              full((len(neurons), ay, ax), (len(neurons), ay, ax), np.float16, np.nan),
+                              {"long_name": f"activation of {model} {layer} ({models.spec(model).layer_path(layer)})", "units": "1",
+                               "model": model, "layer": layer})
     grid = cube.chunk_grid
-    data["done"] = (tuple(f"chunk_{a}" for a in axes), da.zeros(grid, dtype=np.uint8, chunks=(1,) * len(grid)),
+    data[names.DONE] = (tuple(names.chunk_dim(a) for a in axes), da.zeros(grid, dtype=np.uint8, chunks=(1,) * len(grid)),
                     {"long_name": "1 where the chunk of the cube has been computed and written", "units": "1",
                      "chunk_shape": list(cube.chunk_shape)})
     ds = xr.Dataset({k: xr.Variable(dims, arr, attrs) for k, (dims, arr, attrs) in data.items()}, coords=coords)
@@ -151,8 +136,6 @@ def template(cube: CubeSpec, lay: Layout) -> xr.Dataset:
 
 
 def _group_attrs(cube: CubeSpec) -> dict[str, Any]:
-    from perturber.pipeline import assets
-
     ids = set()
     for name, values in cube.axes:
         if name in ("object", "morph_target", "texture", "background"):
@@ -162,7 +145,7 @@ def _group_attrs(cube: CubeSpec) -> dict[str, Any]:
     attributions = sorted({assets.attribution(i) for i in ids} - {""})
     return {
         "perturber_format": FORMAT_VERSION,
-        "perturber_version": _version(),
+        "perturber_version": perturber.__version__,
         "cube": cube.name,
         "spec": yaml.safe_dump(cube.to_dict(), sort_keys=False),
         "spec_sha256": cube.sha256(),
@@ -177,7 +160,7 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     for name, var in ds.data_vars.items():
         if var.dtype.kind == "f":
             enc[name] = {"_FillValue": np.nan}
-        elif name == "top_class":
+        elif name == names.TOP_CLASS:
             enc[name] = {"_FillValue": -1, "fill_value": -1}  # the attribute and Zarr's own fill value
     return enc
 
@@ -207,8 +190,8 @@ def create_or_check(cube: CubeSpec, store: Any, overwrite: bool = False, storage
     ds = template(cube, layout(cube))
     # The batch sizes are fixed with the store: a resumed run batches exactly as
     # the first did, so its chunks come out bit for bit the same.
-    ds.attrs["batch_sizes"] = json.dumps({m: models.tuned_batch_size(m, str(models.best_device())) for m in cube.models})
-    with _consolidated_ok():
+    ds.attrs["batch_sizes"] = json.dumps({m: inference.tuned_batch_size(m, str(models.best_device())) for m in cube.models})
+    with consolidated_ok():
         ds.to_zarr(store, group=cube.name, mode="w", compute=False, encoding=_encoding(ds), consolidated=True,
                    zarr_format=3, storage_options=storage_options)
     return True
@@ -221,7 +204,7 @@ def _read_attrs(store: Any, group: str, storage_options: Mapping | None) -> dict
     damaged store is reported instead of written over.
     """
     try:
-        with _consolidated_ok(), warnings.catch_warnings():
+        with consolidated_ok(), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # falling back from consolidated metadata
             ds = xr.open_zarr(store, group=group, storage_options=storage_options, decode_cf=False)
     except (FileNotFoundError, KeyError):
@@ -229,8 +212,7 @@ def _read_attrs(store: Any, group: str, storage_options: Mapping | None) -> dict
     except Exception as exc:
         if type(exc).__name__ in ("GroupNotFoundError", "NodeNotFoundError", "PathNotFoundError"):
             return None
-        reason = str(exc).splitlines()[0][:160] if str(exc) else ""
-        raise StoreError(f"cannot read the store: it is damaged or not a Zarr store ({type(exc).__name__}: {reason})") from None
+        raise StoreError(f"cannot read the store: it is damaged or not a Zarr store ({one_line(exc, typed=True, limit=160)})") from None
     if "spec_sha256" not in ds.attrs:
         raise StoreError(f"group {group!r} of the store was not written by Perturber (no spec_sha256)")
     return dict(ds.attrs)
@@ -248,7 +230,7 @@ def open_cube(store: Any, cube: str, storage_options: Mapping | None = None, chu
     ``chunks=None`` gives lazily indexed arrays without dask: a small selection
     then reads only its Zarr chunks, without building a task graph (the viewer).
     """
-    with _consolidated_ok():
+    with consolidated_ok():
         if chunks == "auto":
             return xr.open_zarr(store, group=cube, storage_options=storage_options)
         return xr.open_zarr(store, group=cube, storage_options=storage_options, chunks=chunks)
@@ -260,9 +242,9 @@ def chunk_slices(cube: CubeSpec, index: tuple[int, ...]) -> tuple[slice, ...]:
 
 def done_mask(cube: CubeSpec, store: Any, storage_options: Mapping | None = None) -> np.ndarray:
     """(chunk grid) bool: which chunks are written."""
-    with _consolidated_ok():
+    with consolidated_ok():
         ds = xr.open_zarr(store, group=cube.name, storage_options=storage_options, decode_cf=False)
-    return ds["done"].values.astype(bool)
+    return ds[names.DONE].values.astype(bool)
 
 
 def write_chunk(cube: CubeSpec, store: Any, index: tuple[int, ...], values: Mapping[str, np.ndarray],
@@ -272,11 +254,20 @@ def write_chunk(cube: CubeSpec, store: Any, index: tuple[int, ...], values: Mapp
     Writes go straight to the Zarr arrays: the region covers whole Zarr chunks,
     so no other task's data is touched, and the done mark comes last.
     """
-    import zarr
-
     group = zarr.open_group(store, path=cube.name, mode="r+", storage_options=storage_options, zarr_format=3)
     region = chunk_slices(cube, index)
     for name, arr in values.items():
         target = group[name]
         target[region] = np.asarray(arr, dtype=target.dtype)
-    group["done"][tuple(slice(i, i + 1) for i in index)] = 1
+    group[names.DONE][tuple(slice(i, i + 1) for i in index)] = 1
+
+
+def consolidate(store: Any, storage_options: Mapping | None = None) -> None:
+    """Rewrite the consolidated metadata at the store's root, so that every group
+    (a cube, ``featureviz``, ...) opens with plain ``xarray.open_zarr(store, group=...)``.
+
+    Call it after writing a group's template: metadata changes, chunk data does not.
+    """
+    root = zarr.open_group(store, mode="r+", storage_options=storage_options, zarr_format=3)
+    with consolidated_ok():
+        zarr.consolidate_metadata(root.store)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import functools
 
+import igl
 import numpy as np
+from trimesh.triangles import points_to_barycentric
 
-from perturber.pipeline import assets, morph
-from perturber.pipeline.assets import Part
+from perturber.pipeline import assets, meshes, morph
+from perturber.pipeline.meshes import Part, SceneObject
 
 __all__ = ["surface", "transfer_texture", "pattern_parts", "PLAIN_GREY"]
 
@@ -41,15 +43,12 @@ def _unmerged(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.n
     return corners, np.arange(len(corners), dtype=np.int64).reshape(-1, 3)
 
 
-def transfer_texture(vertices: np.ndarray, faces: np.ndarray, source: assets.SceneObject) -> list[Part]:
+def transfer_texture(vertices: np.ndarray, faces: np.ndarray, source: SceneObject) -> list[Part]:
     """Dress the triangles (vertices (N, 3), faces (M, 3)) in ``source``'s texture.
 
     Returns one :class:`Part` per source part that received triangles, with
     unmerged vertices (3 per triangle) and transferred UVs.
     """
-    import igl
-    from trimesh.triangles import points_to_barycentric
-
     sv, sf = source.merged()
     face_part = np.concatenate([np.full(len(p.faces), i) for i, p in enumerate(source.parts)])
     offsets = np.cumsum([0] + [len(p.vertices) for p in source.parts])
@@ -110,17 +109,21 @@ def pattern_parts(vertices: np.ndarray, faces: np.ndarray, pattern: np.ndarray) 
     return [Part(vertices=corners, faces=new_faces, uv=uv, image=pattern, colour=(1.0, 1.0, 1.0, 1.0))]
 
 
-@functools.lru_cache(maxsize=32)
 def surface(object_id: str, morph_target: str = "none", morph_t: float = 0.0, texture: str = "on") -> tuple[Part, ...]:
     """Parts to render for these four scene factors; cached, do not modify.
 
     ``texture``: 'on' (the texture of ``object_id``), 'off' (plain grey),
     another object's id (its texture transferred), or 'pattern:<id>'.
     """
+    return _surface(object_id, morph_target, float(morph_t), texture, assets.source_key())
+
+
+@functools.lru_cache(maxsize=32)
+def _surface(object_id: str, morph_target: str, morph_t: float, texture: str, key: tuple) -> tuple[Part, ...]:
     if texture == object_id:
         texture = "on"  # its own texture
     shape = _shape(object_id, morph_target, morph_t)
-    obj = assets.load_object(object_id)
+    obj = meshes.load_object(object_id)
     if shape is None:
         if texture == "on":
             return tuple(obj.parts)
@@ -132,5 +135,5 @@ def surface(object_id: str, morph_target: str = "none", morph_t: float = 0.0, te
     pattern = assets.pattern_of(texture)
     if pattern is not None:
         return tuple(pattern_parts(vertices, faces, assets.load_pattern(pattern)))
-    source = obj if texture == "on" else assets.load_object(texture)
+    source = obj if texture == "on" else meshes.load_object(texture)
     return tuple(transfer_texture(vertices, faces, source))

@@ -5,7 +5,7 @@ import pytest
 import trimesh
 import yaml
 
-from perturber.pipeline import assets
+from perturber.pipeline import assets, config, meshes
 from perturber.pipeline.assets import AssetError
 
 REQUIRED = {"dog", "cat", "sports_car", "fire_truck", "bulldog", "siamese_cat", "truck", "teddy_bear", "teapot"}
@@ -26,7 +26,7 @@ def test_catalogue_entries_are_complete():
 
 @pytest.mark.parametrize("object_id", sorted(REQUIRED))
 def test_objects_load_normalised(object_id):
-    obj = assets.load_object(object_id)
+    obj = meshes.load_object(object_id)
     lo, hi = obj.bounds
     assert np.isclose((hi - lo).max(), 1.0)
     assert np.allclose((hi + lo) / 2, 0.0, atol=1e-9)
@@ -36,10 +36,10 @@ def test_objects_load_normalised(object_id):
 def test_objects_are_upright_and_face_the_camera():
     # The dog sits taller than it is wide; the vehicles are longer (z) than wide (x).
     for object_id in ("dog", "cat"):
-        lo, hi = assets.load_object(object_id).bounds
+        lo, hi = meshes.load_object(object_id).bounds
         assert (hi - lo)[1] > (hi - lo)[0]
     for object_id in ("sports_car", "fire_truck", "truck", "bulldog"):
-        lo, hi = assets.load_object(object_id).bounds
+        lo, hi = meshes.load_object(object_id).bounds
         assert (hi - lo)[2] > (hi - lo)[0], object_id
 
 
@@ -59,7 +59,7 @@ def test_user_meshes_load_in_every_format(tmp_path, suffix):
     box = trimesh.creation.box(extents=(2.0, 4.0, 1.0))
     path = tmp_path / f"box{suffix}"
     box.export(path)
-    obj = assets.load_mesh_file(path)
+    obj = meshes.load_mesh_file(path)
     lo, hi = obj.bounds
     assert np.allclose(hi - lo, [0.5, 1.0, 0.25])
 
@@ -82,7 +82,7 @@ def _obj(tmp_path, body, name="m.obj"):
 )
 def test_broken_meshes_get_one_line_errors(tmp_path, body, message):
     with pytest.raises(AssetError) as err:
-        assets.load_mesh_file(_obj(tmp_path, body))
+        meshes.load_mesh_file(_obj(tmp_path, body))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -91,33 +91,31 @@ def test_unreadable_texture_is_reported(tmp_path):
     (tmp_path / "skin.png").write_bytes(b"not a png")
     path = _obj(tmp_path, "mtllib m.mtl\nusemtl a\nv 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2 3/3\n")
     with pytest.raises(AssetError, match="texture 'skin.png' cannot be read"):
-        assets.load_mesh_file(path)
+        meshes.load_mesh_file(path)
     (tmp_path / "skin.png").unlink()
     with pytest.raises(AssetError, match="texture 'skin.png' not found"):
-        assets.load_mesh_file(path)
+        meshes.load_mesh_file(path)
 
 
 def test_mesh_limits(tmp_path, monkeypatch):
     path = tmp_path / "box.ply"
     trimesh.creation.box().export(path)
-    monkeypatch.setattr(assets, "MAX_FACES", 4)
+    monkeypatch.setattr(meshes, "MAX_FACES", 4)
     with pytest.raises(AssetError, match="12 triangles, more than the limit of 4"):
-        assets.load_mesh_file(path)
+        meshes.load_mesh_file(path)
     with pytest.raises(AssetError, match="unsupported mesh format"):
-        assets.load_mesh_file(shutil.copy(path, tmp_path / "box.xyz"))
+        meshes.load_mesh_file(shutil.copy(path, tmp_path / "box.xyz"))
 
 
 def _catalogue_with_archive_elsewhere(tmp_path, monkeypatch):
     """A catalogue whose dog lives at a path that does not exist."""
-    cat = yaml.safe_load(open(assets.CATALOGUE_PATH))
+    cat = yaml.safe_load(open(config.catalogue_path()))
     cat["objects"] = {"dog": cat["objects"]["dog"]}
     cat["objects"]["dog"]["source"]["archive"] = "/nonexistent/Scopia.sh3f"
     path = tmp_path / "catalogue.yaml"
     path.write_text(yaml.safe_dump(cat))
     monkeypatch.setenv("PERTURBER_CATALOGUE", str(path))
     monkeypatch.setenv("PERTURBER_CACHE", str(tmp_path / "cache"))
-    assets.catalogue.cache_clear()
-    assets.load_object.cache_clear()
 
 
 def test_missing_asset_says_what_to_install_and_asset_dir_supplies_it(tmp_path, monkeypatch):
@@ -128,14 +126,12 @@ def test_missing_asset_says_what_to_install_and_asset_dir_supplies_it(tmp_path, 
         packages, command = assets.fetch(run=False)
         assert packages == ["sweethome3d-furniture"] and "apt-get install" in command
         with pytest.raises(AssetError, match="not installed: apt-get install sweethome3d-furniture"):
-            assets.load_object("dog")
+            meshes.load_object("dog")
         # A user without apt downloads the archive into PERTURBER_ASSET_DIR.
         shutil.copy("/usr/share/sweethome3d/furniture/Scopia.sh3f", tmp_path)
         monkeypatch.setenv("PERTURBER_ASSET_DIR", str(tmp_path))
         assert {r["id"]: r["status"] for r in assets.asset_status()}["dog"] == "ok"
-        assert len(assets.load_object("dog").parts) == 1
+        assert len(meshes.load_object("dog").parts) == 1
         assert (tmp_path / "cache" / "models" / "Scopia" / "scopia" / "dog" / "dog.obj").is_file()
     finally:
         monkeypatch.undo()
-        assets.catalogue.cache_clear()
-        assets.load_object.cache_clear()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from perturber.pipeline import engine, models
+from perturber.pipeline import engine, inference, models
 from perturber.pipeline.attack import Attack, AttackError, blend, label_for, norm_of, pgd, pgd_step, saliency
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ def dog():
 
 def _top1(x, model=MODEL):
     with torch.no_grad():
-        return int(models.load_model(model, "cpu")(models.preprocess(x, models.spec(model))).argmax(1)[0])
+        return int(models.load_model(model, "cpu")(inference.preprocess(x, models.spec(model))).argmax(1)[0])
 
 
 def test_untargeted_linf_pgd_changes_lite0s_top1(dog):
@@ -69,7 +69,7 @@ def test_matches_torchattacks(dog, norm, eps, target):
 
     class Wrapped(torch.nn.Module):  # torchattacks feeds images in [0, 1]
         def forward(self, x):
-            return net(models.preprocess(Contiguous.apply(x), spec))
+            return net(inference.preprocess(Contiguous.apply(x), spec))
 
     wrapped = Wrapped().eval()
     steps, alpha = 5, eps / 8

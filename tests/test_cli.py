@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from perturber.pipeline import cli, factors
+from perturber.pipeline import cli, commands, factors
 
 
 def run(*args, cwd=None):
@@ -54,13 +54,13 @@ def test_broken_mesh_file_exits_2(tmp_path):
 
 
 def test_parse_sweep():
-    assert cli.parse_sweep("yaw=0,45,90") == ("yaw", [0.0, 45.0, 90.0])
-    assert cli.parse_sweep("morph-t=0:1:3") == ("morph_t", [0.0, 0.5, 1.0])
-    assert cli.parse_sweep("background=white,meadow") == ("background", ["white", "meadow"])
+    assert commands.parse_sweep("yaw=0,45,90") == ("yaw", [0.0, 45.0, 90.0])
+    assert commands.parse_sweep("morph-t=0:1:3") == ("morph_t", [0.0, 0.5, 1.0])
+    assert commands.parse_sweep("background=white,meadow") == ("background", ["white", "meadow"])
     with pytest.raises(factors.FactorError, match="outside"):
-        cli.parse_sweep("pitch=0,100")
-    with pytest.raises(cli.CLIError):
-        cli.parse_sweep("yaw")
+        commands.parse_sweep("pitch=0,100")
+    with pytest.raises(commands.CLIError):
+        commands.parse_sweep("yaw")
 
 
 def test_contact_sheet(tmp_path):

@@ -10,9 +10,9 @@ import zarr
 
 from perturber.featureviz import FeatureVizError
 from perturber.featureviz import precompute as fv
-from perturber.featureviz.groups import labels, neuron_groups
 from perturber.featureviz.optimize import Settings, high_frequency_energy, random_directions, visualise
-from perturber.pipeline import models, run, spec, store
+from perturber.pipeline import inference, models, run, spec, store
+from perturber.pipeline.analysis import Cube
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +35,8 @@ def _real_activations(net, layer):
                        for o in ("dog", "cat", "sports_car", "fire_truck")])
     x = torch.tensor(images).permute(0, 3, 1, 2).float() / 255
     path = models.spec("efficientnet_lite0").layer_path(layer)
-    with torch.no_grad(), models.capture(net, [path]) as captured:
-        net(models.preprocess(x, models.spec("efficientnet_lite0")))
+    with torch.no_grad(), inference.capture(net, [path]) as captured:
+        net(inference.preprocess(x, models.spec("efficientnet_lite0")))
     return captured[path].mean((2, 3)).numpy()
 
 
@@ -82,7 +82,7 @@ def test_class_logit_and_random_direction(lite0):
     logit = visualise("efficientnet_lite0", "logits", [208], kind="logit", settings=QUICK, net=lite0)
     x = torch.tensor(logit.images).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
-        out = lite0(models.preprocess(x, models.spec("efficientnet_lite0"), resize=False))
+        out = lite0(inference.preprocess(x, models.spec("efficientnet_lite0"), resize=False))
     assert int(out.argmax(1)) == 208  # the stored image itself, at its size, reads as a Labrador retriever
     assert logit.end[0] > logit.start[0] + 5
     dirs = random_directions(1280, 2, seed=1)
@@ -196,8 +196,8 @@ def test_neuron_groups_from_a_real_store(tmp_path):
     out = str(tmp_path / "g.zarr")
     run.precompute(sweep, out, scheduler="synchronous", progress=False)
     ds = store.open_cube(out, "g")
-    groups = neuron_groups(out, "g", "act_efficientnet_lite0_head", size=4)
-    assert list(groups) == labels(ds) == ["most active for dog", "most active for sports_car", "changes most along object",
+    groups = Cube(ds).neuron_groups("act_efficientnet_lite0_head", size=4)
+    assert list(groups) == Cube(ds).group_labels() == ["most active for dog", "most active for sports_car", "changes most along object",
                                           "changes most along yaw"]
     act = ds["act_efficientnet_lite0_head"].values.astype(np.float64).mean(axis=(-1, -2))  # (object, yaw, neuron)
     assert groups["most active for dog"] == list(np.argsort(-act[0].mean(0))[:4])
@@ -220,7 +220,7 @@ def test_checkpoints_are_visualised_beside_their_model(tmp_path, monkeypatch, li
     tuned = copy.deepcopy(lite0).train()
     tuned.requires_grad_(True)
     image = scene.render({"object": "dog", "background": "meadow"}, size=224)[..., :3]
-    x = models.preprocess(torch.tensor(image).permute(2, 0, 1)[None].float() / 255, models.spec("efficientnet_lite0"))
+    x = inference.preprocess(torch.tensor(image).permute(2, 0, 1)[None].float() / 255, models.spec("efficientnet_lite0"))
     optimiser = torch.optim.SGD(tuned.parameters(), lr=0.05)
     for _ in range(3):
         optimiser.zero_grad()
@@ -233,16 +233,12 @@ def test_checkpoints_are_visualised_beside_their_model(tmp_path, monkeypatch, li
     registry = tmp_path / "models.yaml"
     registry.write_text(yaml.safe_dump({"lite0_tabby": entry}))
     monkeypatch.setenv("PERTURBER_MODELS", str(registry))
-    models._registry.cache_clear()
-    try:
-        s = fv.parse_spec({**SPEC, "parameterisations": ["fourier"], "steps": 8,
-                           "models": {"efficientnet_lite0": {"layers": {"head": [0, 1]}, "checkpoints": ["lite0_tabby"]}}})
-        out = str(tmp_path / "ck.zarr")
-        fv.precompute(s, out, scheduler="synchronous", progress=False, echo=lambda _: None)
-        ds = xr.open_zarr(out, group="featureviz")
-        assert ds["fv_lite0_tabby_head"].attrs["checkpoint_of"] == "efficientnet_lite0"
-        assert ds["fv_efficientnet_lite0_head"].attrs["checkpoint_of"] == ""
-        base, ck = ds["fv_efficientnet_lite0_head"].values, ds["fv_lite0_tabby_head"].values
-        assert base.shape == ck.shape and np.abs(base.astype(int) - ck.astype(int)).mean() > 1  # other weights, other images
-    finally:
-        models._registry.cache_clear()
+    s = fv.parse_spec({**SPEC, "parameterisations": ["fourier"], "steps": 8,
+                       "models": {"efficientnet_lite0": {"layers": {"head": [0, 1]}, "checkpoints": ["lite0_tabby"]}}})
+    out = str(tmp_path / "ck.zarr")
+    fv.precompute(s, out, scheduler="synchronous", progress=False, echo=lambda _: None)
+    ds = xr.open_zarr(out, group="featureviz")
+    assert ds["fv_lite0_tabby_head"].attrs["checkpoint_of"] == "efficientnet_lite0"
+    assert ds["fv_efficientnet_lite0_head"].attrs["checkpoint_of"] == ""
+    base, ck = ds["fv_efficientnet_lite0_head"].values, ds["fv_lite0_tabby_head"].values
+    assert base.shape == ck.shape and np.abs(base.astype(int) - ck.astype(int)).mean() > 1  # other weights, other images

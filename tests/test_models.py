@@ -20,8 +20,9 @@ import yaml
 from skimage import data as skdata
 from torch import nn
 
-from perturber.pipeline import models
-from perturber.pipeline.models import ModelError, capture, load_model, preprocess, sha256_of, spec
+from perturber.pipeline import classes, inference, models
+from perturber.pipeline.inference import capture, preprocess
+from perturber.pipeline.models import ModelError, load_model, sha256_of, spec
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
@@ -157,7 +158,7 @@ def test_load_efficientnet_lite_helper():
 
 
 def test_imagenet_categories():
-    cats = models.imagenet_categories()
+    cats = classes.imagenet_categories()
     assert len(cats) == 1000 and len(set(cats)) == 1000
     assert cats[281] == "tabby" and cats[285] == "Egyptian cat"
     assert CATS <= set(cats)
@@ -171,7 +172,7 @@ def test_chelsea_is_a_cat(name):
     assert x.shape == (1, 3, s.input_size, s.input_size)
     with torch.no_grad():
         probs = model(x).softmax(dim=1)[0]
-    top3 = [models.imagenet_categories()[i] for i in probs.topk(3).indices.tolist()]
+    top3 = [classes.imagenet_categories()[i] for i in probs.topk(3).indices.tolist()]
     assert CATS & set(top3), top3
 
 
@@ -179,13 +180,13 @@ def test_classify_uint8_images():
     model = load_model("efficientnet_lite0", "cpu")
     img = skdata.chelsea()
     rgba = np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], axis=2)
-    probs = models.classify(model, rgba[None], 224)  # alpha is dropped
+    probs = inference.classify(model, rgba[None], 224)  # alpha is dropped
     assert probs.shape == (1, 1000)
     assert torch.allclose(probs.sum(dim=1), torch.ones(1), atol=1e-4)
     with torch.no_grad():
         direct = model(preprocess(_chelsea(), spec("efficientnet_lite0"))).softmax(dim=1)
     assert torch.allclose(probs, direct, atol=1e-5)
-    top3 = [models.imagenet_categories()[i] for i in probs[0].topk(3).indices.tolist()]
+    top3 = [classes.imagenet_categories()[i] for i in probs[0].topk(3).indices.tolist()]
     assert CATS & set(top3), top3
 
 

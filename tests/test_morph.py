@@ -68,21 +68,14 @@ def test_texture_is_independent_of_shape(render):
 
 
 def test_field_cache_is_reused(tmp_path, monkeypatch):
-    from perturber.pipeline import assets
-
     monkeypatch.setenv("PERTURBER_CACHE", str(tmp_path))
-    morph.shape_field.cache_clear()
-    first = morph.shape_field("cat", 32)
+    first = morph.shape_field("cat", 32)  # a new cache folder: computed and saved there
     files = list((tmp_path / "fields").glob("*.npy"))
     assert len(files) == 1
-    morph.shape_field.cache_clear()
-    assert np.array_equal(morph.shape_field("cat", 32), first)
+    assert np.array_equal(morph.cached_field("cat", 32, tmp_path), first)  # read back from the disk cache
     files[0].write_bytes(b"corrupt")  # a damaged cache file is recomputed, not trusted
-    morph.shape_field.cache_clear()
-    assert np.array_equal(morph.shape_field("cat", 32), first)
+    assert np.array_equal(morph.cached_field("cat", 32, tmp_path), first)
     assert first.shape == (32, 32, 32) and (first < 0).any() and (first > 0).any()
-    morph.shape_field.cache_clear()
-    assets.cache_dir()
 
 
 @pytest.mark.parametrize("object_id", ["bulldog", "siamese_cat", "truck", "teddy_bear", "teapot"])

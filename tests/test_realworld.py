@@ -2,7 +2,7 @@
 
 import pytest
 
-from perturber.pipeline import assets, models, scene
+from perturber.pipeline import assets, classes, inference, models, scene
 
 pytestmark = pytest.mark.slow
 
@@ -17,13 +17,13 @@ def lite0():
 def _top5(model, object_id):
     # The default camera is the canonical view; a plain white background.
     image = scene.render({"object": object_id, "background": "white"}, 224)
-    probs = models.classify(model, image[None], 224)[0]
-    names = models.imagenet_categories()
+    probs = inference.classify(model, image[None], 224)[0]
+    names = classes.imagenet_categories()
     return [names[i] for i in probs.topk(5).indices.tolist()]
 
 
 def test_dog_reads_as_a_dog_breed(lite0):
-    names = models.imagenet_categories()
+    names = classes.imagenet_categories()
     breeds = {names[i] for i in assets.imagenet_class_indices("dog")}
     top5 = _top5(lite0, "dog")
     assert breeds & set(top5), top5
@@ -38,7 +38,7 @@ def test_view_from_behind_is_a_known_weakness(lite0):
     # Not an assertion about the model's quality: the images differ, so do the predictions.
     front = scene.render({"object": "dog", "background": "white", "yaw": 0}, 224)
     back = scene.render({"object": "dog", "background": "white", "yaw": 180}, 224)
-    p = models.classify(lite0, __import__("numpy").stack([front, back]), 224)
+    p = inference.classify(lite0, __import__("numpy").stack([front, back]), 224)
     assert p.argmax(1)[0] != p.argmax(1)[1] or (p[0] - p[1]).abs().max() > 0.05
 
 

@@ -178,9 +178,9 @@ def test_failure_finder_and_neuron_view(stores, page):
         assert "→" in page.inner_text(".pt-gallery")  # the objective, start → end
         # A data-driven group: the neurons most active for the dog (computed from the store).
         groups = page.locator("select").filter(has=page.locator("option", has_text="most active for dog"))
-        from perturber.featureviz.groups import neuron_groups
+        from perturber.pipeline.analysis import Cube
 
-        order = neuron_groups(str(stores[0]), "views", "act_efficientnet_lite0_head")["most active for dog"]
+        order = Cube(store.open_cube(str(stores[0]), "views")).neuron_groups("act_efficientnet_lite0_head")["most active for dog"]
         groups.select_option("most active for dog")
         expect(left.locator("figcaption")).to_have_text([f"#{n}" for n in order], timeout=30_000)
         assert order != sorted(order)  # not the stored order: the selection did change the view

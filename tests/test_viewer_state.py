@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from perturber.pipeline import assets, run, spec, store
-from perturber.viewer.state import CubeState, Landscape, failures, sensitivity, softmax
+from perturber.pipeline.analysis import softmax
+from perturber.viewer import stores as viewer_stores
+from perturber.viewer.state import CubeState, Landscape
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +65,7 @@ def test_landscape_matches_the_logits(stores):
 
 def test_failures_are_the_nearest_misreadings_of_this_object(stores):
     s = CubeState(stores[0], "views")
-    found = failures(s, "efficientnet_lite0", limit=20)
+    found = s.analysis.failures("efficientnet_lite0", s.index(), limit=20)
     breeds = set(assets.imagenet_class_indices("dog"))
     names = list(s.ds["class_name"].values)
     assert all(f["object"] == "dog" and names.index(f["top1"]) not in breeds for f in found)
@@ -75,21 +77,19 @@ def test_failures_are_the_nearest_misreadings_of_this_object(stores):
 
 def test_sensitivity_ranks_the_axes(stores):
     s = CubeState(stores[0], "views")
-    ranking = sensitivity(s)["efficientnet_lite0"]
+    ranking = s.analysis.sensitivity()["efficientnet_lite0"]
     assert set(ranking) == {"object", "yaw", "hue"}
     assert all(0.0 <= v <= 1.0 for v in ranking.values())
     assert ranking["yaw"] > 0.05  # turning the objects moves the prediction
 
 
 def test_expected_probability_sums_the_objects_classes(stores):
-    from perturber.viewer.state import expected_probability
-
     s = CubeState(stores[0], "views")
-    p = expected_probability(stores[0], "views")
+    p = viewer_stores.analysis(stores[0], "views").expected_probability
     assert p.shape == (2, 3, 2, 1) and np.all((p >= 0) & (p <= 1.0001))
     logits = s.ds["logits"].isel(object=1, yaw=2, hue=1, model=0).values
     # Stored from float32 logits; the store keeps float16 logits, hence 1% here.
     assert "expected_prob" in s.ds
     assert np.isclose(p[1, 2, 1, 0], softmax(logits)[assets.imagenet_class_indices("cat")].sum(), rtol=0.01)
-    partial = expected_probability(stores[1], "views")
+    partial = viewer_stores.analysis(stores[1], "views").expected_probability
     assert not np.isnan(partial[0, 0]).any() and np.isnan(partial[1]).all()

@@ -12,16 +12,27 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
+from distributed import Client
 
-__all__ = ["LiveEngine", "LiveResult", "EngineError", "evaluate_point"]
+from perturber.pipeline import inference
+from perturber.pipeline import models as registry
+from perturber.pipeline.attack import Attack, blend, label_for, pgd
+from perturber.pipeline.errors import PerturberError, one_line
+from perturber.pipeline.imageops import to_tensor
+from perturber.pipeline.tasks import start_local_cluster, use_threads
+
+__all__ = ["LiveEngine", "LiveResult", "EngineError", "evaluate_point", "attack_task"]
 
 
-class EngineError(RuntimeError):
+class EngineError(PerturberError):
     """Live compute failed or is not available; the message is one line for the UI."""
 
 
@@ -40,14 +51,9 @@ class LiveResult:
 def evaluate_point(point: Mapping[str, Any], models: Sequence[str], layers: Sequence[str],
                    neurons: Mapping[str, Sequence[int]], size: int, threads: int | None = None) -> LiveResult:
     """The task a worker runs (models stay loaded in its process between calls)."""
-    import time
+    from perturber.pipeline import engine  # the renderer loads on the engine's worker, not in the viewer's process
 
-    import torch
-
-    from perturber.pipeline import engine
-
-    if threads and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     start = time.perf_counter()
     ev = engine.evaluate([dict(point)], list(models), layers=list(layers), neurons=dict(neurons), size=size, batch_size=1)
     return LiveResult(
@@ -64,12 +70,6 @@ class LiveEngine:
 
     def __init__(self, scheduler: str | None = None, cache_size: int = 256, max_pending: int = 4,
                  timeout: float = 60.0, threads: int | None = None):
-        import os
-
-        from distributed import Client
-
-        from perturber.pipeline.run import start_local_cluster
-
         self.timeout, self.max_pending = timeout, max_pending
         self._cache: collections.OrderedDict[str, LiveResult] = collections.OrderedDict()
         self._cache_size = cache_size
@@ -84,7 +84,7 @@ class LiveEngine:
                 self._cluster = None
                 self.client = Client(scheduler, timeout="10s")
         except Exception as exc:
-            raise EngineError(f"cannot start or reach the engine ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise EngineError(f"cannot start or reach the engine ({one_line(exc, typed=True)})") from None
         self.where = "a local Dask cluster" if scheduler is None else f"the Dask scheduler at {scheduler}"
 
     @staticmethod
@@ -129,7 +129,7 @@ class LiveEngine:
                 raise EngineError("cancelled: a newer request replaced it") from None
             if not isinstance(exc, Exception):
                 raise
-            raise EngineError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'failed'}") from None
+            raise EngineError(one_line(exc, typed=True)) from None
 
     def result(self, key: str, future) -> LiveResult:
         """Wait (at most ``timeout``) and cache; a one-line EngineError otherwise."""
@@ -171,14 +171,7 @@ def attack_task(x: np.ndarray, delta: np.ndarray, model: str, eps: float, norm: 
 
     Returns (δ (3, S, S) float32, the label attacked, logits (α, model, 1000) float32).
     """
-    import torch
-
-    from perturber.pipeline import models as registry
-    from perturber.pipeline.attack import Attack, blend, label_for, pgd
-    from perturber.pipeline.imageops import to_tensor
-
-    if threads and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     device = registry.best_device()
     xt = to_tensor(x, device).contiguous()
     attack = Attack(model, eps=eps, norm=norm, target=target)
@@ -187,7 +180,6 @@ def attack_task(x: np.ndarray, delta: np.ndarray, model: str, eps: float, norm: 
     if not alphas or not models:
         return d[0].cpu().numpy().astype(np.float32), int(lab[0]), None
     batch = blend(xt, d, alphas)
-    with torch.no_grad():
-        logits = np.stack([registry.load_model(m, device)(registry.preprocess(batch, registry.spec(m))).float().cpu().numpy()
-                           for m in models], axis=1)
+    outputs = inference.run_models(batch, models, device=device, batch_size=len(batch))
+    logits = np.stack([outputs[m].logits.numpy() for m in models], axis=1)
     return d[0].cpu().numpy().astype(np.float32), int(lab[0]), logits

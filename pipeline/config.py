@@ -1,0 +1,61 @@
+"""Configuration: every environment variable Perturber reads, in one place.
+
+| variable | what it sets | default |
+| --- | --- | --- |
+| ``PERTURBER_CACHE`` | the cache folder: extracted meshes, morph fields, downloaded weights, measured batch sizes | ``$XDG_CACHE_HOME/perturber``, else ``~/.cache/perturber`` |
+| ``PERTURBER_ASSET_DIR`` | extra folders (``os.pathsep``-separated) searched for asset files by name | none |
+| ``PERTURBER_CATALOGUE`` | the asset catalogue (YAML) | ``data/catalogue.yaml`` |
+| ``PERTURBER_MODELS`` | extra model registries (YAML, ``os.pathsep``-separated), after ``data/models.yaml`` | none |
+
+Each function reads the environment when it is called; nothing here is
+cached. Caches elsewhere put what these functions return into their keys, so
+a changed variable takes effect at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["DATA_DIR", "cache_dir", "asset_dirs", "catalogue_path", "model_registries", "file_key"]
+
+#: The catalogues shipped with Perturber (``data/`` in the repository).
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+
+
+def _paths(variable: str) -> tuple[Path, ...]:
+    return tuple(Path(p) for p in os.environ.get(variable, "").split(os.pathsep) if p)
+
+
+def cache_dir() -> Path:
+    """The cache folder (created if missing)."""
+    root = os.environ.get("PERTURBER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "perturber"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def asset_dirs() -> tuple[Path, ...]:
+    """Extra folders searched for asset files by base name."""
+    return _paths("PERTURBER_ASSET_DIR")
+
+
+def catalogue_path() -> Path:
+    """The asset catalogue in use."""
+    return Path(os.environ.get("PERTURBER_CATALOGUE") or DATA_DIR / "catalogue.yaml")
+
+
+def model_registries() -> tuple[Path, ...]:
+    """Every model registry in use: the built-in one, then the user's."""
+    return (DATA_DIR / "models.yaml", *_paths("PERTURBER_MODELS"))
+
+
+def file_key(path: Path) -> tuple[str, int, int]:
+    """(path, modification time in ns, size): a cache key that changes when the file does."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return (str(path), -1, -1)
+    return (str(path), stat.st_mtime_ns, stat.st_size)

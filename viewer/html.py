@@ -1,0 +1,40 @@
+"""HTML for the viewer's panes: images as data URIs, and the one stylesheet.
+
+Every style lives in ``style.css`` (classes ``pt-…``); panes get it through
+:func:`pane`, which attaches it to the pane's shadow root (Panel renders
+each pane in its own shadow DOM, where a page-wide stylesheet does not reach).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import panel as pn
+from PIL import Image
+
+__all__ = ["CSS", "png", "pane", "markdown"]
+
+#: The viewer's stylesheet.
+CSS = (Path(__file__).parent / "style.css").read_text()
+
+
+def png(image: np.ndarray) -> str:
+    """An (H, W, 3) uint8 image as a PNG data URI (lossless; compression level 1
+    encodes ~5x faster than the default)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def pane(object: Any = "", **params: Any) -> pn.pane.HTML:
+    """An HTML pane styled by :data:`CSS`."""
+    return pn.pane.HTML(object, stylesheets=[CSS], **params)
+
+
+def markdown(text: str, css_class: str = "", **params: Any) -> pn.pane.Markdown:
+    """A Markdown pane styled by :data:`CSS` (``css_class`` e.g. ``pt-small``)."""
+    return pn.pane.Markdown(text, stylesheets=[CSS], css_classes=[css_class] if css_class else [], **params)

@@ -1,0 +1,80 @@
+"""PGD as in the original: attack one model at the current point, fade the
+perturbation in with α, and see whether the other models are fooled too."""
+
+from __future__ import annotations
+
+import numpy as np
+import panel as pn
+
+from perturber.pipeline.analysis import softmax
+from perturber.viewer import html
+from perturber.viewer.state import ALPHAS, AttackState, CubeState
+
+__all__ = ["AttackPanel"]
+
+
+class AttackPanel:
+    """Controls, the attacked input (x + αδ, or δ alone) and the transfer view
+    (every model on the blended image) of an :class:`~perturber.viewer.state.AttackState`."""
+
+    def __init__(self, state: CubeState):
+        self.state = state
+        self.attack = attack = AttackState(state)
+        self.progress = pn.indicators.Progress(value=0, max=100, width=200, visible=False)
+        step = pn.widgets.Button(name="PGD step (ε/8)", button_type="primary", css_classes=["pt-pgd-step"])
+        run = pn.widgets.Button(name="run N steps", css_classes=["pt-pgd-run"])
+        reset = pn.widgets.Button(name="reset δ")
+        step.on_click(lambda _e: self._go(1))
+        run.on_click(lambda _e: self._go(attack.steps))
+        reset.on_click(lambda _e: attack.reset())
+        controls = pn.Row(
+            pn.widgets.Select.from_param(attack.param.model, name="attacked model", width=170),
+            pn.widgets.IntInput.from_param(attack.param.target, name="target (-1: suppress)", width=130),
+            pn.widgets.FloatInput.from_param(attack.param.eps, name="ε", width=90),
+            pn.widgets.Select.from_param(attack.param.norm, name="norm", width=70),
+            pn.widgets.IntInput.from_param(attack.param.steps, name="N", width=70),
+        )
+        blend = pn.Row(pn.widgets.DiscreteSlider.from_param(attack.param.alpha, name="α (blend x + αδ)", css_classes=["pt-alpha"]),
+                       pn.widgets.Checkbox.from_param(attack.param.delta_only, name="show δ alone (amplified)",
+                                                      css_classes=["pt-delta-only"]))
+        self.pane = html.pane(self.html(), width=900)
+        attack.param.watch(self._update, ["done", "alpha", "delta_only", "status"])
+        self.view = pn.Column(controls, pn.Row(step, run, reset, self.progress), blend, self.pane)
+
+    def __panel__(self) -> pn.Column:
+        return self.view
+
+    def _go(self, n: int) -> None:
+        self.progress.param.update(visible=True, max=n, value=0)
+        self.attack.run(n, progress=lambda i: setattr(self.progress, "value", i))
+        self.progress.visible = False
+
+    def _update(self, *_) -> None:
+        self.pane.object = self.html()
+
+    def html(self) -> str:
+        attack, image = self.attack, self.state.image()
+        if attack.delta is None or attack.logits is None or image is None:
+            return f"<div class='pt-attack'><p>{attack.status or 'No perturbation yet: press PGD step.'}</p></div>"
+        x = image.astype(np.float32) / 255
+        d = attack.delta.transpose(1, 2, 0)
+        if attack.delta_only:
+            shown = np.clip(0.5 + d / (2 * max(float(np.abs(d).max()), 1e-8)), 0, 1)
+        else:
+            shown = np.clip(x + attack.alpha * d, 0, 1)
+        a = ALPHAS.index(attack.alpha)
+        class_names = self.state.analysis.class_names
+        rows = []
+        for m, model in enumerate(attack.models):
+            p = softmax(attack.logits[a, m])
+            before = softmax(attack.logits[0, m])
+            top, orig = int(p.argmax()), int(before.argmax())
+            mark = " (attacked)" if model == attack.model else ""
+            rows.append(f"<tr class='pt-transfer-{model}'><td>{model}{mark}</td><td>{class_names[orig]} ({before[orig]:.2f})</td>"
+                        f"<td>{class_names[top]} ({p[top]:.2f})</td></tr>")
+        table = ("<table class='pt-transfer'><tr><th>model</th><th>α = 0</th><th>α = " + f"{attack.alpha:g}" + "</th></tr>"
+                 + "".join(rows) + "</table>")
+        caption = "δ alone (amplified)" if attack.delta_only else f"x + {attack.alpha:g} δ"
+        return (f"<div class='pt-attack'><p class='pt-attack-status'>{attack.status}</p><figure class='pt-attack-image'>"
+                f"<img class='pt-attacked' src='{html.png((shown * 255).round().astype(np.uint8))}' width='224'>"
+                f"<figcaption>{caption}</figcaption></figure>{table}</div>")

@@ -1,0 +1,38 @@
+"""The top-5 classes of one compared model at the current point."""
+
+from __future__ import annotations
+
+import panel as pn
+
+from perturber.viewer import html
+from perturber.viewer.state import NOT_COMPUTED, CubeState
+
+__all__ = ["Top5Panel"]
+
+
+class Top5Panel:
+    """The left (``which='model_a'``) or right (``'model_b'``) model's top-5, as probabilities or logits."""
+
+    def __init__(self, state: CubeState, which: str):
+        self.state, self.which = state, which
+        self.pane = html.pane(self.html(), width=300)
+        state.param.watch(self._update, ["changed"])
+
+    def __panel__(self) -> pn.pane.HTML:
+        return self.pane
+
+    def _update(self, *_) -> None:
+        self.pane.object = self.html()
+
+    def html(self) -> str:
+        state = self.state
+        model = getattr(state, self.which)
+        rows = state.top5(model)
+        if rows is None:
+            table = f"<p class='pt-missing'>{NOT_COMPUTED}</p>"
+        else:
+            score = (lambda p, l: f"{p:.3f}") if state.score == "probability" else (lambda p, l: f"{l:.2f}")
+            items = "".join(f"<tr><td>{i}</td><td>{name}</td><td class='pt-score'>{score(p, l)}</td></tr>"
+                            for i, (name, p, l) in enumerate(rows, 1))
+            table = f"<table class='pt-top5'><tr><th>#</th><th>class</th><th>{state.score}</th></tr>{items}</table>"
+        return f"<div class='pt-model pt-{self.which}'><b>{model}</b>{table}</div>"
