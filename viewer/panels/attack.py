@@ -21,9 +21,9 @@ class AttackPanel:
         self.state = state
         self.attack = attack = AttackState(state)
         self.progress = pn.indicators.Progress(value=0, max=100, width=200, visible=False)
-        step = pn.widgets.Button(name="PGD step (ε/8)", button_type="primary", css_classes=["pt-pgd-step"])
-        run = pn.widgets.Button(name="run N steps", css_classes=["pt-pgd-run"])
-        reset = pn.widgets.Button(name="reset δ")
+        step = pn.widgets.Button(label="PGD step (ε/8)", button_type="primary", css_classes=["pt-pgd-step"])
+        run = pn.widgets.Button(label="run N steps", css_classes=["pt-pgd-run"])
+        reset = pn.widgets.Button(label="reset δ")
         step.on_click(lambda _e: self._go(1))
         run.on_click(lambda _e: self._go(attack.steps))
         reset.on_click(lambda _e: attack.reset())

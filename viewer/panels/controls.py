@@ -69,7 +69,7 @@ class ControlsPanel:
             return float(domain.lo), float(domain.hi)
 
         lo, hi = bounds(state.live_factor)
-        slider = pn.widgets.FloatSlider(name="value", start=lo, end=hi, value=min(max(state.live_value, lo), hi),
+        slider = pn.widgets.FloatSlider(label="value", start=lo, end=hi, value=min(max(state.live_value, lo), hi),
                                         step=(hi - lo) / 1000, css_classes=["pt-live-slider"])
         slider.param.watch(lambda e: setattr(state, "live_value", float(e.new)), "value_throttled")
 

@@ -26,7 +26,7 @@ class GalleryPanel:
             self.view: Any = pn.pane.Markdown("No feature visualisations in this store (`perturber featureviz` adds them).")
             return
         targets = {f"{v.attrs['model']} · {v.attrs['layer']} ({v.attrs['kind']}s)": n.target for n, v in names.fv_variables(self.ds)}
-        self.target = pn.widgets.Select(name="gallery", options=targets, width=320)
+        self.target = pn.widgets.Select(label="gallery", options=targets, width=320)
         self.kind = pn.widgets.RadioButtonGroup(options=[str(p) for p in self.ds["parameterisation"].values])
         self.settings = fv.settings_of(self.ds)
         self.view = pn.Column(pn.Row(self.target, self.kind), html.pane(pn.bind(self.html, self.target, self.kind), width=900))

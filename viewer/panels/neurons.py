@@ -28,10 +28,10 @@ class NeuronPanel:
         layers = state.layers()
         most = max((state.ds[a.variable].shape[len(state.axes)] for a in acts), default=0)
         stored = [f"stored {i}-{min(i + NEURONS_PER_GROUP, most) - 1}" for i in range(0, most, NEURONS_PER_GROUP)]
-        self.layer = pn.widgets.Select(name="layer", options=layers, value=layers[0] if layers else None, width=160)
-        self.group = pn.widgets.Select(name="neuron group", options=stored + (state.analysis.group_labels() if most else []) or ["-"],
+        self.layer = pn.widgets.Select(label="layer", options=layers, value=layers[0] if layers else None, width=160)
+        self.group = pn.widgets.Select(label="neuron group", options=stored + (state.analysis.group_labels() if most else []) or ["-"],
                                        width=260)
-        self.fv_kind = pn.widgets.RadioButtonGroup(name="feature visualisation", options=["fourier", "pixel"], value="fourier")
+        self.fv_kind = pn.widgets.RadioButtonGroup(label="feature visualisation", options=["fourier", "pixel"], value="fourier")
         self.pane = html.pane(self.html(), width=900)
         state.param.watch(self._update, ["changed"])
         for widget in (self.layer, self.group, self.fv_kind):

@@ -18,7 +18,7 @@ class SaliencyPanel:
 
     def __init__(self, state: CubeState):
         self.state = state
-        self.toggle = pn.widgets.Checkbox(name="input-gradient saliency (computed here)", value=False,
+        self.toggle = pn.widgets.Checkbox(label="input-gradient saliency (computed here)", value=False,
                                           css_classes=["pt-saliency-toggle"])
         self.pane = html.pane(self.html(), width=900)
         state.param.watch(self._update, ["changed"])
