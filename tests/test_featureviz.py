@@ -155,6 +155,26 @@ def test_precompute_writes_the_group_and_resumes(tmp_path):
         fv.create_or_check(fv.parse_spec({**SPEC, "steps": 5}), out)
 
 
+def test_the_readme_line_opens_the_group_beside_a_cube(tmp_path):
+    """The README's ``xarray.open_zarr(store, group="featureviz")`` on a store whose
+    metadata a cube consolidated first (it raised KeyError: 'featureviz' not found)."""
+    import re
+    import warnings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = re.search(r'`(xarray\.open_zarr\(store, group="featureviz"\))`', readme).group(1)
+    store_path = str(tmp_path / "both.zarr")
+    cube = spec.parse_spec({"name": "one", "cubes": {"views": {"axes": {"yaw": [0.0]}, "models": ["efficientnet_lite0"], "images": False}}})
+    run.precompute(cube, store_path, scheduler="synchronous", progress=False)
+    tiny = {**SPEC, "steps": 1, "parameterisations": ["pixel"], "models": {"efficientnet_lite0": {"layers": {"head": 1}}}}
+    fv.precompute(fv.parse_spec(tiny), store_path, scheduler="synchronous", progress=False, echo=lambda _: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback from stale consolidated metadata
+        ds = eval(line, {"xarray": xr, "store": store_path})
+        assert "fv_efficientnet_lite0_head" in ds and ds["fvdone_efficientnet_lite0_head"].values.all()
+        assert "logits" in xr.open_zarr(store_path, group="views")
+
+
 def test_cli_on_a_local_cluster_matches_in_process(tmp_path):
     # Through the command line (a LocalCluster in this process would leave
     # Dask's worker environment in os.environ for later tests' subprocesses).
