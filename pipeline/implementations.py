@@ -16,13 +16,15 @@ unknown factor.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from perturber.pipeline import factors
 from perturber.pipeline.factors import Factor
 
-__all__ = ["ImageOp", "image_op", "registered_ops", "SceneSetter", "scene_setter", "registered_setters", "implemented"]
+__all__ = ["ImageOp", "image_op", "registered_ops", "SceneSetter", "scene_setter", "registered_setters", "implemented",
+           "scratch_registry"]
 
 
 @dataclass(frozen=True)
@@ -119,3 +121,17 @@ def implemented(kind: str) -> set[str]:
     """Names of the factors of ``kind`` (``scene`` or ``image``) that some registered implementation names."""
     found = _OPS if kind == "image" else _SETTERS
     return {name for impl in found for name in impl.factors}
+
+
+@contextlib.contextmanager
+def scratch_registry() -> Iterator[None]:
+    """Undo, when the block ends, every factor and implementation registered in it
+    (trying a factor out in a notebook; tests of plugins)."""
+    declared, ops, setters = dict(factors.FACTORS), list(_OPS), list(_SETTERS)
+    try:
+        yield
+    finally:
+        factors.FACTORS.clear()
+        factors.FACTORS.update(declared)
+        _OPS[:] = ops
+        _SETTERS[:] = setters
