@@ -16,7 +16,7 @@ import numpy as np
 import panel as pn
 from PIL import Image
 
-__all__ = ["CSS", "png", "pane", "markdown"]
+__all__ = ["CSS", "png", "pane", "markdown", "HTMLPanel"]
 
 #: The viewer's stylesheet.
 CSS = (Path(__file__).parent / "style.css").read_text()
@@ -38,3 +38,25 @@ def pane(object: Any = "", **params: Any) -> pn.pane.HTML:
 def markdown(text: str, css_class: str = "", **params: Any) -> pn.pane.Markdown:
     """A Markdown pane styled by :data:`CSS` (``css_class`` e.g. ``pt-small``)."""
     return pn.pane.Markdown(text, stylesheets=[CSS], css_classes=[css_class] if css_class else [], **params)
+
+
+class HTMLPanel:
+    """A panel that is one HTML pane, its text replaced in place (cheaper than a
+    new pane) whenever the state's ``changed`` event fires; subclasses say what
+    it shows in :meth:`html`. ``state`` is a :class:`perturber.viewer.state.CubeState`."""
+
+    width: int | None = None
+
+    def __init__(self, state: Any):
+        self.state = state
+        self.pane = pane(self.html(), **({"width": self.width} if self.width else {}))
+        state.param.watch(self.redraw, ["changed"])
+
+    def __panel__(self) -> pn.pane.HTML:
+        return self.pane
+
+    def redraw(self, *_: Any) -> None:
+        self.pane.object = self.html()
+
+    def html(self) -> str:
+        raise NotImplementedError

@@ -3,30 +3,21 @@
 A panel is a class that shows something about the current point and depends
 on the state's one ``changed`` event; the layout lists it as a
 :class:`~perturber.viewer.app.Section`. This one prints the point's axis
-values and the left model's top-1 class.
+values and the left model's top-1 class. :class:`~perturber.viewer.html.HTMLPanel`
+does the plumbing of a panel that is one HTML pane (the pane, the watcher on
+``changed``, ``__panel__``); a panel of widgets or plots does the same by hand.
 """
 
 from __future__ import annotations
-
-import panel as pn
 
 from perturber.viewer import html
 from perturber.viewer.state import NOT_COMPUTED, CubeState
 
 
-class PointPanel:
+class PointPanel(html.HTMLPanel):
     """One line: where the user is in the cube, and what the left model says there."""
 
-    def __init__(self, state: CubeState):
-        self.state = state
-        self.pane = html.pane(self.html())
-        state.param.watch(self._update, ["changed"])
-
-    def __panel__(self) -> pn.pane.HTML:
-        return self.pane
-
-    def _update(self, *_) -> None:
-        self.pane.object = self.html()
+    state: CubeState
 
     def html(self) -> str:
         state = self.state

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import panel as pn
-
 from perturber.viewer import html
 from perturber.viewer.state import NOT_COMPUTED, CubeState
 
 __all__ = ["InputPanel"]
 
 
-class InputPanel:
+class InputPanel(html.HTMLPanel):
     """The exact image the models saw; LIVE and its factor when computed off the grid."""
 
-    def __init__(self, state: CubeState):
-        self.state = state
-        # One pane whose text is replaced in place: cheaper than a new pane per change.
-        self.pane = html.pane(self.html())
-        state.param.watch(self._update, ["changed"])
-
-    def __panel__(self) -> pn.pane.HTML:
-        return self.pane
-
-    def _update(self, *_) -> None:
-        self.pane.object = self.html()
+    state: CubeState
 
     def html(self) -> str:
         state = self.state

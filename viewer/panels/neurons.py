@@ -18,12 +18,14 @@ NEURONS_PER_GROUP = 8
 TILE = 96  # px, one activation map (style.css sizes gallery tiles the same)
 
 
-class NeuronPanel:
+class NeuronPanel(html.HTMLPanel):
     """A layer, a group of neurons (stored order, or data-driven groups from
     the store) and the parameterisation of the feature visualisations beside them."""
 
+    width = 900
+
     def __init__(self, state: CubeState, per_model: int = NEURONS_PER_GROUP):
-        self.state, self.per_model = state, per_model
+        self.per_model = per_model
         acts = state.analysis.activations()
         layers = state.layers()
         most = max((state.ds[a.variable].shape[len(state.axes)] for a in acts), default=0)
@@ -32,16 +34,12 @@ class NeuronPanel:
         self.group = pn.widgets.Select(label="neuron group", options=stored + (state.analysis.group_labels() if most else []) or ["-"],
                                        width=260)
         self.fv_kind = pn.widgets.RadioButtonGroup(label="feature visualisation", options=["fourier", "pixel"], value="fourier")
-        self.pane = html.pane(self.html(), width=900)
-        state.param.watch(self._update, ["changed"])
+        super().__init__(state)
         for widget in (self.layer, self.group, self.fv_kind):
-            widget.param.watch(self._update, "value")
+            widget.param.watch(self.redraw, "value")
 
     def __panel__(self) -> pn.Column:
         return pn.Column(pn.Row(self.layer, self.group, self.fv_kind), self.pane)
-
-    def _update(self, *_) -> None:
-        self.pane.object = self.html()
 
     def positions(self, variable: str, label: str) -> list[int]:
         """Positions along ``variable``'s stored neurons of the group ``label``."""

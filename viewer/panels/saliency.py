@@ -13,22 +13,19 @@ from perturber.viewer.state import NOT_COMPUTED, CubeState
 __all__ = ["SaliencyPanel"]
 
 
-class SaliencyPanel:
+class SaliencyPanel(html.HTMLPanel):
     """|∂ logit / ∂ x| of each compared model's top class, when switched on."""
 
+    width = 900
+
     def __init__(self, state: CubeState):
-        self.state = state
         self.toggle = pn.widgets.Checkbox(label="input-gradient saliency (computed here)", value=False,
                                           css_classes=["pt-saliency-toggle"])
-        self.pane = html.pane(self.html(), width=900)
-        state.param.watch(self._update, ["changed"])
-        self.toggle.param.watch(self._update, "value")
+        super().__init__(state)
+        self.toggle.param.watch(self.redraw, "value")
 
     def __panel__(self) -> pn.Column:
         return pn.Column(self.toggle, self.pane)
-
-    def _update(self, *_) -> None:
-        self.pane.object = self.html()
 
     def html(self) -> str:
         if not self.toggle.value:

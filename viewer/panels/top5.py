@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import panel as pn
-
 from perturber.viewer import html
 from perturber.viewer.state import NOT_COMPUTED, CubeState
 
 __all__ = ["Top5Panel"]
 
 
-class Top5Panel:
+class Top5Panel(html.HTMLPanel):
     """The left (``which='model_a'``) or right (``'model_b'``) model's top-5, as probabilities or logits."""
 
+    width = 300
+
     def __init__(self, state: CubeState, which: str):
-        self.state, self.which = state, which
-        self.pane = html.pane(self.html(), width=300)
-        state.param.watch(self._update, ["changed"])
-
-    def __panel__(self) -> pn.pane.HTML:
-        return self.pane
-
-    def _update(self, *_) -> None:
-        self.pane.object = self.html()
+        self.which = which
+        super().__init__(state)
 
     def html(self) -> str:
         state = self.state
