@@ -24,7 +24,7 @@ import sys
 from typing import Sequence
 
 import perturber
-from perturber.pipeline import factors, plugins
+from perturber.pipeline import config, factors, plugins
 from perturber.pipeline.errors import PerturberError
 
 __all__ = ["main", "build_parser"]
@@ -149,8 +149,7 @@ def _use_registries(files: Sequence[str]) -> None:
     for path in files:
         if not os.path.isfile(path):
             raise PerturberError(f"--models-file {path}: no such file")
-    known = [p for p in os.environ.get("PERTURBER_MODELS", "").split(os.pathsep) if p]
-    os.environ["PERTURBER_MODELS"] = os.pathsep.join([*known, *(os.path.abspath(p) for p in files)])
+    config.add_model_registries(files)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DATA_DIR", "cache_dir", "asset_dirs", "catalogue_path", "model_registries", "file_key"]
+__all__ = ["DATA_DIR", "cache_dir", "asset_dirs", "catalogue_path", "model_registries", "add_model_registries", "file_key"]
 
 #: The catalogues shipped with Perturber (``data/`` in the repository).
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -50,6 +50,13 @@ def catalogue_path() -> Path:
 def model_registries() -> tuple[Path, ...]:
     """Every model registry in use: the built-in one, then the user's."""
     return (DATA_DIR / "models.yaml", *_paths("PERTURBER_MODELS"))
+
+
+def add_model_registries(paths: list[str] | tuple[str, ...]) -> None:
+    """Use these model registries too, in this process and in the processes it
+    starts (Dask workers): they are added to ``PERTURBER_MODELS``."""
+    known = [str(p) for p in _paths("PERTURBER_MODELS")]
+    os.environ["PERTURBER_MODELS"] = os.pathsep.join([*known, *(os.path.abspath(p) for p in paths)])
 
 
 def file_key(path: Path) -> tuple[str, int, int]:
