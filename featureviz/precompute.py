@@ -24,7 +24,7 @@ from perturber.featureviz.optimize import random_directions, visualise
 from perturber.featureviz.spec import FeatureVizSpec, Target, load_spec, parse_spec
 from perturber.featureviz.spec import channels as layer_channels
 from perturber.pipeline import models
-from perturber.pipeline.store import consolidate
+from perturber.pipeline.store import consolidate, is_absent
 from perturber.pipeline.tasks import run_tasks, use_threads
 
 __all__ = ["create_or_check", "missing", "compute_chunk", "precompute", "load_spec", "parse_spec"]
@@ -58,7 +58,7 @@ def create_or_check(spec: FeatureVizSpec, store: Any) -> None:
     except FeatureVizError:
         raise
     except Exception as exc:
-        if type(exc).__name__ not in ("GroupNotFoundError", "FileNotFoundError", "KeyError", "NodeNotFoundError", "PathNotFoundError"):
+        if not is_absent(exc):
             raise FeatureVizError(f"cannot read the store's {GROUP} group ({type(exc).__name__})") from None
     s, p = spec.settings.size, len(spec.parameterisations)
     coords: dict[str, Any] = {

@@ -178,7 +178,7 @@ def _read_texture(path: Path) -> np.ndarray:
     except AssetError:
         raise
     except Exception as exc:
-        raise AssetError(f"texture {path.name!r} cannot be read ({exc})") from None
+        raise AssetError(f"texture {path.name!r} cannot be read ({one_line(exc)})") from None
 
 
 def _check_obj_textures(path: Path) -> None:

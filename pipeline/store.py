@@ -39,7 +39,7 @@ from perturber.pipeline.errors import PerturberError, one_line
 from perturber.pipeline.spec import CubeSpec
 
 __all__ = ["StoreError", "Layout", "layout", "default_options", "create_or_check", "write_chunk", "done_mask", "chunk_slices",
-           "open_cube", "consolidate"]
+           "open_cube", "consolidate", "consolidated_ok", "is_absent"]
 
 FORMAT_VERSION = 1
 
@@ -207,15 +207,20 @@ def _read_attrs(store: Any, group: str, storage_options: Mapping | None) -> dict
         with consolidated_ok(), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # falling back from consolidated metadata
             ds = xr.open_zarr(store, group=group, storage_options=storage_options, decode_cf=False)
-    except (FileNotFoundError, KeyError):
-        return None
     except Exception as exc:
-        if type(exc).__name__ in ("GroupNotFoundError", "NodeNotFoundError", "PathNotFoundError"):
+        if is_absent(exc):
             return None
         raise StoreError(f"cannot read the store: it is damaged or not a Zarr store ({one_line(exc, typed=True, limit=160)})") from None
     if "spec_sha256" not in ds.attrs:
         raise StoreError(f"group {group!r} of the store was not written by Perturber (no spec_sha256)")
     return dict(ds.attrs)
+
+
+def is_absent(exc: BaseException) -> bool:
+    """Whether opening a group failed because the store or the group does not
+    exist (as opposed to being damaged or not a Zarr store)."""
+    return isinstance(exc, (FileNotFoundError, KeyError)) or type(exc).__name__ in (
+        "GroupNotFoundError", "NodeNotFoundError", "PathNotFoundError")
 
 
 def batch_sizes(cube: CubeSpec, store: Any, storage_options: Mapping | None = None) -> dict[str, int]:
