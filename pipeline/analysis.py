@@ -250,9 +250,9 @@ class Cube:
         """(*axes, neuron) float32: each stored neuron's spatial mean activation
         per sample, NaN where not computed (one pass over the variable)."""
         if variable not in self._mean_activation:
-            act = _dask(self.ds[variable])
-            spatial = [d for d in act.dims if d.startswith(("ay_", "ax_"))]
-            self._mean_activation[variable] = act.astype("float32").mean(spatial).values
+            act = next(a for a in self.activations() if a.variable == variable)
+            values = _dask(self.ds[variable]).astype("float32")
+            self._mean_activation[variable] = values.mean([act.ay, act.ax]).values
         return self._mean_activation[variable]
 
     def group_labels(self) -> list[str]:
