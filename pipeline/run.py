@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from perturber.pipeline import analysis, engine, factors, names
+from perturber.pipeline import analysis, factors, names
 from perturber.pipeline import store as zstore
 from perturber.pipeline.spec import CubeSpec, SweepSpec
 from perturber.pipeline.tasks import run_tasks, use_threads
@@ -53,6 +53,8 @@ def compute_chunk(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_opti
 
     ``threads``: torch CPU threads for this process (:func:`perturber.pipeline.tasks.use_threads`).
     """
+    from perturber.pipeline import engine  # the renderer loads on the worker, not in the process that submits chunks
+
     use_threads(threads)
     points, shape = chunk_points(cube, index)
     ev = engine.evaluate(points, list(cube.models), layers=list(cube.layers), neurons=_neuron_lists(cube),

