@@ -229,7 +229,7 @@ def declare(factor: str | Factor, kind: str) -> Factor:
     and its implementation together). ``kind`` is what the implementation
     handles (``scene`` or ``image``)."""
     if isinstance(factor, Factor):
-        if FACTORS.get(factor.name) is not factor:
+        if FACTORS.get(factor.name) != factor:  # the same declaration again (a module reloaded) is the same factor
             register(factor)
     else:
         factor = get(factor)

@@ -54,21 +54,24 @@ def image_op(*names: str | Factor, order: float, seeds: Sequence[str] = (), rgba
     """Register the decorated function as the op of the image factors ``names``.
 
     A name is a declared factor, or a :class:`Factor` to declare here (a
-    plugin's). ``order`` places the op among the others (the table above);
-    ``seeds`` are factors that only seed it (shared seeds may serve several
-    ops); ``rgba`` ops see the alpha channel. A factor has one op. The op is
-    ``fn(images (B, C, H, W), *values)``, one value per name, in order.
+    plugin's). ``order`` places the op among the others (the table in
+    :mod:`perturber.pipeline.imageops`); ``seeds`` are factors that only
+    seed it (shared seeds may serve several ops); ``rgba`` ops see the alpha
+    channel. A factor has one op. The op is
+    ``fn(images (B, C, H, W), *values)``, one value per name, in order. The
+    same function registered again (a module reloaded) replaces itself.
     """
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         declared = tuple(factors.declare(n, "image").name for n in names)
-        taken = {f for op in _OPS for f in op.factors if f not in op.seeds}
+        others = [op for op in _OPS if not _same(op.fn, fn)]
+        taken = {f for op in others for f in op.factors if f not in op.seeds}
         clash = [n for n in declared if n in taken and n not in seeds]
         if clash:
             raise ValueError(f"image factor {clash[0]!r} already has an op")
-        if any(op.order == order for op in _OPS):
+        if any(op.order == order for op in others):
             raise ValueError(f"another image op already has order {order:g}")
-        _OPS.append(ImageOp(fn, declared, float(order), tuple(seeds), rgba, skip_at_default))
-        _OPS.sort(key=lambda op: op.order)
+        others.append(ImageOp(fn, declared, float(order), tuple(seeds), rgba, skip_at_default))
+        _OPS[:] = sorted(others, key=lambda op: op.order)
         return fn
 
     return register
@@ -99,17 +102,24 @@ def scene_setter(*names: str | Factor, order: float) -> Callable:
     from the validated factor values ``params``, whatever they are (the
     renderer keeps its scene between renders, so a setter that changed
     something must set it back at the defaults). Setters run in ascending
-    ``order``; a factor may be served by several setters.
+    ``order``; a factor may be served by several setters. The same function
+    registered again (a module reloaded) replaces itself.
     """
     def register(fn: Callable[[Any, Mapping[str, Any]], None]) -> Callable[[Any, Mapping[str, Any]], None]:
         declared = tuple(factors.declare(n, "scene").name for n in names)
-        if any(s.order == order for s in _SETTERS):
+        others = [s for s in _SETTERS if not _same(s.fn, fn)]
+        if any(s.order == order for s in others):
             raise ValueError(f"another scene setter already has order {order:g}")
-        _SETTERS.append(SceneSetter(fn, declared, float(order)))
-        _SETTERS.sort(key=lambda s: s.order)
+        others.append(SceneSetter(fn, declared, float(order)))
+        _SETTERS[:] = sorted(others, key=lambda s: s.order)
         return fn
 
     return register
+
+
+def _same(a: Callable, b: Callable) -> bool:
+    """Whether two functions are one definition (the same module and name)."""
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
 
 
 def registered_setters() -> list[SceneSetter]:

@@ -124,3 +124,18 @@ def test_every_scene_factor_reaches_the_renderer(render, name):
     assert changed > 2.0, f"{name}: the render did not change ({changed:.2f} grey levels)"
     again = render(size=64)
     assert np.array_equal(again.rgba, base.rgba), f"{name}: the renderer kept it after the probe"
+
+
+def test_a_plugin_module_imported_again_replaces_itself(tmp_path, monkeypatch):
+    """A notebook re-running a cell, or a reloaded module: the same declaration and op again is no error."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "docs" / "examples"))
+    with implementations.scratch_registry():
+        first = importlib.import_module("vignette")
+        importlib.reload(first)
+        assert [op.factors for op in registered_ops()].count(("vignette",)) == 1
+        assert factors.get("vignette") == first.VIGNETTE
+    sys.modules.pop("vignette", None)
+    assert "vignette" not in factors.FACTORS and all("vignette" not in op.factors for op in registered_ops())
