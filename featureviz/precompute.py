@@ -69,25 +69,26 @@ def create_or_check(spec: FeatureVizSpec, store: Any) -> None:
         "rgb": ("rgb", np.array(["r", "g", "b"], dtype=object), {"long_name": "colour channel"}),
     }
     data: dict[str, Any] = {}
+    directions: dict[str, np.ndarray] = {}  # target → (units, channels), drawn once
     for t in spec.targets:
-        n_ = t.names
-        unit = n_.unit
+        tn = t.names
+        unit = tn.unit
         long = {"channel": "channel index", "direction": "random direction index", "logit": "ImageNet class index"}[t.kind]
         coords[unit] = (unit, np.array(t.units), {"long_name": long, "units": "1"})
         attrs = {"model": t.model, "layer": t.layer, "kind": t.kind, "checkpoint_of": t.checkpoint_of or ""}
         n = len(t.units)
-        data[n_.images] = (("parameterisation", unit, "fy", "fx", "rgb"),
-                                da.zeros((p, n, s, s, 3), dtype=np.uint8, chunks=(1, spec.batch, s, s, 3)),
-                                {**attrs, "long_name": "feature visualisation (0 until computed: see fvdone)"})
-        data[n_.objective] = (("parameterisation", unit, "stage"),
-                                       da.full((p, n, 2), np.nan, dtype=np.float32, chunks=(1, spec.batch, 2)),
-                                       {**attrs, "long_name": "objective (mean activation, direction dot product or logit) without transforms"})
-        data[n_.done] = (("parameterisation", n_.chunk),
-                                    da.zeros((p, spec.chunks(t)), dtype=np.uint8, chunks=(1, 1)),
-                                    {**attrs, "long_name": "1 once the chunk of units is written", "batch": spec.batch})
+        data[tn.images] = (("parameterisation", unit, "fy", "fx", "rgb"),
+                           da.zeros((p, n, s, s, 3), dtype=np.uint8, chunks=(1, spec.batch, s, s, 3)),
+                           {**attrs, "long_name": "feature visualisation (0 until computed: see fvdone)"})
+        data[tn.objective] = (("parameterisation", unit, "stage"),
+                              da.full((p, n, 2), np.nan, dtype=np.float32, chunks=(1, spec.batch, 2)),
+                              {**attrs, "long_name": "objective (mean activation, direction dot product or logit) without transforms"})
+        data[tn.done] = (("parameterisation", tn.chunk),
+                         da.zeros((p, spec.chunks(t)), dtype=np.uint8, chunks=(1, 1)),
+                         {**attrs, "long_name": "1 once the chunk of units is written", "batch": spec.batch})
         if t.kind == "direction":
-            dirs = _directions(spec, t)[list(t.units)]
-            data[n_.direction] = ((unit, n_.channel), dirs, {**attrs, "long_name": "unit vector in channel space"})
+            directions[t.name] = _directions(spec, t)[list(t.units)]
+            data[tn.direction] = ((unit, tn.channel), directions[t.name], {**attrs, "long_name": "unit vector in channel space"})
     ds = xr.Dataset({k: xr.Variable(dims, arr, attrs) for k, (dims, arr, attrs) in data.items()},
                     coords={k: xr.Variable(*v) for k, v in coords.items()})
     ds.attrs.update({"spec": spec.source, "spec_sha256": spec.sha256(), "settings": json.dumps(spec.settings.to_dict()),
@@ -98,7 +99,7 @@ def create_or_check(spec: FeatureVizSpec, store: Any) -> None:
     group = zarr.open_group(store, path=GROUP, mode="r+")
     for t in spec.targets:
         if t.kind == "direction":
-            group[t.names.direction][...] = _directions(spec, t)[list(t.units)]
+            group[t.names.direction][...] = directions[t.name]
     consolidate(store)
 
 
@@ -118,15 +119,15 @@ def compute_chunk(spec: FeatureVizSpec, target: Target, p: int, chunk: int, stor
     use_threads(threads)
     group = zarr.open_group(store, path=GROUP, mode="r+")
     lo, hi = chunk * spec.batch, min((chunk + 1) * spec.batch, len(target.units))
-    n_ = target.names
-    directions = group[n_.direction][...] if target.kind == "direction" else None
+    tn = target.names
+    directions = group[tn.direction][...] if target.kind == "direction" else None
     positions = list(range(lo, hi))  # directions are stored in unit order
     units = positions if target.kind == "direction" else list(target.units[lo:hi])
     result = visualise(target.model, target.layer, units, kind=target.kind, parameterisation=spec.parameterisations[p],
                        settings=spec.settings, directions=directions)
-    group[n_.images][p, lo:hi] = result.images
-    group[n_.objective][p, lo:hi] = np.stack([result.start, result.end], axis=1)
-    group[n_.done][p, chunk] = 1
+    group[tn.images][p, lo:hi] = result.images
+    group[tn.objective][p, lo:hi] = np.stack([result.start, result.end], axis=1)
+    group[tn.done][p, chunk] = 1
     return target.name, hi - lo
 
 

@@ -29,10 +29,8 @@ from perturber.pipeline.errors import PerturberError
 
 __all__ = ["main", "build_parser"]
 
-FACTOR_COMMANDS = ("render", "sheet", "predict", "attack")
-
-
 def _add_factor_options(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(factor_options=True)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in factors.FACTORS.values():
         group = groups.setdefault(f.group, parser.add_argument_group(f.group))
@@ -165,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         option = next((u for u in unknown if u.startswith("--")), None)
-        if option is not None and args.command in FACTOR_COMMANDS:
+        if option is not None and getattr(args, "factor_options", False):
             try:
                 factors.get(option[2:].split("=")[0].replace("-", "_"))
             except factors.FactorError as exc:

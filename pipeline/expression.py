@@ -137,17 +137,9 @@ class Expression:
         if not (r.shape == g.shape == b.shape):
             raise ValueError(f"r, g and b must have the same shape, got {tuple(r.shape)}, {tuple(g.shape)}, {tuple(b.shape)}")
         k = backend_of(r)
-        if k is backend("torch"):
-            if not r.is_floating_point():
-                raise ValueError(f"r, g and b must be floating point, got {r.dtype}")
-            import torch
-
-            p = torch.as_tensor(p, dtype=r.dtype, device=r.device)
-            g, b = g.to(r), b.to(r)
-        else:
-            if r.dtype.kind != "f":
-                raise ValueError(f"r, g and b must be floating point, got {r.dtype}")
-            p, g, b = np.asarray(p, dtype=r.dtype), g.astype(r.dtype), b.astype(r.dtype)
+        if not k.is_float(r):
+            raise ValueError(f"r, g and b must be floating point, got {r.dtype}")
+        p, g, b = k.as_array(p, r), k.as_array(g, r), k.as_array(b, r)
         if p.ndim == 1 and r.ndim >= 1:
             p = p.reshape(p.shape + (1,) * (r.ndim - 1))  # (B,) -> (B, 1, 1)
         names = {"r": r, "g": g, "b": b, "p": p}

@@ -30,23 +30,22 @@ CONSTANTS = {"pi": math.pi, "e": math.e}
 # torch). A backend names the same primitives for either.
 
 
-def _numpy_backend() -> SimpleNamespace:
-    return SimpleNamespace(
-        add=np.add, sub=np.subtract, mul=np.multiply, div=np.divide, remainder=np.remainder,
-        lt=np.less, le=np.less_equal, gt=np.greater, ge=np.greater_equal, eq=np.equal, ne=np.not_equal,
-        where=np.where, clamp=np.clip, minimum=np.minimum, maximum=np.maximum, pow=np.power,
-        sin=np.sin, cos=np.cos, tan=np.tan, asin=np.arcsin, acos=np.arccos, atan=np.arctan, atan2=np.arctan2,
-        exp=np.exp, log=np.log, sqrt=np.sqrt, abs=np.abs, floor=np.floor, ceil=np.ceil,
-        broadcast_to=np.broadcast_to,
-        constant=lambda value, like: np.asarray(float(value), dtype=like.dtype),
-        as_float=lambda mask, like: np.asarray(mask).astype(like.dtype),
-    )
-
-
 @functools.lru_cache(maxsize=None)
 def backend(kind: str) -> SimpleNamespace:
+    """The primitives of ``kind`` ("numpy" or "torch")."""
     if kind == "numpy":
-        return _numpy_backend()
+        return SimpleNamespace(
+            add=np.add, sub=np.subtract, mul=np.multiply, div=np.divide, remainder=np.remainder,
+            lt=np.less, le=np.less_equal, gt=np.greater, ge=np.greater_equal, eq=np.equal, ne=np.not_equal,
+            where=np.where, clamp=np.clip, minimum=np.minimum, maximum=np.maximum, pow=np.power,
+            sin=np.sin, cos=np.cos, tan=np.tan, asin=np.arcsin, acos=np.arccos, atan=np.arctan, atan2=np.arctan2,
+            exp=np.exp, log=np.log, sqrt=np.sqrt, abs=np.abs, floor=np.floor, ceil=np.ceil,
+            broadcast_to=np.broadcast_to,
+            constant=lambda value, like: np.asarray(float(value), dtype=like.dtype),
+            as_float=lambda mask, like: np.asarray(mask).astype(like.dtype),
+            as_array=lambda value, like: np.asarray(value, dtype=like.dtype),
+            is_float=lambda value: value.dtype.kind == "f",
+        )
     import torch  # heavy: only when tensors are evaluated
 
     return SimpleNamespace(
@@ -58,6 +57,8 @@ def backend(kind: str) -> SimpleNamespace:
         ceil=torch.ceil, broadcast_to=torch.broadcast_to,
         constant=lambda value, like: torch.tensor(float(value), dtype=like.dtype, device=like.device),
         as_float=lambda mask, like: mask.to(like.dtype),
+        as_array=lambda value, like: torch.as_tensor(value, dtype=like.dtype, device=like.device),
+        is_float=lambda value: value.is_floating_point(),
     )
 
 
@@ -101,8 +102,10 @@ FUNCTIONS: dict[str, tuple[int, Callable[..., Any]]] = {
 """Functions an expression may call: GLSL names and meanings (``log`` and
 ``sqrt`` clamp their argument to > 0 and >= 0, ``asin``/``acos`` to [-1, 1])."""
 
+#: Operators an expression may use, and the backend primitive of each (``**`` clamps its exponent: :func:`_power`).
 BINARY = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Mod: "remainder", ast.Pow: "pow"}
 COMPARE = {ast.Lt: "lt", ast.LtE: "le", ast.Gt: "gt", ast.GtE: "ge", ast.Eq: "eq", ast.NotEq: "ne"}
+
 
 def evaluate(node: ast.expr, names: dict[str, Any], like: Any, k: SimpleNamespace) -> Any:
     """Value of a checked ``node`` on backend ``k``; ``names`` maps r, g, b, p,

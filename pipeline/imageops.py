@@ -12,8 +12,7 @@ An op registers itself with
 :func:`~perturber.pipeline.implementations.image_op`, next to its definition::
 
     @image_op("fade", order=10)
-    @image_op("fade", order=10)
-def fade(images, amount): ...
+    def fade(images, amount): ...
 
 :func:`apply_image_factors` applies every registered op to a batch, in
 ascending ``order``; an op is skipped when every sample has its factors at
@@ -345,6 +344,7 @@ def salt_and_pepper(images: torch.Tensor, fraction: torch.Tensor, seed: torch.Te
 # --------------------------------------------------------------------------
 # All image factors of a batch
 # --------------------------------------------------------------------------
+
 
 def apply_image_factors(rgba: torch.Tensor, params: Sequence[Mapping[str, Any]]) -> torch.Tensor:
     """Apply every image factor to a batch of renders, op by op in their order.

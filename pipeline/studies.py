@@ -50,8 +50,9 @@ STUDIES: dict[str, Study] = {}
 def study(name: str, cube: str, definition: str) -> Callable:
     """Register the decorated function as the study ``name`` of the cube group ``cube``."""
     def register(fn: Callable[[Cube], xr.Dataset]) -> Callable[[Cube], xr.Dataset]:
-        if name in STUDIES and STUDIES[name].analyse.__qualname__ != fn.__qualname__:
-            raise ValueError(f"study {name!r} is already registered")
+        known = STUDIES.get(name)
+        if known is not None and (known.analyse.__module__, known.analyse.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"study {name!r} is already registered")  # the same function again (a reload) replaces itself
         STUDIES[name] = Study(name, cube, definition, fn)
         return fn
 

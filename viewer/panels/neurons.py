@@ -28,7 +28,7 @@ class NeuronPanel(html.HTMLPanel):
         self.per_model = per_model
         acts = state.analysis.activations()
         layers = state.layers()
-        most = max((state.ds[a.variable].shape[len(state.axes)] for a in acts), default=0)
+        most = max((state.ds.sizes[a.neuron] for a in acts), default=0)
         stored = [f"stored {i}-{min(i + NEURONS_PER_GROUP, most) - 1}" for i in range(0, most, NEURONS_PER_GROUP)]
         self.layer = pn.widgets.Select(label="layer", options=layers, value=layers[0] if layers else None, width=160)
         self.group = pn.widgets.Select(label="neuron group", options=stored + (state.analysis.group_labels() if most else []) or ["-"],
@@ -41,12 +41,12 @@ class NeuronPanel(html.HTMLPanel):
     def __panel__(self) -> pn.Column:
         return pn.Column(pn.Row(self.layer, self.group, self.fv_kind), self.pane)
 
-    def positions(self, variable: str, label: str) -> list[int]:
-        """Positions along ``variable``'s stored neurons of the group ``label``."""
+    def positions(self, act: names.Activation, label: str) -> list[int]:
+        """Positions along ``act``'s stored neurons of the group ``label``."""
         if label.startswith("stored "):
             lo, hi = (int(v) for v in label.split()[-1].split("-"))
-            return list(range(lo, min(hi + 1, self.state.ds[variable].shape[len(self.state.axes)])))
-        return self.state.analysis.neuron_groups(variable, NEURONS_PER_GROUP).get(label, [])
+            return list(range(lo, min(hi + 1, self.state.ds.sizes[act.neuron])))
+        return self.state.analysis.neuron_groups(act.variable, NEURONS_PER_GROUP).get(label, [])
 
     def html(self) -> str:
         state, layer = self.state, self.layer.value
@@ -58,7 +58,7 @@ class NeuronPanel(html.HTMLPanel):
             act = names.activation(model, str(layer))
             if layer is None or act.variable not in state.ds or image is None:
                 continue
-            shown = self.positions(act.variable, str(self.group.value))[: self.per_model]
+            shown = self.positions(act, str(self.group.value))[: self.per_model]
             values = state.activations(model, str(layer), shown)
             if values is None:
                 continue
