@@ -353,17 +353,20 @@ def apply_image_factors(rgba: torch.Tensor, params: Sequence[Mapping[str, Any]])
     factor dicts (:func:`perturber.pipeline.factors.validate`). Returns
     (B, 4, H, W): RGB after all ops; alpha 1 except where the background is 'none'.
     """
-    rgb, alpha = rgba[:, :3], rgba[:, 3:]
+    images, rgb, alpha = rgba, None, None  # RGBA until an RGB op splits off the alpha (no copy)
     for op in registered_ops():
         if op.at_identity(params):
             continue
         args = [_argument(name, params) for name in op.factors]
         if op.rgba:
-            images = op.fn(torch.cat([rgb, alpha], dim=1), *args)
-            rgb, alpha = images[:, :3], images[:, 3:]
+            if rgb is not None:
+                images, rgb = torch.cat([rgb, alpha], dim=1), None
+            images = op.fn(images, *args)
         else:
+            if rgb is None:
+                rgb, alpha = images[:, :3], images[:, 3:]
             rgb = op.fn(rgb, *args)
-    return torch.cat([rgb, alpha], dim=1)
+    return images if rgb is None else torch.cat([rgb, alpha], dim=1)
 
 
 def _argument(name: str, params: Sequence[Mapping[str, Any]]) -> torch.Tensor | list[str]:

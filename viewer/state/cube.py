@@ -180,7 +180,7 @@ class CubeState(param.Parameterized):
         on = self.live_on
         with param.parameterized.discard_events(self):  # no request (nor 'changed') for the old value on the new factor
             self.live_on = False
-            self.live_value = float({**self.fixed, **{a: getattr(self, a) for a in self.axes}}[event.new])
+            self.live_value = float(self.point()[event.new])  # its value on the grid
             self.live_on = on
 
     def _on_change(self, *events):
