@@ -132,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", metavar="local|ADDRESS",
                    help="live compute for points off the grid: 'local' starts a LocalCluster, or a Dask scheduler address")
 
+    p = sub.add_parser("verify", help="read every done chunk of a store; report damaged ones (--repair: recompute them)",
+                       description="Read every chunk marked done in every cube of a store and check it (Zarr crc32c "
+                                   "checksums, missing files); print one line per damaged chunk. With --repair, clear "
+                                   "their done marks, so the next precompute recomputes exactly those chunks.")
+    p.add_argument("store", help="a Zarr store written by perturber precompute")
+    p.add_argument("--repair", action="store_true", help="clear the done marks of damaged chunks")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("assets", help="list built-in assets with status and licence")
     p.add_argument("--fetch", action="store_true", help="install missing assets (apt) or say exactly what to install")
     return parser

@@ -267,3 +267,9 @@ def cmd_view(args: argparse.Namespace) -> int:
     print(f"serving {args.store} on http://{args.address}:{args.port}/ (Ctrl-C stops)")
     app.serve(args.store, args.cube, port=args.port, address=args.address, show=args.show, engine=args.engine)
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from perturber.pipeline import verify
+
+    return verify.main(args.store, repair=args.repair, progress=not args.quiet)
