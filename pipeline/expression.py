@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from perturber.pipeline.errors import PerturberError
 from perturber.pipeline.expression_ops import (
     BINARY, COMPARE, CONSTANTS, FUNCTIONS, MAX_EXPONENT, VARIABLES, backend, backend_of, evaluate,
 )
@@ -77,8 +78,11 @@ MAX_DEPTH = 30  # nesting depth of the AST, and of brackets in the text
 MAX_CONSTANT = 1e6  # largest absolute value of a numeric literal
 
 
-class ExpressionError(ValueError):
-    """An expression that is not allowed; the message says what is wrong, on one line."""
+class ExpressionError(PerturberError):
+    """An expression that is not allowed; the message says what is wrong, on one line.
+
+    A PerturberError (so a ValueError), like every error a command reports in one line.
+    """
 
 
 _SYMBOLS = {
