@@ -37,7 +37,9 @@ Division by zero and the like give inf or NaN, never an error;
 :func:`apply_expression` maps those to 0 or 1 and clamps to [0, 1].
 Everything else (attributes, subscripts, strings, lambdas, comprehensions,
 keywords, ``*args``, ``:=``, unknown names or functions, over-long or over-deep
-text) raises :class:`ExpressionError` with a one-line message.
+text, text Python's parser warns about such as ``1if 1else 2``) raises
+:class:`ExpressionError`, a PerturberError, with a one-line message; checking
+prints nothing. tests/test_expression_fuzz.py fuzzes all of this.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ from __future__ import annotations
 import ast
 import functools
 import math
+import re
+import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,7 +214,7 @@ def _check(text: str) -> tuple[ast.expr, ...]:
         raise ExpressionError(f"expression is nested too deeply ({brackets} > {MAX_DEPTH} levels)")
 
     try:
-        tree = ast.parse(source, mode="eval")
+        tree = _parse(source)
     except SyntaxError as exc:
         raise ExpressionError(_syntax_message(exc, text, source)) from None
     except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
@@ -228,6 +233,25 @@ def _check(text: str) -> tuple[ast.expr, ...]:
     if len(values) not in (1, 3):
         raise ExpressionError(f"expected 1 or 3 values, got {len(values)}")
     return tuple(values)
+
+
+_FILENAME = "<colour expression>"  # what the parser's warnings about the text are attributed to
+_PARSE_LOCK = threading.Lock()
+
+
+def _parse(source: str) -> ast.Expression:
+    """``ast.parse`` in eval mode, a warning about the text made a SyntaxError.
+
+    Python's parser accepts some text with a warning printed on stderr
+    (``1if 1else 2``: a number run into a keyword; an invalid escape in a
+    string), and a later Python refuses it; the sandbox refuses it now, in one
+    line, and prints nothing. Only warnings attributed to the expression's own
+    text are errors: another thread's warnings meanwhile are shown as usual.
+    ``catch_warnings`` swaps process-wide state, so two parses must not overlap.
+    """
+    with _PARSE_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("error", module=re.escape(_FILENAME))
+        return ast.parse(source, filename=_FILENAME, mode="eval")
 
 
 def _check_node(node: ast.AST, source: str) -> None:
