@@ -27,8 +27,7 @@ import yaml
 
 from perturber.featureviz import FeatureVizError
 from perturber.featureviz.optimize import PARAMETERISATIONS, Settings
-from perturber.pipeline import inference, models, names
-from perturber.pipeline.errors import one_line
+from perturber.pipeline import inference, models, names, yamlsafe
 from perturber.pipeline.spec import has_module
 
 __all__ = ["FeatureVizSpec", "Target", "load_spec", "parse_spec", "channels"]
@@ -164,10 +163,5 @@ def parse_spec(raw: Any, name: str = "spec") -> FeatureVizSpec:
 
 
 def load_spec(path: str | Path) -> FeatureVizSpec:
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise FeatureVizError(f"{path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise FeatureVizError(f"{path}: not valid YAML ({one_line(exc)})") from None
-    return parse_spec(raw, name=str(path))
+    """Read and validate a spec file (UTF-8, at most 1 MiB: :mod:`perturber.pipeline.yamlsafe`)."""
+    return parse_spec(yamlsafe.load_file(path, FeatureVizError), name=str(path))

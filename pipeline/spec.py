@@ -9,17 +9,26 @@ fixes every other one (its default unless given)::
       views:
         axes:
           object: [dog, cat]
-          yaw: {linspace: [-180, 135, 8]}      # or {range: [start, stop, step]}, or a list
-          hue: [0, 90, 180]
-        fixed: {pitch: 10}
-        models: [efficientnet_lite0, efficientnet_lite2]
+          yaw: {linspace: [-180, 135, 8]}      # count values, both ends included
+          pitch: {range: [0, 30, 10]}          # start, start+step, ... <= stop: 0, 10, 20, 30
+          hue: [0, 90, 180]                    # or a list
+        fixed: {distance: 2.2}
+        models: [efficientnet_lite0, efficientnet_lite2]   # one name alone is a list of one
         layers: [stage4, head]                 # friendly names or module paths, for every model
         neurons: {stage4: 16, head: [0, 5, 7]} # first N channels, or these channels
         images: true                           # store the model-input images
         chunks: {yaw: 2}                       # samples per chunk along an axis (hint)
+        top_k: 5                               # classes kept per sample, 1..1000
+        size: 224                              # render side in pixels, 32..1024
 
+``range`` includes ``stop`` when it lies on the grid (within 1e-9 of a step).
 Everything is checked when the spec is loaded, before any compute, with
-one-line :class:`SpecError` messages.
+one-line :class:`SpecError` messages that name the field
+(``cube 'views': axes.yaw.linspace: count must be a whole number >= 1, got 2.7``).
+Axis lengths are counted before any value is made: a cube above ``budget``
+needs ``force``, and none may exceed :data:`MAX_AXIS_VALUES` values per axis
+or :data:`MAX_SAMPLES` samples. Files are read by :mod:`perturber.pipeline.yamlsafe`
+(UTF-8, at most 1 MiB, aliases bounded).
 """
 
 from __future__ import annotations
@@ -29,18 +38,22 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import yaml
 
-from perturber.pipeline import factors, models
-from perturber.pipeline.errors import PerturberError, one_line
+from perturber.pipeline import factors, models, yamlsafe
+from perturber.pipeline.errors import PerturberError
+from perturber.pipeline.fields import Fields, is_whole, show
 
 __all__ = ["SpecError", "CubeSpec", "SweepSpec", "load_spec", "parse_spec", "has_module", "DEFAULT_BUDGET"]
 
 #: Samples per cube above which a spec needs ``force``.
 DEFAULT_BUDGET = 100_000
+#: Hard limits, even with ``force``: values per axis, samples per cube.
+MAX_AXIS_VALUES = 100_000
+MAX_SAMPLES = 100_000_000
 
 
 class SpecError(PerturberError):
@@ -72,7 +85,7 @@ class CubeSpec:
 
     @property
     def samples(self) -> int:
-        return int(np.prod(self.shape)) if self.axes else 1
+        return math.prod(self.shape)
 
     @property
     def chunk_shape(self) -> tuple[int, ...]:
@@ -148,103 +161,136 @@ class SweepSpec:
         return yaml.safe_dump(data, sort_keys=False)
 
 
-def _axis_values(cube: str, name: str, raw: Any) -> tuple[Any, ...]:
-    where = f"cube {cube!r}, axis {name!r}"
-    factor = factors.get(name)
-    if isinstance(raw, Mapping):
-        if set(raw) == {"linspace"} and len(raw["linspace"]) == 3:
-            start, stop, count = raw["linspace"]
-            values = [float(v) for v in np.linspace(float(start), float(stop), int(count))]
-        elif set(raw) == {"range"} and len(raw["range"]) == 3:
-            start, stop, step = (float(v) for v in raw["range"])
-            if step == 0 or (stop - start) / step < 0:
-                raise SpecError(f"{where}: range step {step:g} never reaches {stop:g}")
-            count = int(math.floor((stop - start) / step + 1e-9)) + 1
-            values = [start + i * step for i in range(count)]
-        else:
-            raise SpecError(f"{where}: expected a list, {{linspace: [start, stop, count]}} or {{range: [start, stop, step]}}")
-        if not factor.numeric:
-            raise SpecError(f"{where}: ranges need a numeric factor")
-    elif isinstance(raw, list):
-        values = raw
-    else:
-        raise SpecError(f"{where}: expected a list of values, not {type(raw).__name__}")
+def _axis_count(f: Fields, path: str, raw: Any) -> tuple[int, Callable[[], list[Any]]]:
+    """How many values an axis has, and how to make them: counted without
+    building them, so a huge axis is refused before it costs memory."""
+    if isinstance(raw, list):
+        return len(raw), lambda: raw
+    if isinstance(raw, Mapping) and len(raw) == 1 and set(raw) <= {"linspace", "range"}:
+        kind = next(iter(raw))
+        args = raw[kind]
+        third = "count" if kind == "linspace" else "step"
+        if not isinstance(args, list) or len(args) != 3:
+            raise f.fail(f"{path}.{kind}", f"must be [start, stop, {third}], got {show(args)}")
+        start = f.number(args[0], f"{path}.{kind}", "start")
+        stop = f.number(args[1], f"{path}.{kind}", "stop")
+        if kind == "linspace":
+            count = f.whole(args[2], f"{path}.{kind}", 1, name="count")
+            return count, lambda: [float(v) for v in np.linspace(start, stop, count)]
+        step = f.number(args[2], f"{path}.{kind}", "step")
+        steps = (stop - start) / step if step else -1.0
+        if steps < 0:
+            raise f.fail(f"{path}.{kind}", f"step {step:g} never reaches {stop:g}")
+        if not math.isfinite(steps):
+            raise f.fail(f"{path}.{kind}", f"step {step:g} is too small")
+        count = math.floor(steps + 1e-9) + 1  # stop included when it lies on the grid
+
+        def values() -> list[float]:
+            out = [start + i * step for i in range(count)]
+            if abs(out[-1] - stop) <= 1e-9 * abs(step):
+                out[-1] = stop  # not 0.30000000000000004 past a domain's end
+            return out
+
+        return count, values
+    raise f.fail(path, "expected a list of values, {linspace: [start, stop, count]} or {range: [start, stop, step]}, "
+                       f"got {show(raw)}")
+
+
+def _axis_values(f: Fields, path: str, factor: factors.Factor, values: list[Any]) -> tuple[Any, ...]:
     if not values:
-        raise SpecError(f"{where}: no values")
+        raise f.fail(path, "no values")
     try:
         canonical = tuple(factor.validate(v) for v in values)
     except factors.FactorError as exc:
-        raise SpecError(f"{where}: {exc}") from None
-    if len(set(canonical)) != len(canonical):
-        duplicate = next(v for v in canonical if canonical.count(v) > 1)
-        raise SpecError(f"{where}: value {duplicate!r} appears twice")
+        raise f.fail(path, str(exc)) from None
+    seen: set[Any] = set()
+    for v in canonical:
+        if v in seen:
+            raise f.fail(path, f"value {v!r} appears twice")
+        seen.add(v)
     return canonical
 
 
+def _check_size(f: Fields, counts: Mapping[str, int], budget: int, force: bool) -> None:
+    """Refuse a cube over the budget (unless ``force``) or over the hard limits."""
+    samples = math.prod(counts.values())
+    if samples > budget and not force:
+        raise f.fail("", f"{samples} samples exceed the budget of {budget} (raise budget: or use --force)")
+    for name, count in counts.items():
+        if count > MAX_AXIS_VALUES:
+            raise f.fail(f"axes.{name}", f"{count} values; an axis holds at most {MAX_AXIS_VALUES}, even with --force")
+    if samples > MAX_SAMPLES:
+        raise f.fail("", f"{samples} samples; a cube holds at most {MAX_SAMPLES}, even with --force")
+
+
+def _neurons(f: Fields, raw: Any, layers: tuple[str, ...]) -> dict[str, Any]:
+    neurons: dict[str, Any] = {}
+    for layer, chosen in f.mapping(raw, "neurons", "layers to a count or a list of channels").items():
+        path = f"neurons.{layer}"
+        if layer not in layers:
+            raise f.fail(path, f"neurons given for {layer!r}, which is not in layers")
+        if isinstance(chosen, list) and chosen:
+            picked = [f.whole(i, path, 0, name="a channel index") for i in chosen]
+            if len(set(picked)) != len(picked):
+                raise f.fail(path, f"channel {next(i for i in picked if picked.count(i) > 1)} is listed twice")
+            neurons[layer] = picked
+        elif is_whole(chosen) and chosen > 0:
+            neurons[layer] = int(chosen)
+        else:
+            raise f.fail(path, f"must be a positive count or a list of channel indices, got {show(chosen)}")
+    return neurons
+
+
 def _parse_cube(name: str, raw: Any, budget: int, force: bool) -> CubeSpec:
-    where = f"cube {name!r}"
-    if not isinstance(raw, Mapping):
-        raise SpecError(f"{where}: expected a mapping")
+    f = Fields(f"cube {name!r}", SpecError)
+    raw = f.mapping(raw, "", "its keys (axes, models, ...) to values", empty=False)
     known = {"axes", "fixed", "models", "layers", "neurons", "images", "chunks", "top_k", "size"}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise SpecError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    axes_raw = raw.get("axes") or {}
-    if not isinstance(axes_raw, Mapping) or not axes_raw:
-        raise SpecError(f"{where}: needs at least one axis")
+        raise f.fail("", f"unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    axes_raw = f.mapping(raw.get("axes"), "axes", "factor names to values")
+    if not axes_raw:
+        raise f.fail("", "needs at least one axis")
     try:
-        axes = tuple((factors.get(str(axis)).name, _axis_values(name, str(axis), values)) for axis, values in axes_raw.items())
-        fixed_raw = raw.get("fixed") or {}
-        fixed = {str(k): factors.validate_value(str(k), v) for k, v in fixed_raw.items()}
+        axis_factors = {axis: factors.get(axis) for axis in axes_raw}
+        fixed_raw = f.mapping(raw.get("fixed"), "fixed", "factor names to values")
+        fixed = {k: factors.validate_value(k, v) for k, v in fixed_raw.items()}
     except factors.FactorError as exc:
-        raise SpecError(f"{where}: {exc}") from None
-    both = sorted(set(fixed) & {a for a, _ in axes})
+        raise f.fail("", str(exc)) from None
+    counted = {axis: _axis_count(f, f"axes.{axis}", values) for axis, values in axes_raw.items()}
+    for axis, factor in axis_factors.items():
+        if not isinstance(axes_raw[axis], list) and not factor.numeric:
+            raise f.fail(f"axes.{axis}", "ranges need a numeric factor")
+    _check_size(f, {axis: n for axis, (n, _) in counted.items()}, budget, force)
+    axes = tuple((axis, _axis_values(f, f"axes.{axis}", axis_factors[axis], build())) for axis, (_, build) in counted.items())
+    both = sorted(set(fixed) & set(axes_raw))
     if both:
-        raise SpecError(f"{where}: {both[0]!r} is both an axis and fixed")
-    model_names = tuple(raw.get("models") or ())
-    if not model_names:
-        raise SpecError(f"{where}: needs at least one model")
-    if len(set(model_names)) != len(model_names):
-        raise SpecError(f"{where}: a model is listed twice")
+        raise f.fail("", f"{both[0]!r} is both an axis and fixed")
+    model_names = f.names(raw.get("models"), "models", "model")
     try:
         specs = [models.spec(m) for m in model_names]
     except models.ModelError as exc:
-        raise SpecError(f"{where}: {exc}") from None
-    layers = tuple(raw.get("layers") or ())
+        raise f.fail("models", str(exc)) from None
+    layers = f.names(raw.get("layers"), "layers", "layer", empty=True)
     for s in specs:
         for layer in layers:
             if layer not in s.layers and not has_module(s, layer):
-                raise SpecError(f"{where}: model {s.name} has no layer {layer!r} (named layers: {', '.join(s.layers)})")
-    neurons = dict(raw.get("neurons") or {})
-    for layer, chosen in neurons.items():
-        if layer not in layers:
-            raise SpecError(f"{where}: neurons given for {layer!r}, which is not in layers")
-        ok = (isinstance(chosen, int) and chosen > 0) or (
-            isinstance(chosen, list) and chosen and all(isinstance(i, int) and i >= 0 for i in chosen)
-        )
-        if not ok:
-            raise SpecError(f"{where}: neurons of {layer!r} must be a positive count or a list of channel indices")
-    chunks = dict(raw.get("chunks") or {})
-    for axis, size in chunks.items():
-        if axis not in dict(axes):
-            raise SpecError(f"{where}: chunk hint for {axis!r}, which is not an axis")
-        if not isinstance(size, int) or size < 1:
-            raise SpecError(f"{where}: chunk size of {axis!r} must be a positive whole number")
-    top_k, size = raw.get("top_k", 5), raw.get("size", 224)
-    if not isinstance(top_k, int) or not 1 <= top_k <= 1000:
-        raise SpecError(f"{where}: top_k must be a whole number in [1, 1000]")
-    if not isinstance(size, int) or not 32 <= size <= 1024:
-        raise SpecError(f"{where}: size must be a whole number of pixels in [32, 1024]")
+                raise f.fail("layers", f"model {s.name} has no layer {layer!r} (named layers: {', '.join(s.layers)})")
+    neurons = _neurons(f, raw.get("neurons"), layers)
+    chunks = {}
+    for axis, size in f.mapping(raw.get("chunks"), "chunks", "axes to samples per chunk").items():
+        if axis not in axes_raw:
+            raise f.fail(f"chunks.{axis}", f"chunk hint for {axis!r}, which is not an axis")
+        chunks[axis] = f.whole(size, f"chunks.{axis}", 1, name="chunk size")
     cube = CubeSpec(
         name=name, axes=axes, fixed=fixed, models=model_names, layers=layers, neurons=neurons,
-        images=bool(raw.get("images", True)), chunks=chunks, top_k=top_k, size=size,
+        images=f.flag(raw.get("images", True), "images"), chunks=chunks,
+        top_k=f.whole(raw.get("top_k", 5), "top_k", 1, 1000), size=f.whole(raw.get("size", 224), "size", 32, 1024),
     )
     try:
         factors.validate(cube.point((0,) * len(axes)))  # cross-factor rules
     except factors.FactorError as exc:
-        raise SpecError(f"{where}: {exc}") from None
-    if cube.samples > budget and not force:
-        raise SpecError(f"{where}: {cube.samples} samples exceed the budget of {budget} (raise budget: or use --force)")
+        raise f.fail("", str(exc)) from None
     return cube
 
 
@@ -256,32 +302,26 @@ def has_module(s: models.ModelSpec, path: str) -> bool:
 
 def parse_spec(data: Any, name: str = "spec", force: bool = False) -> SweepSpec:
     """Validate a spec already parsed from YAML (a mapping)."""
+    f = Fields(name, SpecError)
     if not isinstance(data, Mapping):
-        raise SpecError(f"{name}: a spec must be a mapping with 'cubes'")
-    unknown = sorted(set(data) - {"name", "budget", "cubes"})
+        raise f.fail("", f"a spec must be a mapping with 'cubes', got {show(data)}")
+    unknown = sorted(set(data) - {"name", "budget", "cubes"}, key=str)
     if unknown:
-        raise SpecError(f"{name}: unknown key {unknown[0]!r} (known: budget, cubes, name)")
-    budget = data.get("budget", DEFAULT_BUDGET)
-    if not isinstance(budget, int) or budget < 1:
-        raise SpecError(f"{name}: budget must be a positive whole number")
-    cubes_raw = data.get("cubes")
-    if not isinstance(cubes_raw, Mapping) or not cubes_raw:
-        raise SpecError(f"{name}: needs at least one cube under 'cubes'")
+        raise f.fail("", f"unknown key {unknown[0]!r} (known: budget, cubes, name)")
+    budget = f.whole(data.get("budget", DEFAULT_BUDGET), "budget", 1)
+    title = f.text(data.get("name", name), "name")
+    cubes_raw = f.mapping(data.get("cubes"), "cubes", "cube names to cubes")
+    if not cubes_raw:
+        raise f.fail("", "needs at least one cube under 'cubes'")
     cubes = []
     for cube_name, raw in cubes_raw.items():
-        if not str(cube_name).isidentifier():
-            raise SpecError(f"{name}: cube name {cube_name!r} must be a simple identifier")
-        cubes.append(_parse_cube(str(cube_name), raw, budget, force))
-    return SweepSpec(name=str(data.get("name", name)), cubes=tuple(cubes), budget=budget)
+        if not cube_name.isidentifier():
+            raise f.fail("cubes", f"cube name {cube_name!r} must be a simple identifier")
+        cubes.append(_parse_cube(cube_name, raw, budget, force))
+    return SweepSpec(name=title, cubes=tuple(cubes), budget=budget)
 
 
 def load_spec(path: str | Path, force: bool = False) -> SweepSpec:
-    """Read and validate a spec file."""
+    """Read and validate a spec file (UTF-8, at most 1 MiB: :mod:`perturber.pipeline.yamlsafe`)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML ({one_line(exc)})") from None
-    return parse_spec(data, name=path.stem, force=force)
+    return parse_spec(yamlsafe.load_file(path, SpecError), name=path.stem, force=force)
