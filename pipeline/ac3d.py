@@ -22,8 +22,10 @@ class AC3DPart:
     """Triangles of one object that share a material and a texture.
 
     ``vertices`` (N, 3) in model units, ``faces`` (M, 3) indices, ``uv`` (N, 2)
-    in [0, 1] image coordinates (v up), ``texture`` a path or None, ``rgb`` the
-    material's diffuse colour in [0, 1].
+    in [0, 1] image coordinates (v up), ``texture`` a path or None (the file's
+    folder joined with ``texture_name``, the name as the file writes it: read
+    it through :class:`perturber.pipeline.meshfiles.FolderResolver`, which keeps
+    it inside the folder), ``rgb`` the material's diffuse colour in [0, 1].
     """
 
     vertices: np.ndarray
@@ -31,6 +33,7 @@ class AC3DPart:
     uv: np.ndarray
     texture: Path | None
     rgb: tuple[float, float, float]
+    texture_name: str | None = None
 
 
 class _Lines:
@@ -45,16 +48,31 @@ class _Lines:
             self.i += 1
             if line:
                 return shlex.split(line, posix=True)
-        raise ValueError(f"{self.path}: unexpected end of AC3D file")
+        raise ValueError("unexpected end of AC3D file")
 
 
 def read_ac3d(path: str | Path) -> list[AC3DPart]:
-    """Read an AC3D file into parts grouped by (object, material, texture)."""
+    """Read an AC3D file into parts grouped by (object, material, texture).
+
+    A malformed file raises ValueError with one line: what is wrong and where."""
     path = Path(path)
     text = path.read_text(errors="replace")
     if not text.startswith("AC3D"):
-        raise ValueError(f"{path}: not an AC3D file (no AC3D header)")
+        raise ValueError("not an AC3D file (no AC3D header)")
     lines = _Lines(text, path)
+    try:
+        parts = _read(lines, path)
+    except RecursionError:
+        raise ValueError("objects nested too deeply") from None
+    except (ValueError, IndexError) as exc:  # a short line, a word where a number belongs, unbalanced quotes
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"line {lines.i}: {first}") from None
+    if not parts:
+        raise ValueError("the AC3D file has no polygons")
+    return parts
+
+
+def _read(lines: _Lines, path: Path) -> list[AC3DPart]:
     lines.next()  # header
     materials: list[tuple[float, float, float]] = []
     parts: list[AC3DPart] = []
@@ -62,7 +80,7 @@ def read_ac3d(path: str | Path) -> list[AC3DPart]:
     def read_object(parent: np.ndarray) -> None:
         local = np.eye(4)
         rotation = np.eye(3)
-        texture: Path | None = None
+        texture_name: str | None = None
         verts = np.zeros((0, 3))
         groups: dict[int, tuple[list, list]] = {}
         while True:
@@ -73,7 +91,7 @@ def read_ac3d(path: str | Path) -> list[AC3DPart]:
             elif key == "rot":
                 rotation = np.array([float(v) for v in tok[1:10]]).reshape(3, 3)
             elif key == "texture":
-                texture = path.parent / tok[1]
+                texture_name = tok[1]
             elif key == "numvert":
                 n = int(tok[1])
                 verts = np.array([[float(v) for v in lines.next()[:3]] for _ in range(n)], dtype=np.float64)
@@ -103,7 +121,7 @@ def read_ac3d(path: str | Path) -> list[AC3DPart]:
                     if corner_idx.size == 0:
                         continue
                     if corner_idx.max() >= len(verts):
-                        raise ValueError(f"{path}: a surface refers to a vertex that does not exist")
+                        raise ValueError("a surface refers to a vertex that does not exist")
                     v = verts[corner_idx] @ world[:3, :3].T + world[:3, 3]
                     rgb = materials[mat] if mat < len(materials) else (1.0, 1.0, 1.0)
                     parts.append(
@@ -111,14 +129,15 @@ def read_ac3d(path: str | Path) -> list[AC3DPart]:
                             vertices=v,
                             faces=np.arange(len(v), dtype=np.int64).reshape(-1, 3),
                             uv=np.asarray(uvs, dtype=np.float64),
-                            texture=texture,
+                            texture=None if texture_name is None else path.parent / texture_name,
                             rgb=rgb,
+                            texture_name=texture_name,
                         )
                     )
                 for _ in range(int(tok[1])):
                     header = lines.next()
                     if header[0] != "OBJECT":
-                        raise ValueError(f"{path}: expected OBJECT, found {header[0]!r}")
+                        raise ValueError(f"expected OBJECT, found {header[0]!r}")
                     read_object(world)
                 return
             # name, data, texrep, crease, url, subdiv: not needed for rendering
@@ -135,6 +154,4 @@ def read_ac3d(path: str | Path) -> list[AC3DPart]:
             materials.append(tuple(float(v) for v in tok[rgb_at + 1 : rgb_at + 4]))
         elif tok[0] == "OBJECT":
             read_object(np.eye(4))
-    if not parts:
-        raise ValueError(f"{path}: the AC3D file has no polygons")
     return parts

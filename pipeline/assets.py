@@ -32,6 +32,7 @@ from perturber.pipeline.errors import PerturberError
 __all__ = [
     "AssetError",
     "MESH_SUFFIXES",
+    "mesh_format_problem",
     "catalogue",
     "source_key",
     "object_ids",
@@ -48,12 +49,21 @@ __all__ = [
     "pattern_of",
 ]
 
-#: File types a mesh can come in (AC3D through perturber.pipeline.ac3d, the rest through trimesh).
-MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl", ".off", ".ac")
+#: File types a mesh can come in (AC3D through perturber.pipeline.ac3d, the rest
+#: through trimesh; Collada with pycollada): the one list every check uses.
+MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl", ".off", ".dae", ".ac")
 
 
 class AssetError(PerturberError):
     """An asset is missing, unreadable or invalid; the message is one line."""
+
+
+def mesh_format_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as a mesh, judged by its suffix
+    ('format not supported; supported: .obj, …'), or None when it can."""
+    if Path(path).suffix.lower() in MESH_SUFFIXES:
+        return None
+    return f"format not supported; supported: {', '.join(MESH_SUFFIXES)}"
 
 
 # --------------------------------------------------------------------------

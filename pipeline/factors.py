@@ -136,9 +136,11 @@ class AssetRef:
         text = str(value).strip()
         if text in self.extra or text in self.options():
             return text
-        if self.mesh_path and Path(text).suffix.lower() in MESH_SUFFIXES:
+        if self.mesh_path and (Path(text).suffix.lower() in MESH_SUFFIXES or (Path(text).suffix and Path(text).is_file())):
             if not Path(text).is_file():
                 raise FactorError(f"{name}={text!r}: mesh file not found")
+            if problem := assets.mesh_format_problem(text):  # a file, but not one we read: say which we do
+                raise FactorError(f"{name}={text!r}: {problem}")
             return str(Path(text).resolve())
         if self.colour:
             colour = normalise_colour(text)

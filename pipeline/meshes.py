@@ -2,15 +2,18 @@
 
 A mesh loads as a :class:`SceneObject` (parts with colour, texture and UVs),
 normalised: rotated as asked, bounding box centred at the origin, largest
-side 1. Files are checked before use (size, triangles, finite coordinates,
-readable textures); a broken one is a one-line
-:class:`~perturber.pipeline.assets.AssetError`. :func:`load_object` loads a
-catalogue object (or a user's mesh path) and keeps it.
+side 1. Files are checked before use (format, size, triangles, finite and
+sane coordinates); the files a mesh refers to (materials, textures, buffers)
+come from its own folder only (:mod:`perturber.pipeline.meshfiles`). A broken
+file is a one-line :class:`~perturber.pipeline.assets.AssetError` that names
+it. :func:`load_object` loads a catalogue object (or a user's mesh path) and
+keeps it.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,15 +25,22 @@ from trimesh.transformations import euler_matrix
 
 from perturber.pipeline import assets, config
 from perturber.pipeline.ac3d import read_ac3d
-from perturber.pipeline.assets import MESH_SUFFIXES, AssetError
+from perturber.pipeline.assets import AssetError
 from perturber.pipeline.errors import one_line
+from perturber.pipeline.meshfiles import MAX_TEXTURE_PIXELS, FolderResolver, read_trimesh
 
-__all__ = ["Part", "SceneObject", "MAX_MESH_BYTES", "MAX_FACES", "MAX_TEXTURE_PIXELS", "load_mesh_file", "load_object"]
+__all__ = [
+    "Part", "SceneObject", "MAX_MESH_BYTES", "MAX_FACES", "MAX_TEXTURE_PIXELS", "MAX_COORDINATE",
+    "load_mesh_file", "load_object",
+]
 
-#: Limits for a user's mesh file: bytes on disk, faces, texture pixels.
+#: Limits for a user's mesh file: bytes on disk, faces (texture pixels: meshfiles).
 MAX_MESH_BYTES = 200 * 1024 * 1024
 MAX_FACES = 2_000_000
-MAX_TEXTURE_PIXELS = 64 * 1024 * 1024
+#: Largest vertex coordinate, in the file's own units. Real models stay far
+#: below it in any unit (a 1000 km terrain in millimetres is 1e9); beyond it the
+#: numbers are corrupt, and near 1e308 the bounding box overflows to inf.
+MAX_COORDINATE = 1e12
 
 
 @dataclass
@@ -89,6 +99,8 @@ def _normalise(parts: list[Part], rotate: list[float] | None = None) -> list[Par
     centre = (lo + hi) / 2
     for p in parts:
         p.vertices = (p.vertices - centre) / extent
+        if not (np.isfinite(p.vertices).all() and np.abs(p.vertices).max() <= 0.5 + 1e-6):
+            raise AssetError("mesh coordinates do not normalise to a finite unit box")
     return parts
 
 
@@ -148,14 +160,16 @@ def _parts_from_trimesh(loaded: Any) -> list[Part]:
 
 
 def _parts_from_ac3d(path: Path) -> list[Part]:
-    images: dict[Path, np.ndarray | None] = {}
+    resolver = FolderResolver(path)
+    images: dict[str, np.ndarray | None] = {}
     parts = []
     for ac in read_ac3d(path):
         image = None
-        if ac.texture is not None:
-            if ac.texture not in images:
-                images[ac.texture] = _read_texture(ac.texture)
-            image = images[ac.texture]
+        if ac.texture_name is not None:
+            if ac.texture_name not in images:
+                with Image.open(io.BytesIO(resolver.get(ac.texture_name))) as im:  # checked by the resolver
+                    images[ac.texture_name] = _image_array(im)
+            image = images[ac.texture_name]
         parts.append(
             Part(
                 vertices=ac.vertices,
@@ -168,44 +182,10 @@ def _parts_from_ac3d(path: Path) -> list[Part]:
     return parts
 
 
-def _read_texture(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise AssetError(f"texture {path.name!r} not found next to the mesh")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return _image_array(im)
-    except AssetError:
-        raise
-    except Exception as exc:
-        raise AssetError(f"texture {path.name!r} cannot be read ({one_line(exc)})") from None
-
-
-def _check_obj_textures(path: Path) -> None:
-    """Every ``map_Kd`` of every ``mtllib`` of an OBJ must exist and decode."""
-    mtllibs = []
-    with open(path, errors="replace") as f:
-        for line in f:
-            if line.startswith("mtllib"):
-                mtllibs.append(line.split(None, 1)[1].strip())
-    for lib in mtllibs:
-        mtl = path.parent / lib
-        if not mtl.is_file():
-            raise AssetError(f"{path.name}: material library {lib!r} not found")
-        for line in mtl.read_text(errors="replace").splitlines():
-            if line.strip().lower().startswith("map_kd"):
-                tex = line.split()[-1]
-                _read_texture(mtl.parent / tex)
-
-
 def _read_parts(path: Path) -> list[Part]:
-    suffix = path.suffix.lower()
-    if suffix == ".ac":
+    if path.suffix.lower() == ".ac":
         return _parts_from_ac3d(path)
-    if suffix == ".obj":
-        _check_obj_textures(path)
-    loaded = trimesh.load(str(path), force="scene", process=False)
-    return _parts_from_trimesh(loaded)
+    return _parts_from_trimesh(read_trimesh(path))
 
 
 def _validate_parts(parts: list[Part], name: str) -> None:
@@ -217,6 +197,9 @@ def _validate_parts(parts: list[Part], name: str) -> None:
     for p in parts:
         if not np.isfinite(p.vertices).all():
             raise AssetError(f"{name}: mesh has non-finite vertex coordinates (NaN or inf)")
+        largest = float(np.abs(p.vertices).max()) if len(p.vertices) else 0.0
+        if largest > MAX_COORDINATE:
+            raise AssetError(f"{name}: vertex coordinates reach {largest:.3g}, beyond the limit of {MAX_COORDINATE:g} (a corrupt file?)")
         if p.faces.min() < 0 or p.faces.max() >= len(p.vertices):
             raise AssetError(f"{name}: a face refers to a vertex that does not exist")
         if p.uv is not None and not np.isfinite(p.uv).all():
@@ -224,17 +207,19 @@ def _validate_parts(parts: list[Part], name: str) -> None:
 
 
 def load_mesh_file(path: str | Path, rotate: list[float] | None = None, object_id: str | None = None) -> SceneObject:
-    """Load, validate and normalise a mesh file (OBJ, GLB/glTF, PLY, STL, OFF, AC3D).
+    """Load, validate and normalise a mesh file (a format of :data:`~perturber.pipeline.assets.MESH_SUFFIXES`).
 
-    Raises :class:`AssetError` with a one-line reason for a missing, empty,
-    oversized, non-finite or unreadable file or texture.
+    Raises :class:`AssetError` with a one-line reason naming the file for a
+    missing, empty, oversized, unsupported, broken, non-finite or absurd file,
+    a reference outside its folder, or a missing or unreadable texture.
     """
     path = Path(path)
     name = path.name
     if not path.is_file():
         raise AssetError(f"{name}: mesh file not found")
-    if path.suffix.lower() not in MESH_SUFFIXES:
-        raise AssetError(f"{name}: unsupported mesh format (use one of {', '.join(MESH_SUFFIXES)})")
+    problem = assets.mesh_format_problem(path)
+    if problem:
+        raise AssetError(f"{name}: {problem}")
     size = path.stat().st_size
     if size == 0:
         raise AssetError(f"{name}: file is empty")
@@ -264,8 +249,8 @@ def load_object(object_id: str) -> SceneObject:
 
 @functools.lru_cache(maxsize=32)
 def _load_object(object_id: str, key: tuple, cache: str) -> SceneObject:
-    if object_id not in assets.object_ids() and Path(object_id).suffix.lower() in MESH_SUFFIXES:
-        return load_mesh_file(object_id)
+    if object_id not in assets.object_ids() and Path(object_id).suffix:
+        return load_mesh_file(object_id)  # a user's file (unsupported suffixes: a one-line error there)
     path, rotate = assets.object_file(object_id)
     obj = load_mesh_file(path, rotate=rotate, object_id=object_id)
     entry = assets.catalogue()["objects"][object_id]
