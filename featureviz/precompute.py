@@ -24,7 +24,7 @@ from perturber.featureviz.optimize import random_directions, visualise
 from perturber.featureviz.spec import FeatureVizSpec, Target, load_spec, parse_spec
 from perturber.featureviz.spec import channels as layer_channels
 from perturber.pipeline import models
-from perturber.pipeline.store import consolidate, is_absent
+from perturber.pipeline.store import MARK, group_state, write_template
 from perturber.pipeline.tasks import run_tasks, use_threads
 
 __all__ = ["create_or_check", "missing", "compute_chunk", "precompute", "load_spec", "parse_spec"]
@@ -47,19 +47,15 @@ def _versions() -> dict[str, str]:
 
 
 def create_or_check(spec: FeatureVizSpec, store: Any) -> None:
-    """Write the group's template, or check that the existing one is from this spec."""
-    try:
-        existing = zarr.open_group(store, path=GROUP, mode="r")
-        sha = existing.attrs.get("spec_sha256")
+    """Write the group's template, or check that the existing one is from this spec
+    (an interrupted template is written again: :func:`perturber.pipeline.store.write_template`)."""
+    state, attrs = group_state(store, GROUP)
+    if state == "complete":
+        sha = attrs.get(MARK)
         if sha != spec.sha256():
             raise FeatureVizError(f"the store's {GROUP} group was written from another spec (sha256 {str(sha)[:12]}…); "
                                   "remove the group or write to another store")
         return
-    except FeatureVizError:
-        raise
-    except Exception as exc:
-        if not is_absent(exc):
-            raise FeatureVizError(f"cannot read the store's {GROUP} group ({type(exc).__name__})") from None
     s, p = spec.settings.size, len(spec.parameterisations)
     coords: dict[str, Any] = {
         "parameterisation": ("parameterisation", np.array(spec.parameterisations, dtype=object), {"long_name": "image parameterisation"}),
@@ -94,13 +90,13 @@ def create_or_check(spec: FeatureVizSpec, store: Any) -> None:
     ds.attrs.update({"spec": spec.source, "spec_sha256": spec.sha256(), "settings": json.dumps(spec.settings.to_dict()),
                      "versions": json.dumps(_versions())})
     encoding = {k: {"_FillValue": np.nan} for k, v in ds.data_vars.items() if v.dtype.kind == "f"}
-    ds.to_zarr(store, group=GROUP, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
-    # the directions are small: written with the template
-    group = zarr.open_group(store, path=GROUP, mode="r+")
-    for t in spec.targets:
-        if t.kind == "direction":
-            group[t.names.direction][...] = directions[t.name]
-    consolidate(store)
+
+    def fill(group: zarr.Group) -> None:  # the directions are small: written with the template
+        for t in spec.targets:
+            if t.kind == "direction":
+                group[t.names.direction][...] = directions[t.name]
+
+    write_template(ds, store, GROUP, encoding, fill=fill)
 
 
 def missing(spec: FeatureVizSpec, store: Any) -> list[tuple[Target, int, int]]:

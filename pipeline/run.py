@@ -165,7 +165,7 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
         sizes = zstore.batch_sizes(cube, out, storage_options)
         jobs += [(cube, idx, sizes) for idx in missing]
     if not jobs:
-        echo("nothing to do: every chunk is already in the store")
+        echo(f"nothing to do: every chunk is already in the store (`perturber verify {out}` checks them for damage)")
         report.seconds = time.perf_counter() - start
         return report
     total = sum(_chunk_samples(c, i) for c, i, _ in jobs)

@@ -17,14 +17,26 @@ the group carries the cube spec (YAML), its sha256, the fixed values, the
 asset attributions and the package version. The template (metadata and
 coordinates) is written first; then each task writes whole Zarr chunks of one
 region and marks its chunk done, so a re-run redoes only unmarked chunks.
+
+Nothing a kill can leave behind stops a re-run (:func:`write_template`): the
+group's ``spec_sha256`` attribute, the marker that says "this group belongs to
+this spec", is written after everything else of the template, so a group
+without it is an interrupted template, written again by the next run; chunk
+data is written before its ``done`` mark; Zarr's local store writes every file
+atomically (a temporary file, then a rename). Every array carries a crc32c
+checksum per chunk (Zarr v3's ``crc32c`` codec), so damage is found on reading
+(:mod:`perturber.pipeline.verify`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import dask.array as da
@@ -32,6 +44,7 @@ import numpy as np
 import xarray as xr
 import yaml
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 import perturber
 from perturber.pipeline import assets, classes, factors, inference, models, names
@@ -39,9 +52,11 @@ from perturber.pipeline.errors import PerturberError, one_line
 from perturber.pipeline.spec import CubeSpec
 
 __all__ = ["StoreError", "Layout", "layout", "default_options", "create_or_check", "write_chunk", "done_mask", "chunk_slices",
-           "open_cube", "consolidate", "consolidated_ok", "is_absent"]
+           "open_cube", "consolidate", "consolidated_ok", "is_absent", "check_writable", "group_state", "write_template",
+           "checksummed", "clean_partials", "MARK"]
 
 FORMAT_VERSION = 1
+MARK = "spec_sha256"  # the group attribute written last: the template is complete
 
 
 class StoreError(PerturberError):
@@ -155,6 +170,14 @@ def _group_attrs(cube: CubeSpec) -> dict[str, Any]:
     }
 
 
+def checksummed(ds: xr.Dataset, encoding: Mapping[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """``encoding`` with a crc32c checksum after the compressor for every variable of ``ds``."""
+    enc = {name: dict(v) for name, v in (encoding or {}).items()}
+    for name in ds.variables:
+        enc.setdefault(str(name), {}).setdefault("compressors", [ZstdCodec(), Crc32cCodec()])
+    return enc
+
+
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     enc = {}
     for name, var in ds.data_vars.items():
@@ -162,7 +185,7 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
             enc[name] = {"_FillValue": np.nan}
         elif name == names.TOP_CLASS:
             enc[name] = {"_FillValue": -1, "fill_value": -1}  # the attribute and Zarr's own fill value
-    return enc
+    return checksummed(ds, enc)
 
 
 def default_options(out: Any, storage_options: Mapping | None = None) -> dict | None:
@@ -173,47 +196,123 @@ def default_options(out: Any, storage_options: Mapping | None = None) -> dict | 
     return options or None
 
 
+def check_writable(out: Any) -> None:
+    """Fail at once, in one line, if the local store ``out`` cannot be written:
+    a file in its place, or a read-only folder. (URLs are checked on writing.)"""
+    if not isinstance(out, (str, os.PathLike)) or "://" in str(out) and not str(out).startswith("file://"):
+        return
+    path = Path(str(out).removeprefix("file://"))
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{out}: is a file, not a Zarr store (a folder); choose another --out")
+    folder = path
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise StoreError(f"{out}: {folder} is a file, so the store cannot be created there")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".perturber-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise StoreError(f"cannot write the store {out}: {folder} is not writable ({exc.strerror or exc})") from None
+
+
+def clean_partials(out: Any) -> int:
+    """Remove the temporary ``*.partial`` files that a write killed mid-file left
+    in a local store (Zarr writes each file to one, then renames it); returns how many."""
+    if not isinstance(out, (str, os.PathLike)) or "://" in str(out) and not str(out).startswith("file://"):
+        return 0
+    path = Path(str(out).removeprefix("file://"))
+    removed = 0
+    for leftover in path.rglob("*.partial") if path.is_dir() else ():
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def group_state(store: Any, group: str, storage_options: Mapping | None = None) -> tuple[str, dict[str, Any]]:
+    """('absent' | 'incomplete' | 'complete', attributes) of a Perturber group.
+
+    'incomplete' is a template a kill interrupted (Perturber's attributes, no
+    :data:`MARK`): it holds no data yet and is written again. Anything
+    unreadable is a :class:`StoreError`, never taken for absence, and so is a
+    group that Perturber did not write, so neither is written over.
+    """
+    try:
+        with consolidated_ok():
+            zarr.open_group(store, mode="r", storage_options=storage_options, zarr_format=3, use_consolidated=False)
+            attrs = dict(zarr.open_group(store, path=group, mode="r", storage_options=storage_options, zarr_format=3,
+                                         use_consolidated=False).attrs)
+    except Exception as exc:
+        if is_absent(exc):
+            return "absent", {}
+        raise StoreError(f"cannot read the store: it is damaged or not a Zarr store ({one_line(exc, typed=True, limit=160)})") from None
+    if MARK in attrs:
+        return "complete", attrs
+    if "perturber_group" in attrs or "perturber_format" in attrs:
+        return "incomplete", attrs
+    raise StoreError(f"group {group!r} of the store was not written by Perturber (no {MARK})")
+
+
+def write_template(ds: xr.Dataset, store: Any, group: str, encoding: Mapping[str, dict[str, Any]] | None = None,
+                   storage_options: Mapping | None = None, fill: Any = None) -> None:
+    """Write a group's template (metadata and coordinates; dask variables stay
+    unwritten) so that a kill at any moment leaves either no group, an
+    incomplete one (:func:`group_state`), or the whole template.
+
+    ``ds.attrs[MARK]`` is held back and written last, after ``fill(group)``
+    (small arrays written with the template) and before the consolidated
+    metadata. Every array gets a crc32c checksum per chunk.
+    """
+    attrs = dict(ds.attrs)
+    mark = attrs.pop(MARK)
+    ds = ds.copy()
+    ds.attrs = {**attrs, "perturber_group": group}
+    with consolidated_ok():
+        ds.to_zarr(store, group=group, mode="w", compute=False, encoding=checksummed(ds, encoding), consolidated=False,
+                   zarr_format=3, storage_options=storage_options)
+        target = zarr.open_group(store, path=group, mode="r+", storage_options=storage_options, zarr_format=3)
+        if fill is not None:
+            fill(target)
+        target.attrs[MARK] = mark
+    consolidate(store, storage_options)
+
+
 def create_or_check(cube: CubeSpec, store: Any, overwrite: bool = False, storage_options: Mapping | None = None) -> bool:
-    """Make sure ``store`` holds this cube's template. Returns True if it was created.
+    """Make sure ``store`` holds this cube's template. Returns True if it was written.
 
     An existing group written from another spec is an error unless
-    ``overwrite`` (then it is replaced); a group of the same spec is kept.
+    ``overwrite`` (then it is replaced); a group of the same spec is kept; an
+    interrupted template is written again. A store that cannot be written is
+    an error before any model is loaded.
     """
-    existing = _read_attrs(store, cube.name, storage_options)
-    if existing is not None and not overwrite:
-        if existing.get("spec_sha256") != cube.sha256():
+    check_writable(store)
+    clean_partials(store)
+    state, existing = group_state(store, cube.name, storage_options)
+    if state == "complete":
+        if existing.get(MARK) == cube.sha256():
+            consolidate(store, storage_options)  # a kill may have come between the marker and the consolidation
+            return False
+        if not overwrite:
             raise StoreError(
-                f"the store already holds cube {cube.name!r} from a different spec (sha256 {str(existing.get('spec_sha256'))[:12]}…); "
+                f"the store already holds cube {cube.name!r} from a different spec (sha256 {str(existing.get(MARK))[:12]}…); "
                 f"use --overwrite to replace it"
             )
-        return False
+        # The marker goes first: a kill while the group is replaced leaves an incomplete template.
+        with consolidated_ok():
+            del zarr.open_group(store, path=cube.name, mode="r+", storage_options=storage_options, zarr_format=3).attrs[MARK]
     ds = template(cube, layout(cube))
     # The batch sizes are fixed with the store: a resumed run batches exactly as
     # the first did, so its chunks come out bit for bit the same.
     ds.attrs["batch_sizes"] = json.dumps({m: inference.tuned_batch_size(m, str(models.best_device())) for m in cube.models})
-    with consolidated_ok():
-        ds.to_zarr(store, group=cube.name, mode="w", compute=False, encoding=_encoding(ds), consolidated=True,
-                   zarr_format=3, storage_options=storage_options)
+    write_template(ds, store, cube.name, _encoding(ds), storage_options)
     return True
 
 
 def _read_attrs(store: Any, group: str, storage_options: Mapping | None) -> dict[str, Any] | None:
-    """The group's attributes; None only when the store or the group does not exist.
-
-    Anything unreadable is a :class:`StoreError`, never taken for absence, so a
-    damaged store is reported instead of written over.
-    """
-    try:
-        with consolidated_ok(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # falling back from consolidated metadata
-            ds = xr.open_zarr(store, group=group, storage_options=storage_options, decode_cf=False)
-    except Exception as exc:
-        if is_absent(exc):
-            return None
-        raise StoreError(f"cannot read the store: it is damaged or not a Zarr store ({one_line(exc, typed=True, limit=160)})") from None
-    if "spec_sha256" not in ds.attrs:
-        raise StoreError(f"group {group!r} of the store was not written by Perturber (no spec_sha256)")
-    return dict(ds.attrs)
+    """The complete group's attributes; None when the store or the group does not exist or is incomplete."""
+    state, attrs = group_state(store, group, storage_options)
+    return attrs if state == "complete" else None
 
 
 def is_absent(exc: BaseException) -> bool:
@@ -262,7 +361,9 @@ def write_chunk(cube: CubeSpec, store: Any, index: tuple[int, ...], values: Mapp
     group = zarr.open_group(store, path=cube.name, mode="r+", storage_options=storage_options, zarr_format=3)
     region = chunk_slices(cube, index)
     for name, arr in values.items():
-        target = group[name]
+        # Every chunk of a done region has its file, even one equal to the fill
+        # value (a black image), so a missing file is damage (verify).
+        target = group[name].with_config({"write_empty_chunks": True})
         target[region] = np.asarray(arr, dtype=target.dtype)
     group[names.DONE][tuple(slice(i, i + 1) for i in index)] = 1
 
