@@ -27,3 +27,4 @@ benchmark: setup
 	.venv/bin/python benchmarks/live_latency.py --write docs/benchmarks.md
 	.venv/bin/python benchmarks/attack_latency.py --write docs/benchmarks.md
 	.venv/bin/python benchmarks/startup.py --write docs/benchmarks.md
+	.venv/bin/python benchmarks/kill_loop.py --write docs/reliability.md
