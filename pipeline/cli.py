@@ -26,8 +26,20 @@ from typing import Sequence
 import perturber
 from perturber.pipeline import config, factors, plugins
 from perturber.pipeline.errors import PerturberError
+from perturber.pipeline.options import names_option, output_option, text_option, whole_option
 
 __all__ = ["main", "build_parser"]
+
+#: LocalCluster worker processes a command may start.
+MAX_WORKERS = 256
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line like every other error (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"perturber: error: {message}\n")
+
 
 def _add_factor_options(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(factor_options=True)
@@ -48,40 +60,45 @@ def _add_factor_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Every command and option; each factor of the registry is an option of
     ``render``, ``sheet``, ``predict`` and ``attack``."""
-    parser = argparse.ArgumentParser(prog="perturber", description="Explore how ImageNet CNNs respond to 3D scene perturbations.")
+    parser = _Parser(prog="perturber", description="Explore how ImageNet CNNs respond to 3D scene perturbations.")
     parser.add_argument("--version", action="version", version=f"perturber {perturber.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    registries = argparse.ArgumentParser(add_help=False)
+    registries = _Parser(add_help=False)
     registries.add_argument("--models-file", metavar="YAML", action="append", default=[],
                             help="a model registry of your own (the shape of data/models.yaml), added to the built-in one "
                                  "for this command and its Dask workers; repeatable (also: PERTURBER_MODELS)")
 
     p = sub.add_parser("render", help="render one scene to a PNG", description="Render one scene (every factor is an option).")
-    p.add_argument("-o", "--output", default="render.png", help="output PNG (default: render.png)")
+    p.add_argument("-o", "--output", default="render.png", type=output_option(".png"), help="output PNG (default: render.png)")
     p.add_argument("--size", type=int, default=224, help="image side in pixels (default: 224)")
-    p.add_argument("--depth", metavar="NPY", help="also save the depth map (H, W) float32, object sizes, inf = empty")
+    p.add_argument("--depth", metavar="NPY", type=output_option(".npy"),
+                   help="also save the depth map (H, W) float32, object sizes, inf = empty, to a .npy file")
     _add_factor_options(p)
 
     p = sub.add_parser("sheet", help="contact sheet: objects x values of one factor",
                        description="Render a grid: one row per object, one column per value of the swept factor.")
-    p.add_argument("--objects", default="all",
+    p.add_argument("--objects", default="all", type=names_option,
                    help="comma-separated object ids ('a:b' morphs a into b), or 'all' (default)")
     p.add_argument("--sweep", default="yaw=-90,-45,0,45,90,180",
                    help="FACTOR=v1,v2,... or FACTOR=start:stop:count (default: yaw=-90,-45,0,45,90,180)")
-    p.add_argument("-o", "--output", default="contact-sheet.png", help="output PNG")
+    p.add_argument("-o", "--output", default="contact-sheet.png", type=output_option(".png", ".jpg", ".jpeg"),
+                   help="output PNG or JPEG (default: contact-sheet.png)")
     p.add_argument("--size", type=int, default=160, help="tile side in pixels (default: 160)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_factor_options(p)
 
     p = sub.add_parser("predict", parents=[registries], help="top-5 predictions of models on one scene",
                        description="Render one scene, apply the image factors and print each model's top-k.")
-    p.add_argument("--models", default="efficientnet_lite0", help="comma-separated model names (see data/models.yaml)")
+    p.add_argument("--models", default="efficientnet_lite0", type=names_option,
+                   help="comma-separated model names (see data/models.yaml)")
     p.add_argument("--size", type=int, default=224, help="render side in pixels (default: 224)")
-    p.add_argument("--top-k", type=int, default=5, help="how many classes to print (default: 5)")
-    p.add_argument("--save-input", metavar="PNG", help="save the model input image")
-    p.add_argument("--layer", help="a layer to record (friendly name, e.g. stage4, or a module path)")
-    p.add_argument("--activation-figure", metavar="PNG", help="save the layer's most active neurons over the input")
-    p.add_argument("--neurons", type=int, default=12, help="how many neurons the figure shows (default: 12)")
+    p.add_argument("--top-k", type=whole_option(1, 1000), default=5, help="how many classes to print, 1..1000 (default: 5)")
+    p.add_argument("--save-input", metavar="PNG", type=output_option(".png"), help="save the model input image")
+    p.add_argument("--layer", type=text_option, help="a layer to record (friendly name, e.g. stage4, or a module path)")
+    p.add_argument("--activation-figure", metavar="PNG", type=output_option(".png", ".pdf", ".svg"),
+                   help="save the layer's most active neurons over the input (.png, .pdf or .svg; needs --layer)")
+    p.add_argument("--neurons", type=whole_option(1, 100), default=12,
+                   help="how many neurons the figure shows, 1..100 (default: 12)")
     _add_factor_options(p)
 
     p = sub.add_parser("precompute", parents=[registries], help="compute a sweep spec into a Zarr store (resumable)",
@@ -89,27 +106,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="a sweep spec (workflows/*.yaml)")
     p.add_argument("--out", required=True, help="the Zarr store: a path or an fsspec URL")
     p.add_argument("--dry-run", action="store_true", help="print each cube's shape, samples, size and time, then stop")
-    p.add_argument("--scheduler", help="address of a running Dask scheduler, or 'synchronous' (no Dask)")
-    p.add_argument("--cluster", metavar="YAML", help="a cluster recipe (workflows/clusters/*.yaml) to start and use")
-    p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
+    p.add_argument("--scheduler", type=text_option, help="address of a running Dask scheduler, or 'synchronous' (no Dask)")
+    p.add_argument("--cluster", metavar="YAML", type=text_option,
+                   help="a cluster recipe (workflows/clusters/*.yaml) to start and use")
+    p.add_argument("--workers", type=whole_option(1, MAX_WORKERS),
+                   help="LocalCluster worker processes (default: one per core; not with --scheduler or --cluster)")
     p.add_argument("--overwrite", action="store_true", help="replace cubes written from a different spec")
     p.add_argument("--force", action="store_true", help="allow cubes above the spec's sample budget")
-    p.add_argument("--prune", type=int, metavar="N", help="keep only the first N values of every axis (a smoke run)")
+    p.add_argument("--prune", type=whole_option(1, 1_000_000), metavar="N",
+                   help="keep only the first N values of every axis (a smoke run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("attack", parents=[registries], help="PGD on one scene: the perturbation and every model's predictions",
                        description="Run projected gradient descent (L2 or L-infinity) against one model on a scene's "
                                    "model input; write the perturbation and each model's logits on x + alpha*delta "
                                    "for alpha in 0, 0.25, 0.5, 0.75, 1 (the transfer view).")
-    p.add_argument("--models", default="efficientnet_lite0,efficientnet_lite2", help="models to evaluate (comma-separated)")
-    p.add_argument("--attack-model", help="the attacked model (default: the first of --models)")
+    p.add_argument("--models", default="efficientnet_lite0,efficientnet_lite2", type=names_option,
+                   help="models to evaluate (comma-separated)")
+    p.add_argument("--attack-model", type=text_option, help="the attacked model (default: the first of --models)")
     p.add_argument("--eps", default="8/255", help="the bound, in [0, 1] pixel units, e.g. 8/255 (default) or 0.5 for L2")
     p.add_argument("--norm", choices=["linf", "l2"], default="linf")
-    p.add_argument("--steps", type=int, default=10, help="PGD steps (default: 10)")
+    p.add_argument("--steps", type=whole_option(1, 10_000), default=10, help="PGD steps, 1..10000 (default: 10)")
     p.add_argument("--step", help="step size (default: eps/8, as the original)")
-    p.add_argument("--target", type=int, help="target ImageNet class (default: suppress the original prediction)")
+    p.add_argument("--target", type=whole_option(0, 999),
+                   help="target ImageNet class, 0..999 (default: suppress the original prediction)")
     p.add_argument("--size", type=int, default=224, help="render side in pixels (default: 224)")
-    p.add_argument("-o", "--output", default="attack.npz", help="an .npz file or a .zarr store (default: attack.npz)")
+    p.add_argument("-o", "--output", default="attack.npz", type=output_option(".npz", ".zarr"),
+                   help="an .npz file or a .zarr store (default: attack.npz)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_factor_options(p)
 
@@ -118,18 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "many units per batch, as Dask tasks; written to the store's featureviz group.")
     p.add_argument("spec", help="a feature-visualisation spec (workflows/featureviz.yaml)")
     p.add_argument("--out", required=True, help="the Zarr store (usually the precompute's)")
-    p.add_argument("--scheduler", help="address of a running Dask scheduler, or 'synchronous' (no Dask)")
-    p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
+    p.add_argument("--scheduler", type=text_option, help="address of a running Dask scheduler, or 'synchronous' (no Dask)")
+    p.add_argument("--workers", type=whole_option(1, MAX_WORKERS),
+                   help="LocalCluster worker processes (default: one per core; not with --scheduler)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("view", parents=[registries], help="browse a store in the Panel viewer")
     p.add_argument("store", help="a Zarr store written by perturber precompute")
-    p.add_argument("--cube", help="which cube (default: the first)")
-    p.add_argument("--port", type=int, default=5006)
-    p.add_argument("--address", default="127.0.0.1", help="interface to bind (default: 127.0.0.1 only)")
+    p.add_argument("--cube", type=text_option, help="which cube (default: the first)")
+    p.add_argument("--port", type=whole_option(1, 65535), default=5006, help="port to serve on, 1..65535 (default: 5006)")
+    p.add_argument("--address", default="127.0.0.1", type=text_option, help="interface to bind (default: 127.0.0.1 only)")
     p.add_argument("--allow-remote", action="store_true", help="allow binding an address other machines can reach")
     p.add_argument("--show", action="store_true", help="open a browser")
-    p.add_argument("--engine", metavar="local|ADDRESS",
+    p.add_argument("--engine", metavar="local|ADDRESS", type=text_option,
                    help="live compute for points off the grid: 'local' starts a LocalCluster, or a Dask scheduler address")
 
     p = sub.add_parser("verify", help="read every done chunk of a store; report damaged ones (--repair: recompute them)",

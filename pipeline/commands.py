@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from perturber.pipeline import assets, classes, factors
+from perturber.pipeline import assets, classes, factors, options
 from perturber.pipeline.errors import PerturberError
+from perturber.pipeline.fields import Fields
 
 __all__ = ["CLIError", "ALPHAS", "parse_sweep", "factor_values"]
 
@@ -27,6 +28,9 @@ class CLIError(PerturberError):
 
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: Most values ``--sweep`` gives, and most tiles in a contact sheet.
+MAX_SWEEP_VALUES = 1000
+MAX_SHEET_TILES = 2000
 
 
 def factor_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -39,22 +43,39 @@ def factor_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_sweep(text: str) -> tuple[str, list[Any]]:
-    """``'yaw=0,45,90'`` or ``'yaw=-180:180:9'`` (start:stop:count) → ('yaw', values)."""
+    """``'yaw=0,45,90'`` or ``'yaw=-180:180:9'`` (start:stop:count, both ends
+    included) → ('yaw', values); at most :data:`MAX_SWEEP_VALUES` values,
+    counted before any is made."""
     if "=" not in text:
         raise CLIError(f"--sweep {text!r}: expected FACTOR=v1,v2,... or FACTOR=start:stop:count")
+    f = Fields(f"--sweep {text}", CLIError)
     name, values_text = text.split("=", 1)
     factor = factors.get(name.strip().replace("-", "_"))
+    if not values_text.strip():
+        raise f.fail("", "no values")
     if factor.numeric and values_text.count(":") == 2:
-        start, stop, count = values_text.split(":")
-        try:
-            values = list(np.linspace(float(start), float(stop), int(count)))
-        except ValueError:
-            raise CLIError(f"--sweep {text!r}: start:stop:count must be numbers") from None
+        start, stop, count = (_cli_number(v.strip()) for v in values_text.split(":"))
+        start, stop = f.number(start, "", "start"), f.number(stop, "", "stop")
+        count = f.whole(count, "", 1, MAX_SWEEP_VALUES, name="count")
+        values = [float(v) for v in np.linspace(start, stop, count)]
     else:
-        values = [factors.parse_cli_value(factor.name, v.strip()) for v in values_text.split(",") if v.strip()]
-    if not values:
-        raise CLIError(f"--sweep {text!r}: no values")
+        parts = [v.strip() for v in values_text.split(",")]
+        if not all(parts):
+            raise f.fail("", "an empty value between commas")
+        if len(parts) > MAX_SWEEP_VALUES:
+            raise f.fail("", f"{len(parts)} values; a sweep has at most {MAX_SWEEP_VALUES}")
+        values = [factors.parse_cli_value(factor.name, v) for v in parts]
     return factor.name, [factor.validate(v) for v in values]
+
+
+def _cli_number(text: str) -> Any:
+    """A number written on the command line as int or float; the text itself when it is neither."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _save_png(image: np.ndarray, out: str) -> None:
@@ -83,7 +104,7 @@ def cmd_sheet(args: argparse.Namespace) -> int:
     from perturber.pipeline import figures, scene
 
     base = factor_values(args)
-    objects = assets.object_ids() if args.objects == "all" else [o.strip() for o in args.objects.split(",") if o.strip()]
+    objects = assets.object_ids() if args.objects == ["all"] else args.objects
     rows = []
     for entry in objects:  # 'dog' or 'dog:cat' (a shape morph from dog to cat)
         obj, _, target = entry.partition(":")
@@ -94,6 +115,8 @@ def cmd_sheet(args: argparse.Namespace) -> int:
     sweep = parse_sweep(args.sweep)
     if sweep[0] == "object":
         raise CLIError("--sweep object=...: use --objects for rows of objects")
+    if len(rows) * len(sweep[1]) > MAX_SHEET_TILES:
+        raise CLIError(f"{len(rows)} objects x {len(sweep[1])} values: a sheet holds at most {MAX_SHEET_TILES} tiles")
     image = figures.contact_sheet(rows, sweep, args.size, scene.render, progress=not args.quiet)
     _save_png(image, args.output)
     print(f"wrote {args.output}: {len(rows)} objects x {len(sweep[1])} values of {sweep[0]}")
@@ -122,10 +145,12 @@ def cmd_assets(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from perturber.pipeline import engine, figures, models
 
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    names = args.models
     for name in names:
         models.spec(name)
     layer = args.layer
+    if args.activation_figure and not layer:
+        raise CLIError("--activation-figure needs --layer")
     result = engine.evaluate([factor_values(args)], names, layers=[layer] if layer else None, size=args.size, k=args.top_k)
     categories = classes.imagenet_categories()
     for name in names:
@@ -137,8 +162,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _save_png(result.images[0], args.save_input)
         print(f"wrote {args.save_input} (model input, {args.size}x{args.size})")
     if args.activation_figure:
-        if not layer:
-            raise CLIError("--activation-figure needs --layer")
         for name in names:
             act = result.activations[name][layer][0].numpy()
             order = np.argsort(-act.max((1, 2)))[: args.neurons]  # strongest positive responses
@@ -151,17 +174,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fraction(text: str) -> float:
-    """'8/255' or '0.03' → float."""
-    try:
-        if "/" in text:
-            num, den = text.split("/", 1)
-            return float(num) / float(den)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise CLIError(f"{text!r} is not a number (write 0.03 or 8/255)") from None
-
-
 def cmd_attack(args: argparse.Namespace) -> int:
     """PGD on one scene's model input; δ and every model's predictions on
     x + αδ for a grid of α, to an .npz file or a Zarr store."""
@@ -172,17 +184,13 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from perturber.pipeline import attack as pgd_attack
     from perturber.pipeline import engine, imageops, inference, models, store
 
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    names = args.models
     attacker = args.attack_model or names[0]
     for name in dict.fromkeys([*names, attacker]):
         models.spec(name)
-    if not args.output.endswith((".npz", ".zarr")):
-        raise CLIError(f"--output {args.output}: write an .npz file or a .zarr store")
-    if args.steps < 1:
-        raise CLIError("--steps must be at least 1")
     device = models.best_device()
-    attack = pgd_attack.Attack(attacker, eps=_fraction(args.eps), norm=args.norm, target=args.target,
-                               step=_fraction(args.step) if args.step else None)
+    attack = pgd_attack.Attack(attacker, eps=options.number(args.eps, "--eps"), norm=args.norm, target=args.target,
+                               step=options.number(args.step, "--step") if args.step is not None else None)
     result = engine.evaluate([factor_values(args)], [attacker], size=args.size, device=device)
     x = imageops.to_tensor(result.images, device).contiguous()
     bar = tqdm(total=args.steps, desc=f"PGD {args.norm} on {attacker}", unit="step", file=sys.stderr, disable=args.quiet)
@@ -225,16 +233,30 @@ def _suffixed(path: str, suffix: str) -> str:
     return str(p.with_name(f"{p.stem}-{suffix}{p.suffix}"))
 
 
-def cmd_precompute(args: argparse.Namespace) -> int:
-    from perturber.pipeline import clusters, run, spec
+def _check_workers(args: argparse.Namespace) -> None:
+    """``--workers`` sizes the LocalCluster a command starts; with a scheduler it would be ignored."""
+    other = "--scheduler" if args.scheduler else "--cluster" if getattr(args, "cluster", None) else None
+    if args.workers is not None and other:
+        raise CLIError(f"--workers sizes the local cluster; with {other} the cluster has its own workers")
 
+
+def cmd_precompute(args: argparse.Namespace) -> int:
+    from perturber.pipeline import clusters, run, spec, tasks
+
+    _check_workers(args)
+    if args.scheduler and args.cluster:
+        raise CLIError("give --scheduler or --cluster, not both")
     sweep = spec.load_spec(args.spec, force=args.force)
     if args.prune:
         sweep = sweep.prune(args.prune)
+    if args.cluster:
+        clusters.load_recipe(args.cluster)  # a bad recipe is reported before the dry run
     run.dry_run(sweep)
     if args.dry_run:
         return 0
     scheduler, cluster = args.scheduler, None
+    if scheduler not in (None, "synchronous"):
+        tasks.check_scheduler(scheduler)  # before the store is created and the batch sizes are tuned
     if args.cluster:
         cluster = clusters.build(args.cluster)
         scheduler = cluster.scheduler_address
@@ -253,19 +275,30 @@ def cmd_precompute(args: argparse.Namespace) -> int:
 
 def cmd_featureviz(args: argparse.Namespace) -> int:
     from perturber.featureviz import precompute as fv
+    from perturber.pipeline import tasks
 
+    _check_workers(args)
     fv_spec = fv.load_spec(args.spec)
+    if args.scheduler not in (None, "synchronous"):
+        tasks.check_scheduler(args.scheduler)
     fv.precompute(fv_spec, args.out, scheduler=args.scheduler, workers=args.workers, progress=not args.quiet)
     return 0
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from perturber.viewer import app
+    from perturber.viewer import stores
 
     if args.address not in ("127.0.0.1", "localhost") and not args.allow_remote:
         raise CLIError(f"--address {args.address}: serving beyond this machine needs --allow-remote")
+    options.check_port(args.address, args.port)
+    cubes = stores.cube_names(args.store)  # not a store, or no cube in it: one line, before the server starts
+    cube = args.cube or cubes[0]
+    if cube not in cubes:
+        raise CLIError(f"--cube {cube}: no such cube in {args.store} (it has: {', '.join(cubes)})")
+    from perturber.viewer import app
+
     print(f"serving {args.store} on http://{args.address}:{args.port}/ (Ctrl-C stops)")
-    app.serve(args.store, args.cube, port=args.port, address=args.address, show=args.show, engine=args.engine)
+    app.serve(args.store, cube, port=args.port, address=args.address, show=args.show, engine=args.engine)
     return 0
 
 

@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from typing import Any, Callable
 
 import dask
 from distributed import Client, LocalCluster, as_completed
 
-__all__ = ["use_threads", "start_local_cluster", "run_tasks"]
+from perturber.pipeline.errors import PerturberError, one_line
+
+__all__ = ["SchedulerError", "use_threads", "start_local_cluster", "connect", "check_scheduler", "run_tasks",
+           "CONNECT_TIMEOUT"]
+
+#: Seconds to wait for a Dask scheduler to answer.
+CONNECT_TIMEOUT = 10.0
+
+
+class SchedulerError(PerturberError):
+    """A Dask scheduler cannot be reached; the message is one line."""
 
 
 def use_threads(threads: int | None) -> None:
@@ -50,6 +61,30 @@ def start_local_cluster(**kwargs: Any):
             sys.modules["torch"].set_num_threads(threads)
 
 
+def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Client:
+    """A client of the running Dask scheduler at ``address``, or a one-line
+    :class:`SchedulerError` within ``timeout`` seconds. A closed TCP port is
+    reported at once (Dask itself would retry until the timeout)."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            host, port = parse_host_port(location)
+            if not 1 <= int(port) <= 65535:
+                raise ValueError(f"port {port} is not in 1..65535")
+            socket.create_connection((host, port), timeout=timeout).close()
+        return Client(address, timeout=f"{timeout}s")
+    except (OSError, ValueError, TypeError, OverflowError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
+        raise SchedulerError(f"cannot reach the Dask scheduler at {address}: {reason}") from None
+
+
+def check_scheduler(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Refuse an unreachable scheduler before a command starts its work."""
+    connect(address, timeout).close()
+
+
 def run_tasks(calls: list[tuple[str, Callable, tuple]], scheduler: str | None, workers: int | None,
               on_result: Callable[[Any], int], echo: Callable[[str], None] = print) -> int:
     """Run ``(key, function, args)`` calls as Dask tasks; returns the sum of ``on_result`` over the results.
@@ -77,7 +112,7 @@ def run_tasks(calls: list[tuple[str, Callable, tuple]], scheduler: str | None, w
             cluster = start_local_cluster(n_workers=n, threads_per_worker=1)
         client = Client(cluster)
     else:
-        cluster, client = None, Client(scheduler)
+        cluster, client = None, connect(scheduler)
     echo(f"dask dashboard: {client.dashboard_link}")
     total = 0
     try:

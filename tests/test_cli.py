@@ -1,11 +1,18 @@
+import re
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from PIL import Image
 
 from perturber.pipeline import cli, commands, factors
+
+SPEC = Path(__file__).resolve().parents[1] / "workflows" / "demo.yaml"
 
 
 def run(*args, cwd=None):
@@ -82,3 +89,124 @@ def test_assets_lists_status_and_licence():
     lines = proc.stdout.splitlines()
     dog = next(line for line in lines if " dog " in line)
     assert "CC-BY-3.0" in dog and dog.rstrip().endswith("ok")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("yaw=-180:180:1000000000000", "--sweep yaw=-180:180:1000000000000: count must be a whole number in 1..1000, got 1000000000000"),
+    ("yaw=0:90:2.7", "--sweep yaw=0:90:2.7: count must be a whole number in 1..1000, got 2.7"),
+    ("yaw=0:90:-3", "count must be a whole number in 1..1000, got -3"),
+    ("yaw=0:nan:3", "--sweep yaw=0:nan:3: stop must be a finite number, got nan"),
+    ("yaw=0,,90", "--sweep yaw=0,,90: an empty value between commas"),
+    ("yaw=", "--sweep yaw=: no values"),
+])
+def test_sweeps_are_counted_before_they_are_made(text, message):
+    start = time.perf_counter()
+    with pytest.raises(commands.CLIError, match=re.escape(message)):
+        commands.parse_sweep(text)
+    assert time.perf_counter() - start < 1.0
+
+
+def refuse(argv, capsys) -> str:
+    """Run the command line in this process; it must exit 2 with one line on stderr, at once."""
+    start = time.perf_counter()
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse's errors
+        code = exc.code
+    seconds = time.perf_counter() - start
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("perturber: error: ") and "\n" not in err, (code, err)
+    assert seconds < 5, seconds  # before any render, model load or batch tuning
+    return err.removeprefix("perturber: error: ")
+
+
+@pytest.fixture
+def place(tmp_path, monkeypatch):
+    """A working folder with a sub-folder 'dir', a file 'file' and a file 'f.zarr'."""
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "f.zarr").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["render", "-o", "dir"], "argument -o/--output: dir: is a folder; give a file name"),
+    (["render", "-o", "x.xyz"], "argument -o/--output: x.xyz: cannot write .xyz; write .png"),
+    (["render", "-o", "file/x.png"], "argument -o/--output: file/x.png: file is a file, not a folder"),
+    (["render", "--depth", "depth"], "argument --depth: depth: cannot write a file without a suffix; write .npy"),
+    (["sheet", "-o", "x.gif"], "argument -o/--output: x.gif: cannot write .gif; write .png, .jpg or .jpeg"),
+    (["predict", "--save-input", "dir"], "argument --save-input: dir: is a folder; give a file name"),
+    (["predict", "--activation-figure", "a.png"], "--activation-figure needs --layer"),
+    (["predict", "--layer", "stage4", "--activation-figure", "a.gif"],
+     "argument --activation-figure: a.gif: cannot write .gif; write .png, .pdf or .svg"),
+    (["attack", "-o", "x.h5"], "argument -o/--output: x.h5: cannot write .h5; write .npz or .zarr"),
+    (["attack", "-o", "f.zarr"], "argument -o/--output: f.zarr: is a file, not a Zarr store"),
+    (["predict", "--top-k", "5000"], "argument --top-k: must be a whole number in 1..1000, got '5000'"),
+    (["predict", "--top-k", "0"], "argument --top-k: must be a whole number in 1..1000, got '0'"),
+    (["predict", "--models", ","], "argument --models: ',': an empty name before or after a comma"),
+    (["predict", "--models", ""], "argument --models: '': give at least one name"),
+    (["predict", "--models", "efficientnet_lite0,efficientnet_lite0"], "'efficientnet_lite0' is listed twice"),
+    (["predict", "--layer", ""], "argument --layer: must not be empty"),
+    (["predict", "--layer", "stage4", "--neurons", "0"], "argument --neurons: must be a whole number in 1..100, got '0'"),
+    (["sheet", "--objects", ","], "argument --objects: ',': an empty name before or after a comma"),
+    (["sheet", "--objects", "dog,,cat"], "argument --objects: 'dog,,cat': an empty name before or after a comma"),
+    (["sheet", "--sweep", "yaw=0:90:1000000000000"], "count must be a whole number in 1..1000"),
+    (["attack", "--steps", "0"], "argument --steps: must be a whole number in 1..10000, got '0'"),
+    (["attack", "--target", "1000"], "argument --target: must be a whole number in 0..999, got '1000'"),
+    (["attack", "--eps", "nan"], "--eps: 'nan' must be a positive finite number"),
+    (["attack", "--eps", "1/0"], "--eps: '1/0' is not a number (write 0.03 or 8/255)"),
+    (["attack", "--step", "inf"], "--step: 'inf' must be a positive finite number"),
+    (["precompute", str(SPEC), "--out", "o.zarr", "--workers=-1"], "argument --workers: must be a whole number in 1..256, got '-1'"),
+    (["precompute", str(SPEC), "--out", "o.zarr", "--workers=0"], "argument --workers: must be a whole number in 1..256, got '0'"),
+    (["precompute", str(SPEC), "--out", "o.zarr", "--prune", "0"], "argument --prune: must be a whole number in 1..1000000, got '0'"),
+    (["precompute", str(SPEC), "--out", "o.zarr", "--scheduler", "tcp://127.0.0.1:9", "--workers", "2"],
+     "--workers sizes the local cluster; with --scheduler the cluster has its own workers"),
+    (["featureviz", "fv.yaml", "--out", "o.zarr", "--workers", "0"], "argument --workers: must be a whole number in 1..256, got '0'"),
+    (["view", "s.zarr", "--port", "-1"], "argument --port: must be a whole number in 1..65535, got '-1'"),
+    (["view", "s.zarr", "--port", "99999"], "argument --port: must be a whole number in 1..65535, got '99999'"),
+    (["view", "dir"], "dir: not a Zarr store (GroupNotFoundError)"),
+    (["view", "nowhere.zarr"], "nowhere.zarr: not a Zarr store (FileNotFoundError)"),
+])
+def test_bad_options_are_refused_before_any_work(place, capsys, argv, message):
+    assert message in refuse(argv, capsys)
+    assert sorted(p.name for p in place.iterdir()) == ["dir", "f.zarr", "file"]  # nothing written
+
+
+@pytest.mark.skipif(not Path("/sys").is_dir(), reason="needs Linux's /sys (unwritable, even for root)")
+def test_an_unwritable_output_is_refused(capsys):
+    assert refuse(["render", "-o", "/sys/x.png"], capsys) == "argument -o/--output: /sys/x.png: cannot write there (Permission denied)"
+
+
+def test_an_unreachable_scheduler_is_one_line_at_once(tmp_path, capsys):
+    message = refuse(["precompute", str(SPEC), "--out", str(tmp_path / "o.zarr"), "--scheduler", "tcp://127.0.0.1:1"], capsys)
+    assert message == "cannot reach the Dask scheduler at tcp://127.0.0.1:1: Connection refused"
+    assert not (tmp_path / "o.zarr").exists()  # before the store and its batch tuning
+
+
+def test_view_checks_its_port_and_cube_before_serving(tmp_path, capsys):
+    store = tmp_path / "s.zarr"
+    zarr.open_group(store, mode="w").create_group("views")
+    assert refuse(["view", str(store), "--cube", "nope"], capsys) == f"--cube nope: no such cube in {store} (it has: views)"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert refuse(["view", str(store), "--port", str(port)], capsys) == (
+            f"--port {port}: cannot listen on 127.0.0.1:{port} (Address already in use)")
+
+
+def _double(x, threads=None):
+    return 2 * x
+
+
+def test_a_running_scheduler_is_reached_and_runs_the_tasks():
+    from distributed import LocalCluster
+
+    from perturber.pipeline import tasks
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        tasks.check_scheduler(cluster.scheduler_address)
+        total = tasks.run_tasks([("a", _double, (2,)), ("b", _double, (3,))], cluster.scheduler_address, None,
+                                on_result=lambda r: r, echo=lambda _: None)
+    assert total == 10
