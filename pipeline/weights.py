@@ -4,15 +4,17 @@ how they are verified before :mod:`perturber.pipeline.models` loads them.
 Checksums. A ``sha256`` that is present must be a string of 64 hex digits;
 anything else (a number: YAML reads an unquoted all-digit checksum such as
 ``0000…0000`` as the integer 0; a short or non-hex string) is an error when the
-registry is read, naming the model and the field. Then, per weights source:
+registry is read, naming the model and the field. An explicit ``sha256: null``
+is an error when the registry is read too, for ``url`` and ``file`` weights:
+it says "no checksum" on purpose, and nothing else verifies those files. Then,
+per weights source:
 
-- ``url``: ``sha256`` is required. Without it (absent or ``null``) the file is
-  downloaded into the cache but never loaded: the error prints its digest, to
-  copy into the entry once the file is trusted.
+- ``url``: ``sha256`` is required. Without the field the file is downloaded
+  into the cache but never loaded: the error prints its digest, to copy into
+  the entry once the file is trusted.
 - ``file``: verified against ``sha256`` when given. Without the field the file
   loads with a one-line warning (once per model per process) that it is
-  unverified, giving its digest. An explicit ``sha256: null`` is an error: it
-  says "no checksum" on purpose, which the local file cannot make safe.
+  unverified, giving its digest.
 - ``pip``: verified against ``sha256`` when given, else against the hash pip
   recorded for that file when it installed the package (the distribution's
   ``RECORD``; pip checks the wheel's hash from the index when it downloads).
@@ -37,7 +39,7 @@ import shutil
 import tempfile
 import urllib.request
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from perturber.pipeline import config
 from perturber.pipeline.errors import PerturberError, one_line
@@ -57,12 +59,20 @@ class ModelError(PerturberError):
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-def checked_sha256(value: Any, where: str) -> str | None:
-    """``value`` as 64 lower-case hex digits (None stays None), or a one-line error.
+def checked_sha256(weights: Mapping[str, Any], where: str) -> str | None:
+    """The ``sha256`` of a registry entry's ``weights`` as 64 lower-case hex digits
+    (None when absent, or null where that is allowed), or a one-line error.
 
     YAML reads an unquoted checksum made only of digits as a number (64 zeros
-    are the integer 0): a non-string is refused, never compared as text."""
+    are the integer 0): a non-string is refused, never compared as text. An
+    explicit null is refused for ``url`` and ``file`` sources (module docstring)."""
+    value = weights.get("sha256")
     if value is None:
+        source = next((s for s in ("url", "file") if s in weights), None)
+        if "sha256" in weights and source is not None:
+            instead = "to load it unverified with a warning" if source == "file" else "to have it downloaded and its digest printed"
+            raise ModelError(f"{where}: weights.sha256 is null, but {source} weights must be verified: give the file's "
+                             f"sha256 (64 hex digits), or leave the field out {instead}")
         return None
     if isinstance(value, str) and _HEX64.fullmatch(value.strip().lower()):
         return value.strip().lower()
