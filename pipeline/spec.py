@@ -33,6 +33,7 @@ or :data:`MAX_SAMPLES` samples. Files are read by :mod:`perturber.pipeline.yamls
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -253,10 +254,14 @@ def _parse_cube(name: str, raw: Any, budget: int, force: bool) -> CubeSpec:
         raise f.fail("", "needs at least one axis")
     try:
         axis_factors = {axis: factors.get(axis) for axis in axes_raw}
-        fixed_raw = f.mapping(raw.get("fixed"), "fixed", "factor names to values")
-        fixed = {k: factors.validate_value(k, v) for k, v in fixed_raw.items()}
     except factors.FactorError as exc:
-        raise f.fail("", str(exc)) from None
+        raise f.fail("axes", str(exc)) from None
+    fixed = {}
+    for key, value in f.mapping(raw.get("fixed"), "fixed", "factor names to values").items():
+        try:
+            fixed[key] = factors.validate_value(key, value)
+        except factors.FactorError as exc:
+            raise f.fail(f"fixed.{key}", str(exc)) from None
     counted = {axis: _axis_count(f, f"axes.{axis}", values) for axis, values in axes_raw.items()}
     for axis, factor in axis_factors.items():
         if not isinstance(axes_raw[axis], list) and not factor.numeric:
@@ -296,8 +301,13 @@ def _parse_cube(name: str, raw: Any, budget: int, force: bool) -> CubeSpec:
 
 def has_module(s: models.ModelSpec, path: str) -> bool:
     """Whether ``s``'s architecture has the module of ``path`` (``module.path`` or ``module.path@k``)."""
-    base = path.partition("@")[0]
-    return base in dict(models.build_architecture(s.architecture).named_modules())
+    return path.partition("@")[0] in _module_names(s.architecture)
+
+
+@functools.lru_cache(maxsize=16)
+def _module_names(architecture: str) -> frozenset[str]:
+    """Module paths of an architecture (built once per process, not once per layer named)."""
+    return frozenset(dict(models.build_architecture(architecture).named_modules()))
 
 
 def parse_spec(data: Any, name: str = "spec", force: bool = False) -> SweepSpec:
