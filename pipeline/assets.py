@@ -22,10 +22,9 @@ from typing import Any, Mapping
 
 import numpy as np
 import skimage
-import yaml
 from PIL import Image
 
-from perturber.pipeline import classes, config
+from perturber.pipeline import classes, config, yamlsafe
 from perturber.pipeline.colours import colour_to_rgb, normalise_colour
 from perturber.pipeline.errors import PerturberError
 
@@ -78,10 +77,16 @@ def catalogue() -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=8)
 def _read_catalogue(key: tuple[str, int, int]) -> dict[str, Any]:
-    with open(key[0]) as f:
-        data = yaml.safe_load(f)
+    try:
+        data = yamlsafe.load_file(key[0], AssetError) or {}  # UTF-8, at most 1 MiB, aliases bounded
+    except AssetError as exc:
+        raise AssetError(f"asset catalogue {exc}") from None
+    if not isinstance(data, dict):
+        raise AssetError(f"asset catalogue {key[0]}: must map objects, backgrounds and patterns to their entries")
     for section in ("objects", "backgrounds", "patterns"):
         data.setdefault(section, {})
+        if not isinstance(data[section], dict) or not all(isinstance(e, dict) for e in data[section].values()):
+            raise AssetError(f"asset catalogue {key[0]}: {section} must map ids to entries")
     return data
 
 

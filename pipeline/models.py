@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import yaml
 from efficientnet_lite_pytorch import EfficientNet
 
-from perturber.pipeline import config
+from perturber.pipeline import config, yamlsafe
 from perturber.pipeline.errors import one_line
 from perturber.pipeline.weights import ModelError, checked_sha256, sha256_of, weights_file
 
@@ -173,12 +172,9 @@ def _registry(keys: tuple[tuple[str, int, int], ...]) -> dict[str, ModelSpec]:
     out: dict[str, ModelSpec] = {}
     for path, _, _ in keys:
         try:
-            with open(path) as f:
-                data = yaml.safe_load(f) or {}
-        except OSError as exc:
-            raise ModelError(f"cannot read model registry {path} ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise ModelError(f"model registry {path} is not valid YAML ({one_line(exc)})") from None
+            data = yamlsafe.load_file(path, ModelError) or {}  # UTF-8, at most 1 MiB, aliases bounded
+        except ModelError as exc:
+            raise ModelError(f"model registry {exc}") from None
         if not isinstance(data, Mapping):
             raise ModelError(f"model registry {path} must map model names to entries")
         for name, entry in data.items():

@@ -135,3 +135,23 @@ def test_missing_asset_says_what_to_install_and_asset_dir_supplies_it(tmp_path, 
         assert (tmp_path / "cache" / "models" / "Scopia" / "scopia" / "dog" / "dog.obj").is_file()
     finally:
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        (None, "cannot read (No such file or directory)"),
+        ("objects: [1, 2\n", "not valid YAML"),
+        ("- a\n", "must map objects, backgrounds and patterns"),
+        ("objects: [dog]\n", "objects must map ids to entries"),
+        ("objects: {}\nobjects: {}\n", "key 'objects' appears twice"),
+    ],
+)
+def test_bad_catalogue_is_one_line(tmp_path, monkeypatch, text, fragment):
+    path = tmp_path / "catalogue.yaml"
+    if text is not None:
+        path.write_text(text)
+    monkeypatch.setenv("PERTURBER_CATALOGUE", str(path))
+    with pytest.raises(AssetError, match=f"asset catalogue {path}: ") as e:
+        assets.object_ids()
+    assert fragment in str(e.value) and "\n" not in str(e.value)

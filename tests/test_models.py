@@ -481,13 +481,18 @@ def test_registry_scalar_mean_is_a_model_error(user_registry):
 
 
 def test_registry_file_errors(tmp_path):
-    with pytest.raises(ModelError, match="cannot read model registry") as e:
+    with pytest.raises(ModelError, match="model registry .*absent.yaml: cannot read") as e:
         models.registry([str(tmp_path / "absent.yaml")])
     _one_line(e)
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1, 2\nb: {\n")
-    with pytest.raises(ModelError, match="not valid YAML") as e:
+    with pytest.raises(ModelError, match="model registry .*bad.yaml: not valid YAML") as e:
         models.registry([str(bad)])
+    _one_line(e)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("m: {architecture: a}\nm: {architecture: b}\n")  # the second used to win silently
+    with pytest.raises(ModelError, match="line 2: key 'm' appears twice") as e:
+        models.registry([str(twice)])
     _one_line(e)
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
