@@ -25,6 +25,7 @@ import contextlib
 import io
 import json
 import logging
+import mmap
 import os
 import threading
 import traceback
@@ -145,9 +146,10 @@ def read_trimesh(path: Path) -> trimesh.Scene:
     suffix = path.suffix.lower()
     if suffix in (".gltf", ".glb"):
         check_gltf(path, resolver)
+    options = {"skip_materials": True} if suffix == ".obj" and _stray_mtllib(path) else {}
     try:
         with _quiet_trimesh(), open(path, "rb") as f:  # a file object: trimesh never interprets the path
-            loaded = trimesh.load(f, file_type=suffix[1:], force="scene", process=False, resolver=resolver)
+            loaded = trimesh.load(f, file_type=suffix[1:], force="scene", process=False, resolver=resolver, **options)
     except AssetError:
         raise
     except Exception as exc:
@@ -157,6 +159,18 @@ def read_trimesh(path: Path) -> trimesh.Scene:
     if resolver.problem:
         raise AssetError(resolver.problem)
     return loaded
+
+
+def _stray_mtllib(path: Path) -> bool:
+    """Whether the first 'mtllib' in an OBJ file is not an ``mtllib`` statement (a
+    comment, a material named 'mtllib_red'). trimesh's OBJ reader takes the first
+    'mtllib' anywhere as the library's name; it found no materials in such a file
+    before, and skipping them keeps it so, instead of asking for a file named '_red'."""
+    if path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as text:
+        at = text.find(b"mtllib")
+        return at >= 0 and text[text.rfind(b"\n", 0, at) + 1 : at].strip() != b""
 
 
 def _reason(exc: BaseException) -> str:

@@ -88,6 +88,13 @@ def test_a_link_that_leads_outside_is_refused(folder):
     _refused(_write(folder / "m.obj", "mtllib m.mtl\n" + TRI), "'m.mtl'", "outside its folder")
 
 
+@pytest.mark.parametrize("first_line", ["# written without an mtllib", "usemtl mtllib_red", "# mtllib ../outside.mtl"])
+def test_a_word_mtllib_that_is_no_statement_reads_nothing(folder, first_line):
+    # trimesh takes the first 'mtllib' anywhere as the library's name; such files loaded before and still do
+    lo, hi = meshes.load_mesh_file(_write(folder / "m.obj", f"{first_line}\n" + TRI)).bounds
+    assert np.allclose(hi - lo, [1, 1, 0])
+
+
 def test_references_inside_the_folder_load(folder):
     _png(folder / "textures" / "skin.png", colour="blue")
     _write(folder / "m.mtl", "newmtl a\nmap_Kd textures/skin.png\n")
