@@ -51,7 +51,8 @@ def read_text(path: str | Path, error: type[PerturberError] = YamlError, limit: 
     except OSError as exc:
         raise error(f"{path}: cannot read ({exc.strerror or one_line(exc)})") from None
     if len(data) > limit:
-        raise error(f"{path}: larger than {limit // 1024} KiB; a YAML file for Perturber is a few KiB")
+        size = f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit} bytes"
+        raise error(f"{path}: larger than {size}; a YAML file for Perturber is a few KiB")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

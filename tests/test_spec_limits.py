@@ -74,7 +74,7 @@ def test_every_user_yaml_goes_through_the_safe_loader(tmp_path, fast, load, erro
         load(latin1)
     big = tmp_path / "big.yaml"
     big.write_text("# padding\n" * 110_000)
-    with pytest.raises(error, match=r"big.yaml: larger than 1024 KiB"):
+    with pytest.raises(error, match=r"big.yaml: larger than 1 MiB"):
         load(big)
     with pytest.raises(error, match=r"cannot read \(Is a directory\)"):
         load(tmp_path)
