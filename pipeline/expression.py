@@ -217,6 +217,9 @@ def _check(text: str) -> tuple[ast.expr, ...]:
         tree = _parse(source)
     except SyntaxError as exc:
         raise ExpressionError(_syntax_message(exc, text, source)) from None
+    except UnicodeEncodeError as exc:  # a lone surrogate: how argv decodes bytes that are not UTF-8
+        column = exc.start + 1 + len(text) - len(text.lstrip())
+        raise ExpressionError(f"syntax error at column {column}: not valid text (bytes that are not UTF-8?)") from None
     except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
         raise ExpressionError(f"syntax error: {_one_line(str(exc)) or type(exc).__name__}") from None
 

@@ -110,6 +110,13 @@ def test_parser_warnings_are_refusals_not_stderr(text):
     assert [str(w.message) for w in caught] == []
 
 
+def test_bytes_that_are_not_utf8_are_named_as_such():
+    """argv decodes bytes that are not UTF-8 to lone surrogates (surrogateescape); the error says where, in words."""
+    text = b"  r + \xff".decode("utf-8", "surrogateescape")
+    with pytest.raises(ExpressionError, match=r"^syntax error at column 7: not valid text \(bytes that are not UTF-8\?\)$"):
+        Expression(text)
+
+
 # ------------------------------------------------------------ (a) bytes, text
 
 
