@@ -184,6 +184,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from perturber.pipeline import attack as pgd_attack
     from perturber.pipeline import engine, imageops, inference, models, store
 
+    _check_attack_store(args.output)
     names = args.models
     attacker = args.attack_model or names[0]
     for name in dict.fromkeys([*names, attacker]):
@@ -226,6 +227,22 @@ def cmd_attack(args: argparse.Namespace) -> int:
             ds.to_zarr(args.output, mode="w", zarr_format=3, consolidated=True)
     print(f"wrote {args.output}")
     return 0
+
+
+def _check_attack_store(output: str) -> None:
+    """``attack`` replaces its own earlier store at ``output``, and nothing else
+    (a precompute store there would be wiped by ``mode='w'``)."""
+    path = Path(output)
+    if path.suffix != ".zarr" or not path.is_dir() or not any(path.iterdir()):
+        return
+    import zarr
+
+    try:
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:
+        attrs = {}
+    if "attack_model" not in attrs:
+        raise CLIError(f"-o {output}: holds data that attack did not write; attack replaces its output, so give another path")
 
 
 def _suffixed(path: str, suffix: str) -> str:

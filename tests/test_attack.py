@@ -135,3 +135,20 @@ def test_attack_command_writes_delta_and_the_transfer_view(tmp_path, capsys):
     assert cli.main(["attack", "--eps", "eight", "-o", str(out)]) == 2
     assert "'eight' is not a number" in capsys.readouterr().err
     assert cli.main(["attack", "--eps", "2", "-o", str(out)]) == 2
+
+
+def test_attack_does_not_wipe_a_store_it_did_not_write(tmp_path, capsys):
+    """``attack -o X.zarr`` replaces its own earlier output, never a precompute store."""
+    import hashlib
+
+    import xarray as xr
+
+    from perturber.pipeline import cli
+
+    other = tmp_path / "cube.zarr"
+    xr.Dataset({"logits": ("x", np.arange(3.0))}, attrs={"spec_sha256": "0" * 64}).to_zarr(other, group="views", zarr_format=3)
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in other.rglob("*") if p.is_file()}
+    assert cli.main(["attack", "--steps", "1", "--models", MODEL, "--quiet", "-o", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "attack did not write" in err, err
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in other.rglob("*") if p.is_file()} == before
