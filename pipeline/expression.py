@@ -243,15 +243,10 @@ _PARSE_LOCK = threading.Lock()
 
 
 def _parse(source: str) -> ast.Expression:
-    """``ast.parse`` in eval mode, a warning about the text made a SyntaxError.
-
-    Python's parser accepts some text with a warning printed on stderr
-    (``1if 1else 2``: a number run into a keyword; an invalid escape in a
-    string), and a later Python refuses it; the sandbox refuses it now, in one
-    line, and prints nothing. Only warnings attributed to the expression's own
-    text are errors: another thread's warnings meanwhile are shown as usual.
-    ``catch_warnings`` swaps process-wide state, so two parses must not overlap.
-    """
+    """``ast.parse`` in eval mode; a warning about the text (printed on stderr,
+    e.g. ``1if 1else 2``, which a later Python refuses) is a SyntaxError instead.
+    Other threads' warnings are shown as usual; ``catch_warnings`` swaps
+    process-wide state, so two parses must not overlap."""
     with _PARSE_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("error", module=re.escape(_FILENAME))
         return ast.parse(source, filename=_FILENAME, mode="eval")
