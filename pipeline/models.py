@@ -140,9 +140,12 @@ def _parse_entry(name: str, entry: Mapping[str, Any], origin: str) -> ModelSpec:
         raise ModelError(f"{where}: mean and std need three values (std > 0), input_size at least 16")
     if entry.get("classes", "imagenet") != "imagenet":
         raise ModelError(f"{where}: only classes: imagenet is supported")
+    architecture = str(entry["architecture"])
+    if architecture not in ARCHITECTURES and not (architecture.startswith("torchvision:") and architecture != "torchvision:"):
+        raise ModelError(f"{where}: unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)}, torchvision:<name>)")
     return ModelSpec(
         name=name,
-        architecture=str(entry["architecture"]),
+        architecture=architecture,
         weights=weights,
         input_size=input_size,
         mean=mean,
@@ -241,12 +244,12 @@ def best_device() -> torch.device:
 @functools.lru_cache(maxsize=8)
 def _load(name: str, device: str, keys: tuple[tuple[str, int, int], ...]) -> torch.nn.Module:
     s = _registry(keys)[name]
+    model = build_architecture(s.architecture)  # an unknown architecture is said before any weights are read
     path = weights_file(s)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle refusing code, a truncated file, ...
         raise ModelError(f"model {name!r}: cannot load {path.name} safely ({one_line(exc)})") from None
-    model = build_architecture(s.architecture)
     _load_state(model, _remap(state, s), name)
     # channels_last: measured 1.4-1.6x faster on the CPU for EfficientNet-Lite
     # (docs/benchmarks.md), and the layout cuDNN prefers.

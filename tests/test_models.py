@@ -824,3 +824,14 @@ def test_preprocess_resizes_and_normalises(name):
     half[..., 32:] = 1.0
     out = preprocess(half, s)
     assert (out[..., : s.input_size // 4] < 0).all() and (out[..., -s.input_size // 4 :] > 0).all()
+
+
+@pytest.mark.parametrize("architecture", ["nope", "torchvision:"])
+def test_an_unknown_architecture_is_refused_when_the_registry_is_read(user_registry, tmp_path, architecture):
+    """Before, the weights file was unpickled first and the error was about the weights."""
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"not a checkpoint")
+    user_registry({"m": {"architecture": architecture, "weights": {"file": str(weights)}}})
+    with pytest.raises(models.ModelError, match=f"unknown architecture '{architecture}'") as err:
+        models.spec("m")
+    assert "\n" not in str(err.value)
