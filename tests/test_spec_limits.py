@@ -114,3 +114,13 @@ def test_bad_cluster_recipes(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(clusters.ClusterError, match=re.escape(message)):
         clusters.load_recipe(path)
+
+
+def test_exponent_floats_without_a_dot_are_numbers():
+    """YAML 1.2 reads 1e-10 as a number; PyYAML's YAML 1.1 read it as the string '1e-10'."""
+    from perturber.pipeline import yamlsafe
+
+    assert yamlsafe.loads("[1e-10, 1E12, -2.5e+3, 12, x1e5, '1e5']") == [1e-10, 1e12, -2500.0, 12, "x1e5", "1e5"]
+    text = "cubes: {c: {axes: {yaw: {range: [-180, 180, 1e-10]}}, models: [efficientnet_lite0]}}"
+    with pytest.raises(spec.SpecError, match="3600000000001 samples exceed the budget"):
+        spec.parse_spec(yamlsafe.loads(text))
