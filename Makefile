@@ -28,3 +28,4 @@ benchmark: setup
 	.venv/bin/python benchmarks/attack_latency.py --write docs/benchmarks.md
 	.venv/bin/python benchmarks/startup.py --write docs/benchmarks.md
 	.venv/bin/python benchmarks/kill_loop.py --write docs/reliability.md
+	.venv/bin/python benchmarks/bad_inputs.py --write docs/reliability.md

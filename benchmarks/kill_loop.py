@@ -107,8 +107,10 @@ def main() -> None:
     # Damage, verify, repair, recompute.
     damaged = work / "damaged.zarr"
     shutil.copytree(reference, damaged)
-    chunk_files = sorted(p for p in damaged.rglob("*") if p.is_file() and "/c/" in str(p) and "/views/" in str(p)
-                         and p.parent.parent.name != "done")
+    data = ("logits", "top_class", "top_prob", "expected_prob", "image")
+    chunk_files = sorted(p for p in (damaged / "views").glob("*/c/**/*") if p.is_file()
+                         and (p.relative_to(damaged / "views").parts[0] in data
+                              or p.relative_to(damaged / "views").parts[0].startswith("act_")))
     victims = rng.sample(chunk_files, 6)
     for i, p in enumerate(victims):
         if i % 2:
