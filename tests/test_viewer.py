@@ -1,6 +1,10 @@
-"""The viewer in a real browser: Debian's Chromium driven by Playwright."""
+"""The served viewer: its server over plain HTTP and websockets (who may reach it),
+and the viewer in a real browser, Debian's Chromium driven by Playwright."""
 
+import base64
 import contextlib
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -8,13 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from perturber.featureviz import precompute as fv
 from perturber.pipeline import run, spec, store
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = pytest.mark.slow  # a server each; browser tests are marked browser too
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -70,19 +75,24 @@ def browser():
         b.close()
 
 
-def _serve(path: Path, *extra: str):
+def _serve(path: Path, *extra: str, address: str = "127.0.0.1", env: dict | None = None, log: Path | None = None):
+    """Start ``perturber view`` (its output to ``log``); (process, page URL) once it listens."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "perturber", "view", str(path), "--port", str(port), *extra], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
+    out = open(log, "w") if log else subprocess.DEVNULL
+    args = ["--address", address, "--allow-remote"] if address != "127.0.0.1" else []
+    proc = subprocess.Popen([sys.executable, "-m", "perturber", "view", str(path), "--port", str(port), *args, *extra], cwd=ROOT,
+                            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    deadline = time.time() + 120
     while time.time() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, f"http://127.0.0.1:{port}/"
+            socket.create_connection((address, port), timeout=1).close()
+            return proc, f"http://{address}:{port}/"
         except OSError:
+            if proc.poll() is not None:
+                break
             time.sleep(0.3)
     proc.kill()
-    raise RuntimeError("the viewer did not start")
+    raise RuntimeError("the viewer did not start" + (f": {log.read_text()}" if log else ""))
 
 
 @contextlib.contextmanager
@@ -121,6 +131,7 @@ def _step_slider(page, index=0):
     page.keyboard.press("ArrowRight")
 
 
+@pytest.mark.browser
 def test_page_loads_and_yaw_changes_image_and_predictions(stores, page):
     with _viewer(page, stores[0]):
         image = page.get_attribute("img.pt-input", "src")
@@ -156,6 +167,7 @@ FRAMES_JS = """
 """
 
 
+@pytest.mark.browser
 def test_clicking_a_landscape_cell_moves_the_sliders(stores, page):
     with _viewer(page, stores[0]):
         expect(page.get_by_text("yaw: 0", exact=True)).to_be_visible()
@@ -167,6 +179,7 @@ def test_clicking_a_landscape_cell_moves_the_sliders(stores, page):
         expect(page.get_by_text("hue: 120", exact=True)).to_be_visible(timeout=30_000)
 
 
+@pytest.mark.browser
 def test_failure_finder_and_neuron_view(stores, page):
     with _viewer(page, stores[0]):
         expect(page.locator(".pt-neurons").first).to_be_visible(timeout=30_000)
@@ -193,6 +206,7 @@ def test_failure_finder_and_neuron_view(stores, page):
         expect(page.get_by_text(f"{axis}: {value}", exact=True)).to_be_visible(timeout=30_000)
 
 
+@pytest.mark.browser
 def test_missing_chunks_show_not_computed(stores, page):
     with _viewer(page, stores[1]):  # dog, yaw 0: computed
         expect(page.get_by_text("1 of 6 chunks computed")).to_be_visible()
@@ -201,6 +215,7 @@ def test_missing_chunks_show_not_computed(stores, page):
         assert "not computed" in _top5(page, "model_a")
 
 
+@pytest.mark.browser
 def test_foreign_store_gets_a_message(tmp_path, page):
     import numpy as np
     import xarray as xr
@@ -231,6 +246,7 @@ STATUS_SAYS_JS = """
 """
 
 
+@pytest.mark.browser
 def test_live_compute_off_the_grid(stores, page):
     with _viewer(page, stores[0], "--engine", "local"):
         grid_image = page.get_attribute("img.pt-input", "src")
@@ -255,11 +271,13 @@ def test_live_compute_off_the_grid(stores, page):
         assert "efficientnet_lite0" in _top5(page, "model_a") and "not computed" not in _top5(page, "model_a")
 
 
+@pytest.mark.browser
 def test_without_an_engine_live_compute_says_why(stores, page):
     with _viewer(page, stores[0]):
         expect(page.locator(".pt-live-off")).to_contain_text("Live compute is off")
 
 
+@pytest.mark.browser
 def test_pgd_in_the_viewer_fools_the_attacked_model_and_alpha_fades_it(stores, page):
     with _viewer(page, stores[0], "--engine", "local"):
         page.locator(".pt-pgd-run button").click()  # 10 steps of eps/8 at eps = 8/255, L-infinity, on Lite0
@@ -280,3 +298,131 @@ def test_pgd_in_the_viewer_fools_the_attacked_model_and_alpha_fades_it(stores, p
         expect(page.locator(".pt-attack figcaption")).to_contain_text("δ alone", timeout=30_000)
         page.locator(".pt-saliency-toggle input[type=checkbox]").check()  # one map per compared model
         expect(page.locator("img.pt-saliency")).to_have_count(2, timeout=60_000)
+
+
+# ------------------------------------------------------------------ who may reach it (no browser)
+
+def _foreign_store(tmp_path: Path) -> Path:
+    """A Zarr store that is no cube: the server starts at once and serves a one-line message."""
+    import numpy as np
+    import xarray as xr
+
+    path = tmp_path / "foreign.zarr"
+    xr.Dataset({"a": ("x", np.arange(3))}).to_zarr(path, group="views", zarr_format=3, consolidated=False)
+    return path
+
+
+def _upgrade(url: str, origin: str, cookie: str = "") -> str:
+    """The status line the server answers a websocket upgrade of its ``/ws`` with."""
+    host, port = url.split("//")[1].strip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall((f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n"
+                   f"Sec-WebSocket-Protocol: bokeh, token\r\nOrigin: {origin}\r\n"
+                   + (f"Cookie: {cookie}\r\n" if cookie else "") + "\r\n").encode())
+        return s.recv(4096).decode(errors="replace").splitlines()[0]
+
+
+TOKEN = "a-token-for-the-tests-0123456789"
+
+
+def test_an_exposed_viewer_needs_its_token_and_its_own_origin(tmp_path):
+    log = tmp_path / "server.log"
+    proc, url = _serve(_foreign_store(tmp_path), address="127.0.0.2", env={"PERTURBER_TOKEN": TOKEN}, log=log)
+    try:
+        origin = url.rstrip("/")
+        assert requests.get(url, timeout=60).status_code == 403
+        assert requests.get(url + "?token=not-the-token", timeout=60).status_code == 403
+        assert " 101 " not in _upgrade(url, origin)  # the websocket needs the token too
+        page = requests.get(url + "?token=" + TOKEN, timeout=60)
+        assert page.status_code == 200 and "<title>Perturber</title>" in page.text
+        cookie = "; ".join(f"{k}={v}" for k, v in page.cookies.items())
+        assert " 101 " in _upgrade(url, origin, cookie)
+        assert " 403 " in _upgrade(url, "http://evil.example.com", cookie)
+        printed = log.read_text()
+        assert f"exposed on 127.0.0.2:{origin.rsplit(':', 1)[1]}: token required, open {url}?token={TOKEN}" in printed
+        assert f"websocket origins limited to {origin.split('//')[1]}" in printed
+    finally:
+        proc.kill()
+
+
+def test_a_local_viewer_refuses_other_origins_and_imports_no_module_a_url_names(tmp_path):
+    log = tmp_path / "server.log"
+    proc, url = _serve(_foreign_store(tmp_path), log=log)
+    try:
+        origin = url.rstrip("/")
+        assert requests.get(url, timeout=60).status_code == 200  # local: no token
+        assert " 403 " in _upgrade(url, "http://evil.example.com")
+        assert " 101 " in _upgrade(url, origin)
+        assert " 101 " in _upgrade(url, origin.replace("127.0.0.1", "localhost"))
+        # Panel's /components/<module>/... route would import `this` (which prints the Zen of Python).
+        assert requests.get(url + "components/this/x/_css/y.css", timeout=60).status_code == 404
+        assert requests.get(url + "components/panel.nonexistent/x/_css/y.css", timeout=60).status_code == 404
+        time.sleep(0.5)
+        assert "Beautiful is better than ugly" not in log.read_text()
+        assert "local only (no token needed): websocket origins limited to" in log.read_text()
+    finally:
+        proc.kill()
+
+
+def test_a_short_perturber_token_is_refused_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "perturber", "view", str(_foreign_store(tmp_path)), "--address", "127.0.0.2",
+                           "--allow-remote", "--port", str(_free_port())], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PERTURBER_TOKEN": "short"}, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("perturber: error: PERTURBER_TOKEN: 5 characters; use at least 16 printable ones "
+                                   "without spaces (or unset it for a random token per start)")
+
+
+# ------------------------------------------------------------------ damaged chunks, long calls
+
+def _damaged_copy(full: Path, tmp_path: Path) -> Path:
+    """A copy of the store whose first point (dog, yaw 0) has its image chunk truncated
+    and its top_class chunk deleted (the chunk stays marked done)."""
+    copy = tmp_path / "damaged.zarr"
+    shutil.copytree(full, copy)
+    image = copy / "views" / "image" / "c" / "0" / "0" / "0" / "0" / "0" / "0"
+    image.write_bytes(image.read_bytes()[:40])
+    (copy / "views" / "top_class" / "c" / "0" / "0" / "0" / "0" / "0").unlink()
+    return copy
+
+
+@pytest.mark.browser
+def test_a_damaged_chunk_at_the_first_point_is_one_line_not_a_traceback(stores, page, tmp_path):
+    damaged = _damaged_copy(stores[0], tmp_path)
+    proc, url = _serve(damaged)
+    try:
+        page.goto(url)
+        notice = page.locator(".pt-notice")
+        expect(notice).to_contain_text("damaged chunk at object=dog, yaw=0, hue=0", timeout=60_000)
+        expect(notice).to_contain_text(f"perturber verify {damaged} --repair`, then `perturber precompute`")
+        expect(page.locator(".pt-missing-input")).to_have_text("damaged chunk")
+        expect(page.locator(".pt-model_a")).to_contain_text("damaged chunk")
+        text = page.inner_text("body")
+        assert "Traceback" not in text and ".py" not in text
+        # Elsewhere the store reads as before.
+        _step_slider(page)
+        page.wait_for_selector("img.pt-input", timeout=30_000)
+        expect(notice).to_have_count(0)
+        assert not page.errors, page.errors
+    finally:
+        proc.kill()
+
+
+@pytest.mark.browser
+def test_a_long_pgd_run_does_not_hold_up_other_sessions(stores, page):
+    """500 PGD steps in the viewer's process (seconds); meanwhile another
+    client's page load is served, and the attacked session keeps running."""
+    with _viewer(page, stores[0]):
+        steps = page.locator(".pt-pgd-n input")
+        steps.fill("500")
+        steps.press("Enter")
+        page.wait_for_timeout(300)
+        page.locator(".pt-pgd-run button").click()
+        status = page.locator(".pt-attack-status")
+        expect(status).to_contain_text("running 500 step(s)", timeout=30_000)
+        other = requests.get(page.url, timeout=120)
+        assert other.status_code == 200 and "bokeh" in other.text
+        assert "running 500 step(s)" in status.inner_text()  # the other page came while the attack still ran
+        page.get_by_role("button", name="reset δ").click()  # stops the run at its next step
+        expect(status).to_contain_text("No perturbation yet", timeout=30_000)

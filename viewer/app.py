@@ -9,13 +9,14 @@ the ``sections`` a caller passes to :func:`build_app`).
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
+from html import escape
 from typing import Any, Callable, Sequence
 
 import panel as pn
 
-from perturber.pipeline.store import StoreError
-from perturber.viewer import html, stores
+from perturber.viewer import html, security, sessions, stores, widgets
 from perturber.viewer.live import LiveEngine
 from perturber.viewer.panels.attack import AttackPanel
 from perturber.viewer.panels.controls import ControlsPanel
@@ -30,7 +31,7 @@ from perturber.viewer.panels.sensitivity import SensitivityPanel
 from perturber.viewer.panels.top5 import Top5Panel
 from perturber.viewer.state import CubeState, Settled
 
-__all__ = ["Viewer", "Section", "SECTIONS", "build_app", "serve"]
+__all__ = ["Viewer", "Section", "SECTIONS", "NoticePanel", "build_app", "serve"]
 
 
 @dataclass
@@ -62,45 +63,92 @@ SECTIONS: list[Section] = [
 ]
 
 
+class NoticePanel(html.HTMLPanel):
+    """One line above the views: a damaged chunk at the point, or a failure (empty: nothing)."""
+
+    def __init__(self, state: CubeState):
+        super().__init__(state)
+        state.param.watch(self.redraw, ["notice"])
+
+    def html(self) -> str:
+        notice = self.state.notice
+        return f"<div class='pt-notice'>{escape(notice)}</div>" if notice else ""
+
+
 def build_app(path: str, cube: str, state: CubeState | None = None, engine: Any = None,
               sections: Sequence[Section] = SECTIONS) -> pn.Column:
     """The viewer for one cube of a store (``state``: an existing state of that
     cube to drive; ``engine``: a :class:`~perturber.viewer.live.LiveEngine` for
-    live compute; ``sections``: the panels below the top row)."""
+    live compute; ``sections``: the panels below the top row). Served, the
+    sections are built after the first paint (:func:`perturber.viewer.sessions.defer`).
+    Never raises: a store it cannot show, or a failure, is one line on the page."""
     try:
-        state = state or CubeState(path, cube, engine=engine)
-    except StoreError as exc:
-        return pn.Column(pn.pane.Alert(f"Cannot show this store: {exc}", alert_type="danger"))
+        return _build(path, cube, state, engine, sections)
+    except Exception as exc:
+        return pn.Column(pn.pane.Alert(f"Cannot show this store: {sessions.failure('building the page', exc)}",
+                                       alert_type="danger"))
+
+
+def _build(path: str, cube: str, state: CubeState | None, engine: Any, sections: Sequence[Section]) -> pn.Column:
+    state = state or CubeState(path, cube, engine=engine)
     viewer = Viewer(path, state, Settled(state))
+    sessions.register_notice(lambda line: setattr(state, "notice", line))
     header = pn.pane.Markdown(f"## Perturber — {cube}\n`{path}` · {int(state.done.sum())} of {state.done.size} chunks computed")
     models = pn.Row(
-        pn.widgets.Select.from_param(state.param.model_a, name="left model"),
-        pn.widgets.Select.from_param(state.param.model_b, name="right model"),
-        pn.widgets.RadioButtonGroup.from_param(state.param.score, name="show"),
+        widgets.select(state, "model_a", "left model"),
+        widgets.select(state, "model_b", "right model"),
+        widgets.radio(state, "score", "show"),
     )
-    main = pn.Column(pn.Row(InputPanel(state), pn.Column(models, pn.Row(Top5Panel(state, "model_a"), Top5Panel(state, "model_b")))))
-    for section in sections:
-        if section.title:
-            main.append(pn.pane.Markdown(f"### {section.title}"))
-        main.append(section.panel(viewer))
+    main = pn.Column(NoticePanel(state), pn.Row(InputPanel(state), pn.Column(models, pn.Row(Top5Panel(state, "model_a"),
+                                                                                             Top5Panel(state, "model_b")))))
+    for rank, section in enumerate(sections):
+        slot = pn.Column(html.markdown(f"### {section.title}" if section.title else "", "pt-pending"))
+        main.append(slot)
+        sessions.defer(rank, lambda slot=slot, section=section: _fill(slot, section, viewer))
     main.append(html.markdown("Points off the grid and factors the cube holds fixed: *Live (off the grid)* among the "
                               "controls computes them with the on-demand engine (`--engine`).", "pt-small"))
-    return pn.Column(header, pn.Row(ControlsPanel(state), main))
+    layout = pn.Column(header, pn.Row(ControlsPanel(state), main))
+    if sessions.served() is not None:
+        sessions.BACKLOG.arrived(sessions.served())
+    return layout
+
+
+def _fill(slot: pn.Column, section: Section, viewer: Viewer) -> None:
+    """Build one section into its slot; a failure is one line there."""
+    title = [pn.pane.Markdown(f"### {section.title}")] if section.title else []
+    try:
+        slot.objects = title + [section.panel(viewer)]  # served, Panel renders it here
+    except Exception as exc:
+        slot.objects = title + [pn.pane.Alert(sessions.failure(section.title or "a view", exc), alert_type="warning")]
 
 
 def serve(path: str, cube: str | None = None, port: int = 5006, address: str = "127.0.0.1", show: bool = False,
-          engine: str | None = None):
+          engine: str | None = None, origins: Sequence[str] = ()):
     """Serve the viewer with Panel's server (blocking). ``engine``: None (grid
-    points only), 'local' (start a LocalCluster) or a Dask scheduler address."""
+    points only), 'local' (start a LocalCluster) or a Dask scheduler address;
+    ``origins``: more ``host:port`` websocket origins to allow (a proxy's).
+    Exposed (``address`` not local), the page and its websocket need a token
+    (:mod:`perturber.viewer.security`)."""
     name = cube or stores.cube_names(path)[0]
+    token = security.new_token() if security.is_exposed(address) else None  # a bad PERTURBER_TOKEN fails before the engine starts
+    allowed = security.origins(address, port, origins)
+    extra: dict[str, Any] = {"extra_patterns": [security.component_route()]}
+    if token is not None:
+        extra["auth_provider"] = security.TokenAuth(token, port)
+        host = address if address not in security.ALL_INTERFACES else socket.gethostname()
+        print(f"exposed on {address}:{port}: token required, open http://{host}:{port}/?token={token} ; "
+              f"websocket origins limited to {', '.join(allowed)}", flush=True)
+    else:
+        print(f"local only (no token needed): websocket origins limited to {', '.join(allowed)}", flush=True)
+    pn.config.exception_handler = sessions.handle_exception  # tracebacks to the log, one line to the page
+    pn.config.console_output = "disable"
     live = None
     if engine:
         live = LiveEngine(scheduler=None if engine == "local" else engine)
         print(f"live compute on {live.where}")
-    origin = [f"{address}:{port}", f"localhost:{port}"] if address in ("127.0.0.1", "localhost") else ["*"]
     try:
-        pn.serve({"/": lambda: build_app(path, name, engine=live)}, port=port, address=address, show=show,
-                 websocket_origin=origin, title="Perturber")
+        pn.serve({"/": lambda: build_app(path, name, engine=live)}, port=port, address=address, show=show and token is None,
+                 websocket_origin=allowed, title="Perturber", **extra)
     finally:
         if live is not None:
             live.close()
