@@ -1,5 +1,6 @@
 """The on-demand engine on a real LocalCluster: live points, cache, cancellation, bounds, errors."""
 
+import threading
 import time
 
 import numpy as np
@@ -48,6 +49,22 @@ def test_pending_work_is_bounded(live):
         live.submit("e", {**OFF_GRID, "yaw": 62.0}, MODELS, [], {}, 224)
     for session in ("c", "d"):  # let them finish for the next tests
         live._pending[session].result(timeout=120)
+
+
+def test_long_calls_count_against_the_same_bound(live):
+    """PGD runs (threads of Work.start) and live points share max_pending (2 here)."""
+    gate = threading.Event()
+    first, second = live.start("h/attack", gate.wait, 120), live.start("i/attack", gate.wait, 120)
+    with pytest.raises(EngineError, match=r"^the engine is busy \(2 requests running\); try again in a moment$"):
+        live.submit("j", {**OFF_GRID, "yaw": 63.0}, MODELS, [], {}, 224)
+    with pytest.raises(EngineError, match="busy"):
+        live.start("k/attack", gate.wait, 120)
+    with pytest.raises(EngineError, match="^already running here: wait for it to finish, or reset$"):
+        live.start("h/attack", gate.wait, 120)
+    gate.set()
+    assert first.result(timeout=30) and second.result(timeout=30)
+    key, future = live.submit("j", {**OFF_GRID, "yaw": 63.0}, MODELS, [], {}, 224)  # room again
+    assert live.result(key, future).logits[MODELS[0]].shape == (1000,)
 
 
 def test_errors_and_timeouts_are_one_line(live):

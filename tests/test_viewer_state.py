@@ -93,3 +93,103 @@ def test_expected_probability_sums_the_objects_classes(stores):
     assert np.isclose(p[1, 2, 1, 0], softmax(logits)[assets.imagenet_class_indices("cat")].sum(), rtol=0.01)
     partial = viewer_stores.analysis(stores[1], "views").expected_probability
     assert not np.isnan(partial[0, 0]).any() and np.isnan(partial[1]).all()
+
+
+# ------------------------------------------------------------------ damaged chunks
+
+def _damage(full: str, tmp_path) -> str:
+    """A copy of ``full``: at (dog, yaw 0) the image chunk truncated and the
+    top_class chunk deleted; at (cat, yaw 180) the top_prob chunk truncated.
+    Every chunk stays marked done."""
+    import shutil
+    from pathlib import Path
+
+    copy = Path(tmp_path) / "damaged.zarr"
+    shutil.copytree(full, copy)
+    image = copy / "views/image/c/0/0/0/0/0/0"
+    image.write_bytes(image.read_bytes()[:40])
+    (copy / "views/top_class/c/0/0/0/0/0").unlink()
+    prob = copy / "views/top_prob/c/1/2/0/0/0"
+    prob.write_bytes(prob.read_bytes()[:-9])
+    return str(copy)
+
+
+def test_a_damaged_chunk_reads_as_damaged_not_as_an_exception(stores, tmp_path):
+    path = _damage(stores[0], tmp_path)
+    s = CubeState(path, "views")
+    assert s.computed() and s.image() is None and s.missing() == "damaged chunk"
+    assert s.notice == (f"damaged chunk at object=dog, yaw=0, hue=0 (image): `perturber verify {path} --repair`, "
+                        "then `perturber precompute`, recomputes it")
+    s.hue = 120  # the same chunk (hue is 2 per chunk): still damaged, now found by the deleted top_class file
+    assert s.top5("efficientnet_lite0") is None and s.missing() == "damaged chunk"
+    assert "damaged chunk at object=dog, yaw=0, hue=120" in s.notice
+    s.yaw = 90.0  # an intact chunk
+    assert s.notice == "" and s.missing() == "not computed" and s.image().shape == (224, 224, 3)
+    assert len(s.top5("efficientnet_lite0")) == 5
+    # Whole-cube views read the damaged chunks as not computed and work on.
+    cube = viewer_stores.analysis(path, "views")
+    top, prob = cube.top1
+    assert np.isnan(top[0, 0]).all() and np.isnan(prob[1, 2]).all() and not np.isnan(prob[0, 1]).any()
+    assert all(f["object"] == "dog" for f in cube.failures("efficientnet_lite0", s.index(), limit=5))
+    s.object, s.yaw = "cat", 180.0  # the truncated top_prob chunk
+    assert s.top5("efficientnet_lite0") is None and "object=cat, yaw=180, hue=120 (top_prob)" in s.notice
+    land = Landscape(s)
+    assert land.curves() is None  # its class is the top class here, which cannot be read
+    land.target = 281  # a class of our own choosing: the logits along yaw are intact
+    assert np.isfinite(land.curves()["efficientnet_lite0"][1]).all()
+
+
+def test_the_page_of_a_damaged_point_shows_one_line_and_no_traceback(stores, tmp_path):
+    from bokeh.document import Document
+
+    from perturber.viewer import app
+
+    path = _damage(stores[0], tmp_path)
+    root = app.build_app(path, "views").get_root(Document())
+    text = "".join(str(getattr(m, "text", "")) for m in root.references())
+    assert "pt-notice" in text and "damaged chunk at object=dog, yaw=0, hue=0" in text and "Traceback" not in text
+
+
+def test_a_failing_view_is_one_line_and_its_traceback_goes_to_the_log(stores, caplog):
+    from bokeh.document import Document
+
+    from perturber.viewer import app, html
+
+    class Broken(html.HTMLPanel):
+        def html(self):
+            raise RuntimeError("/srv/secret/module.py line 3")
+
+    def broken_section(viewer):
+        raise OSError("/srv/secret/other.py")
+
+    s = CubeState(stores[0], "views")
+    layout = app.build_app(stores[0], "views", state=s, sections=[
+        app.Section("broken pane", lambda v: Broken(v.state)), app.Section("broken section", broken_section)])
+    text = "".join(str(getattr(m, "text", "")) for m in layout.get_root(Document()).references())
+    assert "Broken failed (RuntimeError)" in text  # in the pane; the server's log has the rest
+    assert "broken section failed (OSError)" in text and "/srv/secret" not in text
+    assert "/srv/secret/module.py" in caplog.text and "Traceback" in caplog.text
+
+
+# ------------------------------------------------------------------ PGD off the caller's thread
+
+def test_a_started_attack_runs_in_a_thread_and_reports_back(stores):
+    import queue
+
+    from perturber.viewer.live import LOCAL
+    from perturber.viewer.state import AttackState
+
+    s = CubeState(stores[0], "views")
+    attack, inbox, finished = AttackState(s), queue.Queue(), []
+    assert attack.start(3, inbox.put, finished=lambda: finished.append(True))
+    assert attack.done == 0 and attack.status == "running 3 step(s)…"  # start() did not wait for a step
+    assert not attack.start(3, inbox.put)
+    assert attack.status == "attack refused: already running here: wait for it to finish, or reset"
+    others = [AttackState(CubeState(stores[0], "views")) for _ in range(LOCAL.max_pending)]
+    started = [o.start(200, lambda callback: None) for o in others]  # the viewer's bound: one of them is refused
+    assert started.count(False) == 1 and "attack refused: the viewer is busy" in others[started.index(False)].status
+    for o in others:
+        o.reset()  # they stop at their next step
+    while not finished:
+        inbox.get(timeout=120)()  # each step's result, applied on this (the "event loop's") thread
+    assert attack.status.startswith("3 step(s) in the viewer") and attack.logits.shape == (11, 1, 1000)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +50,23 @@ class HTMLPanel:
 
     def __init__(self, state: Any):
         self.state = state
-        self.pane = pane(self.html(), **({"width": self.width} if self.width else {}))
+        self.pane = pane(self.render(), **({"width": self.width} if self.width else {}))
         state.param.watch(self.redraw, ["changed"])
 
     def __panel__(self) -> pn.pane.HTML:
         return self.pane
 
     def redraw(self, *_: Any) -> None:
-        self.pane.object = self.html()
+        self.pane.object = self.render()
+
+    def render(self) -> str:
+        """:meth:`html`, or one line saying it failed (the traceback goes to the server's log)."""
+        try:
+            return self.html()
+        except Exception as exc:
+            from perturber.viewer.sessions import failure
+
+            return f"<p class='pt-failed'>{escape(failure(type(self).__name__, exc))}</p>"
 
     def html(self) -> str:
         raise NotImplementedError

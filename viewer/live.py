@@ -6,6 +6,12 @@ LocalCluster by default, or a running scheduler), whose worker processes keep
 the models loaded between requests. Work is bounded: results are cached (LRU),
 at most ``max_pending`` requests run at once, each waits at most ``timeout``
 seconds, and a new request of a session cancels that session's stale one.
+
+:class:`Work` is that bound, for any long call: a served viewer never runs
+one on its event loop, but in a thread of :meth:`Work.start` (PGD, saliency),
+counted with the live points against the same ``max_pending``;
+:data:`LOCAL` bounds the work the viewer's own process does when no engine is
+configured.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -29,7 +36,7 @@ from perturber.pipeline.errors import PerturberError, one_line
 from perturber.pipeline.imageops import to_tensor
 from perturber.pipeline.tasks import start_local_cluster, use_threads
 
-__all__ = ["LiveEngine", "LiveResult", "EngineError", "evaluate_point", "attack_task"]
+__all__ = ["Work", "LOCAL", "LiveEngine", "LiveResult", "EngineError", "evaluate_point", "attack_task"]
 
 
 class EngineError(PerturberError):
@@ -64,17 +71,66 @@ def evaluate_point(point: Mapping[str, Any], models: Sequence[str], layers: Sequ
     )
 
 
-class LiveEngine:
+class Work:
+    """A bound on long calls in flight: at most ``max_pending`` at once over
+    every owner (a session, or a session's attack); :meth:`start` runs one in a
+    thread, so a served viewer's event loop never waits for it."""
+
+    def __init__(self, max_pending: int = 4, name: str = "the viewer"):
+        self.max_pending, self.name = max_pending, name
+        self._pending: dict[str, Any] = {}  # owner → its in-flight future (Dask's or a thread's)
+        self._lock = threading.Lock()
+        self._threads: ThreadPoolExecutor | None = None
+
+    def running(self) -> int:
+        return sum(1 for f in self._pending.values() if not f.done())
+
+    def _admit(self, owner: str, replace: bool) -> None:
+        """Under the lock: refuse (EngineError) when the bound is reached, or
+        when ``owner``'s last call still runs and may not be ``replace``d (cancelled)."""
+        for done in [o for o, f in self._pending.items() if f.done()]:
+            del self._pending[done]
+        stale = self._pending.get(owner)
+        if stale is not None:
+            if not replace:
+                raise EngineError("already running here: wait for it to finish, or reset")
+            stale.cancel()
+            del self._pending[owner]
+        running = self.running()
+        if running >= self.max_pending:
+            raise EngineError(f"{self.name} is busy ({running} requests running); try again in a moment")
+
+    def start(self, owner: str, fn: Any, *args: Any, **kwargs: Any) -> Future:
+        """``fn(*args, **kwargs)`` in a thread, counted against ``max_pending``;
+        EngineError (one line) when refused."""
+        with self._lock:
+            self._admit(owner, replace=False)
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(max_workers=self.max_pending, thread_name_prefix="perturber-work")
+            future = self._threads.submit(fn, *args, **kwargs)
+            self._pending[owner] = future
+        return future
+
+    def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+#: The viewer process's own long calls (PGD and saliency without an engine): two at once.
+LOCAL = Work(max_pending=2, name="the viewer")
+
+
+class LiveEngine(Work):
     """Live evaluation on a Dask cluster, with an LRU cache, a bound on pending
-    work, a timeout and cancellation of stale requests."""
+    work (live points and :meth:`Work.start` calls together), a timeout and
+    cancellation of stale requests."""
 
     def __init__(self, scheduler: str | None = None, cache_size: int = 256, max_pending: int = 4,
                  timeout: float = 60.0, threads: int | None = None):
-        self.timeout, self.max_pending = timeout, max_pending
+        super().__init__(max_pending, name="the engine")
+        self.timeout = timeout
         self._cache: collections.OrderedDict[str, LiveResult] = collections.OrderedDict()
         self._cache_size = cache_size
-        self._pending: dict[str, Any] = {}  # session → its in-flight future
-        self._lock = threading.Lock()
         self.threads = threads or max(1, (os.cpu_count() or 1))
         try:
             if scheduler is None:
@@ -106,12 +162,7 @@ class LiveEngine:
         running, is cancelled. Raises EngineError when too much is pending."""
         key = self.key(point, models, layers, neurons, size)
         with self._lock:
-            stale = self._pending.pop(session, None)
-            if stale is not None and not stale.done():
-                stale.cancel()
-            running = sum(1 for f in self._pending.values() if not f.done())
-            if running >= self.max_pending:
-                raise EngineError(f"the engine is busy ({running} requests running); try again in a moment")
+            self._admit(session, replace=True)
             future = self.client.submit(evaluate_point, dict(point), list(models), list(layers), dict(neurons), size,
                                         threads=self.threads, pure=False)
             self._pending[session] = future
@@ -158,6 +209,7 @@ class LiveEngine:
         return self._wait(self.client.submit(fn, *args, threads=self.threads, pure=False))
 
     def close(self) -> None:
+        super().close()
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()

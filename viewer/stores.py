@@ -6,11 +6,20 @@ Whole-cube results (done marks, top-1 classes, where a model misreads its
 object, neuron groups) come from :class:`perturber.pipeline.analysis.Cube`,
 computed once per process and kept with the handle. Chunks written after the
 viewer started show once it is restarted.
+
+Damage: a point's read (:func:`read_point`) raises :class:`DamagedChunk`, one
+line naming the point and the repair, when a chunk marked done cannot be
+decoded or its file is gone (Zarr would read a missing file as the fill
+value); whole-cube reads (:func:`tolerant`, the analysis) read a damaged
+chunk as not computed and log it. No exception text reaches the page.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+import logging
+from typing import Any, Mapping
 
 import numpy as np
 import xarray as xr
@@ -23,7 +32,18 @@ from perturber.pipeline.errors import one_line
 from perturber.pipeline.store import StoreError, open_cube
 from perturber.viewer.html import png
 
-__all__ = ["open_store", "done_marks", "analysis", "cube_names", "featureviz", "fv_png"]
+__all__ = ["open_store", "done_marks", "analysis", "cube_names", "featureviz", "fv_png", "DamagedChunk", "repair_hint",
+           "read_point", "tolerant"]
+
+log = logging.getLogger("perturber.viewer")
+
+
+class DamagedChunk(StoreError):
+    """A chunk marked done that cannot be read; the message is one line for the page."""
+
+
+def repair_hint(path: str) -> str:
+    return f"`perturber verify {path} --repair`, then `perturber precompute`, recomputes it"
 
 
 @functools.lru_cache(maxsize=8)
@@ -43,14 +63,98 @@ def open_store(path: str, cube: str) -> xr.Dataset:
 @functools.lru_cache(maxsize=8)
 def done_marks(path: str, cube: str) -> np.ndarray:
     """(chunk grid) bool, read once per process: one small file per chunk, so a
-    million-sample store takes seconds to read."""
-    return open_store(path, cube)[names.DONE].values.astype(bool)
+    million-sample store takes seconds to read (a damaged mark reads as not done)."""
+    return tolerant(open_store(path, cube)[names.DONE], fill=0).astype(bool)
+
+
+class ViewerCube(Cube):
+    """:class:`Cube` whose whole-cube summaries read damaged chunks as not computed."""
+
+    @functools.cached_property
+    def top1(self) -> tuple[np.ndarray, np.ndarray]:
+        return (tolerant(self.ds[names.TOP_CLASS].isel({names.RANK: 0})),
+                tolerant(self.ds[names.TOP_PROB].isel({names.RANK: 0})))
+
+    @functools.cached_property
+    def expected_probability(self) -> np.ndarray:
+        if names.EXPECTED_PROB in self.ds:
+            return tolerant(self.ds[names.EXPECTED_PROB])
+        return Cube.expected_probability.func(self)
 
 
 @functools.lru_cache(maxsize=8)
 def analysis(path: str, cube: str) -> Cube:
     """The cube's analysis, shared by every session of this process."""
-    return Cube(open_store(path, cube))
+    return ViewerCube(open_store(path, cube))
+
+
+# ---------------------------------------------------------------- damage
+
+
+def tolerant(var: xr.DataArray, fill: Any = np.nan) -> np.ndarray:
+    """``var.values``; when that fails (a damaged chunk), read block by block
+    in its stored chunks, ``fill`` where a block cannot be read (logged)."""
+    try:
+        return var.values
+    except Exception as exc:
+        log.warning("%s: a chunk cannot be read (%s); reading it chunk by chunk, damaged chunks as not computed",
+                    var.name, type(exc).__name__)
+    sizes = var.encoding.get("preferred_chunks", {})
+    steps = [int(sizes.get(dim, n)) or n for dim, n in zip(var.dims, var.shape)]
+    out = np.full(var.shape, fill, dtype=np.result_type(var.dtype, np.asarray(fill).dtype))
+    damaged = 0
+    for corner in itertools.product(*(range(0, n, step) for n, step in zip(var.shape, steps))):
+        block = tuple(slice(c, min(c + step, n)) for c, step, n in zip(corner, steps, var.shape))
+        try:
+            out[block] = var[block].values
+        except Exception:
+            damaged += 1
+    log.warning("%s: %d damaged chunk(s) read as not computed; `perturber verify` finds them", var.name, damaged)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _zarr_array(path: str, cube: str, variable: str) -> zarr.Array:
+    return zarr.open_array(path, path=f"{cube}/{variable}", mode="r")
+
+
+_present: set[tuple[str, str, str, str]] = set()  # chunk files seen to exist (files are never removed while viewing)
+
+
+def _files_present(path: str, cube: str, var: xr.DataArray, sel: Mapping[str, Any]) -> bool:
+    """Whether every chunk file that ``var.isel(sel)`` reads exists (integer positions in ``sel``)."""
+    from zarr.core.sync import sync
+
+    arr = _zarr_array(path, cube, str(var.name))
+    grid = arr.metadata.chunk_grid.chunk_shape  # the stored objects' shape (shards, when sharded)
+    per_dim = []
+    for dim, n, step in zip(var.dims, var.shape, grid):
+        at = sel.get(dim)
+        per_dim.append([int(at) // step] if isinstance(at, (int, np.integer)) else range(-(-n // step)))
+    for coords in itertools.product(*per_dim):
+        key = (path, cube, str(var.name), arr.metadata.encode_chunk_key(coords))
+        if key in _present:
+            continue
+        if not sync((arr.store_path / key[3]).exists()):
+            return False
+        _present.add(key)
+    return True
+
+
+def read_point(path: str, cube: str, var: xr.DataArray, sel: Mapping[str, Any], where: str) -> np.ndarray:
+    """``var.isel(sel).values`` at a computed point (``where``: the point, as the
+    page names it); :class:`DamagedChunk` when a chunk file is gone or cannot be decoded."""
+    message = f"damaged chunk at {where} ({var.name}): {repair_hint(path)}"
+    try:
+        if not _files_present(path, cube, var, sel):
+            raise DamagedChunk(message)
+        return var.isel(**sel).values
+    except DamagedChunk:
+        log.warning("%s", message)
+        raise
+    except Exception as exc:
+        log.warning("%s [%s]", message, one_line(exc, typed=True))
+        raise DamagedChunk(message) from None
 
 
 def cube_names(path: str) -> list[str]:

@@ -3,11 +3,13 @@ perturbation in with α, and see whether the other models are fooled too."""
 
 from __future__ import annotations
 
+from html import escape
+
 import numpy as np
 import panel as pn
 
 from perturber.pipeline.analysis import softmax
-from perturber.viewer import html
+from perturber.viewer import html, sessions, widgets
 from perturber.viewer.state import ALPHAS, AttackState, CubeState
 
 __all__ = ["AttackPanel"]
@@ -28,15 +30,14 @@ class AttackPanel:
         run.on_click(lambda _e: self._go(attack.steps))
         reset.on_click(lambda _e: attack.reset())
         controls = pn.Row(
-            pn.widgets.Select.from_param(attack.param.model, name="attacked model", width=170),
-            pn.widgets.IntInput.from_param(attack.param.target, name="target (-1: suppress)", width=130),
-            pn.widgets.FloatInput.from_param(attack.param.eps, name="ε", width=90),
-            pn.widgets.Select.from_param(attack.param.norm, name="norm", width=70),
-            pn.widgets.IntInput.from_param(attack.param.steps, name="N", width=70),
+            widgets.select(attack, "model", "attacked model", width=170),
+            widgets.int_input(attack, "target", "target (-1: suppress)", width=130),
+            widgets.float_input(attack, "eps", "ε", width=90),
+            widgets.select(attack, "norm", "norm", width=70),
+            widgets.int_input(attack, "steps", "N", width=70, css_classes=["pt-pgd-n"]),
         )
-        blend = pn.Row(pn.widgets.DiscreteSlider.from_param(attack.param.alpha, name="α (blend x + αδ)", css_classes=["pt-alpha"]),
-                       pn.widgets.Checkbox.from_param(attack.param.delta_only, name="show δ alone (amplified)",
-                                                      css_classes=["pt-delta-only"]))
+        blend = pn.Row(widgets.grid_slider(attack, "alpha", list(ALPHAS), "α (blend x + αδ)", css_classes=["pt-alpha"]),
+                       widgets.checkbox(attack, "delta_only", "show δ alone (amplified)", css_classes=["pt-delta-only"]))
         self.pane = html.pane(self.html(), width=900)
         attack.param.watch(self._update, ["done", "alpha", "delta_only", "status"])
         self.view = pn.Column(controls, pn.Row(step, run, reset, self.progress), blend, self.pane)
@@ -45,9 +46,16 @@ class AttackPanel:
         return self.view
 
     def _go(self, n: int) -> None:
+        """``n`` steps: in a thread when served (the event loop serves every other
+        session meanwhile; each step's δ comes back to this one), else waited for."""
+        deliver = sessions.on_loop()
         self.progress.param.update(visible=True, max=n, value=0)
-        self.attack.run(n, progress=lambda i: setattr(self.progress, "value", i))
-        self.progress.visible = False
+        if deliver is None:
+            self.attack.run(n, progress=lambda i: setattr(self.progress, "value", i))
+            self.progress.visible = False
+        elif not self.attack.start(n, deliver, progress=lambda i: setattr(self.progress, "value", i),
+                                   finished=lambda: setattr(self.progress, "visible", False)):
+            self.progress.visible = False
 
     def _update(self, *_) -> None:
         self.pane.object = self.html()
@@ -55,7 +63,7 @@ class AttackPanel:
     def html(self) -> str:
         attack, image = self.attack, self.state.image()
         if attack.delta is None or attack.logits is None or image is None:
-            return f"<div class='pt-attack'><p>{attack.status or 'No perturbation yet: press PGD step.'}</p></div>"
+            return f"<div class='pt-attack'><p class='pt-attack-status'>{escape(attack.status or 'No perturbation yet: press PGD step.')}</p></div>"
         x = image.astype(np.float32) / 255
         d = attack.delta.transpose(1, 2, 0)
         if attack.delta_only:
@@ -75,6 +83,6 @@ class AttackPanel:
         table = ("<table class='pt-transfer'><tr><th>model</th><th>α = 0</th><th>α = " + f"{attack.alpha:g}" + "</th></tr>"
                  + "".join(rows) + "</table>")
         caption = "δ alone (amplified)" if attack.delta_only else f"x + {attack.alpha:g} δ"
-        return (f"<div class='pt-attack'><p class='pt-attack-status'>{attack.status}</p><figure class='pt-attack-image'>"
+        return (f"<div class='pt-attack'><p class='pt-attack-status'>{escape(attack.status)}</p><figure class='pt-attack-image'>"
                 f"<img class='pt-attacked' src='{html.png((shown * 255).round().astype(np.uint8))}' width='224'>"
                 f"<figcaption>{caption}</figcaption></figure>{table}</div>")

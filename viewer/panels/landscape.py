@@ -7,7 +7,9 @@ import holoviews as hv
 import numpy as np
 import panel as pn
 
-from perturber.viewer.state import NOT_COMPUTED, CubeState, Landscape, Settled
+from perturber.viewer import widgets
+from perturber.viewer.panels import bokeh_plots
+from perturber.viewer.state import CubeState, Landscape, Settled
 
 __all__ = ["LandscapePanel", "label"]
 
@@ -22,17 +24,17 @@ class LandscapePanel:
     when the point has settled; clicking a heatmap cell goes there."""
 
     def __init__(self, state: CubeState, settled: Settled):
-        hv.extension("bokeh", logo=False)
+        bokeh_plots()
         self.state, self.settled = state, settled
         self.land = Landscape(state)
         self.tap = hv.streams.Tap(x=None, y=None)
         self.tap.add_subscriber(self._on_tap)
         land = self.land
         controls = pn.Row(
-            pn.widgets.IntInput.from_param(land.param.target, name="class (-1: top class here)", width=170),
-            pn.widgets.Select.from_param(land.param.axis, name="curve axis", width=120),
-            pn.widgets.Select.from_param(land.param.x, name="heatmap x", width=120),
-            pn.widgets.Select.from_param(land.param.y, name="heatmap y", width=120),
+            widgets.int_input(land, "target", "class (-1: top class here)", width=170),
+            widgets.select(land, "axis", "curve axis", width=120),
+            widgets.select(land, "x", "heatmap x", width=120),
+            widgets.select(land, "y", "heatmap y", width=120),
         )
         heatmap = hv.DynamicMap(self._heatmap, streams=[
             self.tap,
@@ -58,7 +60,7 @@ class LandscapePanel:
             p = data[model][1] if data is not None else nan
             plots.append(hv.Curve((list(range(len(values))), p), "index", "probability", label=f"{side}: {model}"))
         here = values.index(getattr(state, land.axis))
-        title = f"{NOT_COMPUTED} here" if target is None else f"p({state.analysis.class_names[target]}) along {land.axis}"
+        title = f"{state.missing()} here" if target is None else f"p({state.analysis.class_names[target]}) along {land.axis}"
         return (hv.Overlay(plots) * hv.VLine(here).opts(color="black", line_dash="dashed")).opts(title=title)
 
     def _curves(self, axis: str) -> pn.pane.HoloViews:
@@ -81,7 +83,7 @@ class LandscapePanel:
         if land.x == land.y:
             title = "choose two different axes"
         elif target is None:
-            title = f"{NOT_COMPUTED} here"
+            title = f"{state.missing()} here"
         else:
             title = f"p({state.analysis.class_names[target]}), {state.model_a}: click a cell to go there"
         cells = [(label(x), label(y), float(p[j, i])) for j, y in enumerate(ys) for i, x in enumerate(xs)]

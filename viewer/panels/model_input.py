@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from perturber.viewer import html
-from perturber.viewer.state import NOT_COMPUTED, CubeState
+from perturber.viewer.state import CubeState
 
 __all__ = ["InputPanel"]
 
@@ -23,7 +23,7 @@ class InputPanel(html.HTMLPanel):
                 return f"{badge}<div class='pt-missing pt-live-waiting'>{state.live_status or 'computing…'}</div>"
             return f"{badge}<br><img class='pt-input' src='{html.png(image)}' width='{image.shape[1]}'>{credits}"
         if image is None:
-            body = f"<div class='pt-input pt-missing pt-missing-input'>{NOT_COMPUTED}</div>"
+            body = f"<div class='pt-input pt-missing pt-missing-input'>{state.missing()}</div>"
         else:
             body = f"<img class='pt-input' src='{html.png(image)}' width='{image.shape[1]}' height='{image.shape[0]}'>"
         return f"<div>{body}{credits}</div>"

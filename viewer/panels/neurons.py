@@ -10,7 +10,7 @@ from PIL import Image
 from perturber.pipeline import names
 from perturber.pipeline.figures import activation_overlay
 from perturber.viewer import html, stores
-from perturber.viewer.state import NOT_COMPUTED, CubeState
+from perturber.viewer.state import CubeState
 
 __all__ = ["NeuronPanel", "TILE", "NEURONS_PER_GROUP"]
 
@@ -73,5 +73,5 @@ class NeuronPanel(html.HTMLPanel):
             columns.append(f"<div class='pt-neurons'><b>{model} · {layer}</b> (red positive, blue negative{beside})<br>"
                            f"{''.join(tiles)}</div>")
         if not columns:
-            return f"<p class='pt-missing'>{NOT_COMPUTED if image is None else 'no activations stored'}</p>"
+            return f"<p class='pt-missing'>{state.missing() if image is None else 'no activations stored'}</p>"
         return "".join(columns)

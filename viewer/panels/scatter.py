@@ -8,6 +8,7 @@ import numpy as np
 import panel as pn
 from holoviews.operation.datashader import dynspread, rasterize
 
+from perturber.viewer.panels import bokeh_plots
 from perturber.viewer.state import CubeState, Settled
 
 __all__ = ["ScatterPanel"]
@@ -18,7 +19,7 @@ class ScatterPanel:
     marker of the current point is a small overlay updated in place once the point has settled."""
 
     def __init__(self, state: CubeState, settled: Settled):
-        hv.extension("bokeh", logo=False)
+        bokeh_plots()
         self.state, self.settled = state, settled
         self.probs = state.analysis.expected_probability  # (*axes, model), once per process
         self._pair = (state.model_a, state.model_b)
@@ -45,7 +46,8 @@ class ScatterPanel:
         a, b = models.index(state.model_a), models.index(state.model_b)
         xa, xb = self.probs[..., a].ravel(), self.probs[..., b].ravel()
         keep = ~(np.isnan(xa) | np.isnan(xb))
-        points = hv.Points((xa[keep], xb[keep]), [f"p(object's classes), {state.model_a}", f"p(object's classes), {state.model_b}"])
+        points = hv.Points((xa[keep], xb[keep]), [hv.Dimension("left", label=f"p(object's classes), {state.model_a}"),
+                                                  hv.Dimension("right", label=f"p(object's classes), {state.model_b}")])
         shaded = dynspread(rasterize(points, width=300, height=300, x_range=(0, 1), y_range=(0, 1))).opts(
             cmap="Blues", cnorm="eq_hist", colorbar=False)
         here = hv.DynamicMap(self._marker, streams=[hv.streams.Params(self.settled, ["tick"])])

@@ -7,6 +7,7 @@ import holoviews as hv
 import numpy as np
 import panel as pn
 
+from perturber.viewer.panels import bokeh_plots
 from perturber.viewer.state import CubeState
 
 __all__ = ["SensitivityPanel"]
@@ -16,7 +17,7 @@ class SensitivityPanel:
     """One bar chart per model: axes ranked by the mean spread of the top-1 probability."""
 
     def __init__(self, state: CubeState):
-        hv.extension("bokeh", logo=False)
+        bokeh_plots()
         plots = []
         for model, by_axis in state.analysis.sensitivity().items():  # the same for every point: drawn once
             items = sorted(by_axis.items(), key=lambda kv: -np.nan_to_num(kv[1]))

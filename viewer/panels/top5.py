@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from perturber.viewer import html
-from perturber.viewer.state import NOT_COMPUTED, CubeState
+from perturber.viewer.state import CubeState
 
 __all__ = ["Top5Panel"]
 
@@ -22,7 +22,7 @@ class Top5Panel(html.HTMLPanel):
         model = getattr(state, self.which)
         rows = state.top5(model)
         if rows is None:
-            table = f"<p class='pt-missing'>{NOT_COMPUTED}</p>"
+            table = f"<p class='pt-missing'>{state.missing()}</p>"
         else:
             score = (lambda p, l: f"{p:.3f}") if state.score == "probability" else (lambda p, l: f"{l:.2f}")
             items = "".join(f"<tr><td>{i}</td><td>{name}</td><td class='pt-score'>{score(p, l)}</td></tr>"

@@ -8,7 +8,7 @@
 """
 
 from perturber.viewer.state.attack import ALPHAS, AttackState
-from perturber.viewer.state.cube import NOT_COMPUTED, CubeState, Settled
+from perturber.viewer.state.cube import DAMAGED, NOT_COMPUTED, CubeState, Settled
 from perturber.viewer.state.landscape import Landscape
 
-__all__ = ["CubeState", "Settled", "Landscape", "AttackState", "ALPHAS", "NOT_COMPUTED"]
+__all__ = ["CubeState", "Settled", "Landscape", "AttackState", "ALPHAS", "NOT_COMPUTED", "DAMAGED"]

@@ -1,15 +1,18 @@
 """PGD at the current point: the attack's settings, δ kept across steps, and
-every model's logits on x + αδ."""
+every model's logits on x + αδ. Served, the steps run in a thread
+(:meth:`AttackState.start`), bounded with the engine's other work, and each
+step's δ comes back to the session's event loop."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import numpy as np
 import param
 
 from perturber.pipeline.errors import one_line
-from perturber.viewer.live import EngineError, attack_task
+from perturber.viewer.live import LOCAL, EngineError, attack_task
 from perturber.viewer.state.cube import CubeState
 
 __all__ = ["AttackState", "ALPHAS"]
@@ -40,6 +43,7 @@ class AttackState(param.Parameterized):
         self.label: int | None = None
         self.logits: np.ndarray | None = None  # (alpha, model, 1000)
         self._image_key = state.image_key()
+        self._generation = 0  # bumped by reset: a run's late results for an older attack are dropped
         state.param.watch(self._point_changed, ["changed"])
         self.param.watch(self.reset, ["model", "target", "eps", "norm"])
 
@@ -50,34 +54,87 @@ class AttackState(param.Parameterized):
             self.reset()
 
     def reset(self, *_):
+        self._generation += 1  # a run still going stops at its next step, and what it sends back is dropped
         self.delta, self.label, self.logits = None, None, None
         self.param.update(done=0, status="")
 
     def run(self, steps: int, progress: Callable[[int], None] | None = None) -> None:
-        """``steps`` PGD steps (one task each, on the engine when there is one), then the alpha grid."""
+        """``steps`` PGD steps (one task each, on the engine when there is one), then
+        the alpha grid, waited for (scripts, tests; a served viewer uses :meth:`start`)."""
+        job = self._job(steps)
+        if job is not None:
+            self._steps(job, lambda callback: callback(), progress)
+
+    def start(self, steps: int, deliver: Callable[[Callable[[], Any]], Any], progress: Callable[[int], None] | None = None,
+              finished: Callable[[], None] | None = None) -> bool:
+        """Run :meth:`run`'s steps in a thread of the engine's (or the viewer's)
+        :class:`~perturber.viewer.live.Work`, counted against its bound; each
+        step's result comes back through ``deliver(callback)`` (thread-safe:
+        ``Document.add_next_tick_callback``). False, with the reason in
+        :attr:`status`, when there is nothing to attack or the work is refused."""
+        job = self._job(steps)
+        if job is None:
+            return False
+        work = self.state.engine if self.state.engine is not None else LOCAL
+        try:
+            work.start(f"{self.state.session}/attack", self._steps, job, deliver, progress, finished)
+        except EngineError as exc:
+            self.status = f"attack refused: {exc}"
+            return False
+        self.status = f"running {steps} step(s)…"
+        return True
+
+    def _job(self, steps: int) -> dict[str, Any] | None:
+        """What a run needs, copied (the thread never reads the state), or None (status says why)."""
         image = self.state.image()
         if image is None:
-            self.status = "nothing to attack here (not computed)"
-            return
-        if self.delta is None:
-            self.delta = np.zeros((3, *image.shape[:2]), dtype=np.float32)
-        target = None if self.target < 0 else self.target
+            self.status = f"nothing to attack here ({self.state.missing()})"
+            return None
+        delta = self.delta if self.delta is not None else np.zeros((3, *image.shape[:2]), dtype=np.float32)
+        return dict(steps=steps, image=image, delta=delta, label=self.label, model=self.model, eps=float(self.eps),
+                    norm=self.norm, target=None if self.target < 0 else self.target, generation=self._generation,
+                    engine=self.state.engine)
+
+    def _steps(self, job: dict[str, Any], deliver: Callable[[Callable[[], Any]], Any],
+               progress: Callable[[int], None] | None, finished: Callable[[], None] | None = None) -> None:
+        """The step loop (in a thread when started): each step's δ goes back through ``deliver``."""
+        delta, label, engine, steps = job["delta"], job["label"], job["engine"], job["steps"]
+        error = None
         try:
             for i in range(steps):
+                if self._generation != job["generation"]:
+                    return  # reset, or a new point: nobody wants the rest
                 last = i == steps - 1
-                args = (image, self.delta, self.model, float(self.eps), self.norm, target, self.label, 1,
+                args = (job["image"], delta, job["model"], job["eps"], job["norm"], job["target"], label, 1,
                         ALPHAS if last else (), self.models if last else [])
-                engine = self.state.engine
-                self.delta, self.label, logits = engine.call(attack_task, *args) if engine is not None else attack_task(*args)
-                self.done += 1
-                if progress is not None:
-                    progress(i + 1)
-            self.logits = logits
+                delta, label, logits = engine.call(attack_task, *args) if engine is not None else attack_task(*args)
+                deliver(functools.partial(self._stepped, job["generation"], delta, label, logits if last else None,
+                                          i + 1, progress))
         except (EngineError, ValueError) as exc:
-            self.status = f"attack failed: {one_line(exc)}"
-            return
+            error = one_line(exc)
         except Exception as exc:
-            self.status = f"attack failed: {one_line(exc, typed=True)}"
+            error = one_line(exc, typed=True)
+        finally:
+            deliver(functools.partial(self._finished, job["generation"], error, finished))
+
+    def _stepped(self, generation: int, delta: np.ndarray, label: int, logits: np.ndarray | None, i: int,
+                 progress: Callable[[int], None] | None) -> None:
+        if generation != self._generation:
+            return
+        self.delta, self.label = delta, label
+        if logits is not None:
+            self.logits = logits
+        self.done += 1
+        if progress is not None:
+            progress(i)
+
+    def _finished(self, generation: int, error: str | None, finished: Callable[[], None] | None) -> None:
+        if finished is not None:
+            finished()
+        if generation != self._generation:
+            return
+        if error is not None:
+            self.status = f"attack failed: {error}"
             return
         flat = self.delta.reshape(-1)
         size = float(np.abs(flat).max()) if self.norm == "linf" else float(np.linalg.norm(flat))

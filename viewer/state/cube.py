@@ -6,6 +6,11 @@ compared, and live compute off the grid. Whatever changes what the views
 show bumps one event, :attr:`CubeState.changed` ("the point changed"); every
 panel depends on it rather than on a list of parameters. :class:`Settled`
 ticks shortly after, for the slower views.
+
+Reads at the point go through :func:`perturber.viewer.stores.read_point`: a
+damaged chunk reads as nothing (``None``), :meth:`CubeState.missing` says
+"damaged chunk" instead of "not computed", and :attr:`CubeState.notice` holds
+the one line naming the point and the repair.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from perturber.pipeline.errors import one_line
 from perturber.viewer import stores
 from perturber.viewer.live import EngineError
 
-__all__ = ["CubeState", "Settled", "NOT_COMPUTED", "SETTLE_MS"]
+__all__ = ["CubeState", "Settled", "NOT_COMPUTED", "DAMAGED", "SETTLE_MS"]
 
 NOT_COMPUTED = "not computed"
+DAMAGED = "damaged chunk"
 SETTLE_MS = 20  # the slower views start this long after the quick ones were sent
 
 
@@ -40,6 +46,7 @@ class CubeState(param.Parameterized):
     live_status = param.String(default="", doc="What live compute did last")
     live_result = param.Parameter(default=None, doc="The last live result (perturber.viewer.live.LiveResult)")
     live_cancelled = param.Integer(default=0, doc="Stale live requests cancelled in this session")
+    notice = param.String(default="", doc="One line the page shows above the views (a damaged chunk, a failure)")
     changed = param.Integer(default=0, doc="The 'point changed' event: bumped once whatever the views show has changed "
                                            "(the point, a model, the score, a live result)")
 
@@ -56,6 +63,7 @@ class CubeState(param.Parameterized):
         self._position: dict[str, dict[Any, int]] = {}  # axis → grid value → index
         self._top5: dict[tuple, Any] = {}  # (index, model) → top5 rows, the last few points
         self._image: tuple[Any, Any] = (None, None)  # (index, image) of the last image read
+        self._damage = ""  # the current point's damaged-chunk message, once a read found it
         for axis in self.axes:
             values = self.analysis.axis_values(axis)
             self._position[axis] = {v: i for i, v in enumerate(values)}
@@ -104,6 +112,25 @@ class CubeState(param.Parameterized):
     def _sel(self) -> dict[str, Any]:
         return dict(zip(self.axes, self.index()))
 
+    def where(self) -> str:
+        """The grid point as the page names it: ``object=dog, yaw=90, hue=0``."""
+        values = {axis: getattr(self, axis) for axis in self.axes}
+        return ", ".join(f"{a}={v:g}" if isinstance(v, float) else f"{a}={v}" for a, v in values.items())
+
+    def missing(self) -> str:
+        """Why the current point shows nothing: :data:`DAMAGED` or :data:`NOT_COMPUTED`."""
+        return DAMAGED if self._damage and not self.live_on else NOT_COMPUTED
+
+    def _read(self, variable: str, **extra: Any) -> np.ndarray | None:
+        """``variable`` at the current grid point (``extra``: positions along its
+        other dimensions); None, and the notice set, when its chunk is damaged."""
+        try:
+            return stores.read_point(self.path, self.cube, self.ds[variable], {**self._sel(), **extra}, self.where())
+        except stores.DamagedChunk as exc:
+            self._damage = str(exc)
+            self.notice = self._damage
+            return None
+
     def layers(self) -> list[str]:
         """The layers whose activations the store records (of any model)."""
         return sorted({act.layer for act in self.analysis.activations()})
@@ -126,7 +153,10 @@ class CubeState(param.Parameterized):
             return None
         index = self.index()
         if self._image[0] != index:  # the input view and the neuron view show the same image
-            self._image = (index, np.asarray(self.ds[names.IMAGE].isel(**self._sel()).values))
+            image = self._read(names.IMAGE)
+            if image is None:
+                return None
+            self._image = (index, np.asarray(image))
         return self._image[1]
 
     def top5(self, model: str) -> list[tuple[str, float, float]] | None:
@@ -145,16 +175,21 @@ class CubeState(param.Parameterized):
         if key not in self._top5:  # several views ask for the same point's top-5
             if len(self._top5) > 64:
                 self._top5.clear()
-            self._top5[key] = self._read_top5(model)
+            top = self._read_top5(model)
+            if top is None:
+                return None  # damaged: not kept, so the notice comes back with the point
+            self._top5[key] = top
         return self._top5[key]
 
     def _read_top5(self, model: str) -> list[tuple[str, float, float]] | None:
-        sel = {**self._sel(), names.MODEL: self.analysis.models.index(model)}
-        classes = self.ds[names.TOP_CLASS].isel(**sel).values
-        probs = self.ds[names.TOP_PROB].isel(**sel).values
-        logits = self.ds[names.LOGITS].isel(**sel).values.astype(np.float32)
-        if np.isnan(classes).any():
+        m = self.analysis.models.index(model)
+        classes, probs, logits = (self._read(v, **{names.MODEL: m}) for v in (names.TOP_CLASS, names.TOP_PROB, names.LOGITS))
+        if classes is None or probs is None or logits is None:
             return None
+        if np.isnan(classes).any() or np.isnan(probs).any():  # a done chunk holding the fill value: its data never arrived
+            self._damage = self.notice = f"damaged chunk at {self.where()} ({names.TOP_CLASS}): {stores.repair_hint(self.path)}"
+            return None
+        logits = logits.astype(np.float32)
         class_names = self.ds[names.CLASS_NAME].values
         return [(str(class_names[int(c)]), float(p), float(logits[int(c)])) for c, p in zip(classes, probs)]
 
@@ -166,9 +201,10 @@ class CubeState(param.Parameterized):
             live = self.live_result.activations.get(model, {}).get(layer)
             return None if live is None else live[positions].astype(np.float32)
         variable = names.activation(model, layer).variable
-        if variable not in self.ds:
+        if variable not in self.ds or not self.computed():
             return None
-        return self.ds[variable].isel(**self._sel())[positions].values.astype(np.float32)
+        values = self._read(variable)
+        return None if values is None else values[positions].astype(np.float32)
 
     def attributions(self) -> list[str]:
         """Attributions of the assets at the current point (CC-BY)."""
@@ -185,6 +221,8 @@ class CubeState(param.Parameterized):
 
     def _on_change(self, *events):
         if any(event.name != "score" for event in events):  # the score only changes how the top-5 reads
+            self._damage = ""
+            self.notice = ""
             self._update_live()
         self.changed += 1
 

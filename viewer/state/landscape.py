@@ -10,6 +10,7 @@ import param
 
 from perturber.pipeline import factors, names
 from perturber.pipeline.analysis import softmax
+from perturber.viewer import stores
 from perturber.viewer.state.cube import CubeState
 
 __all__ = ["Landscape"]
@@ -56,7 +57,7 @@ class Landscape(param.Parameterized):
         if key not in self._cache:  # moving along a shown axis redraws the same values: read them once
             if len(self._cache) > 32:
                 self._cache.clear()
-            logits = s.ds[names.LOGITS].isel(**sel).transpose(*free, names.CLASS).values
+            logits = stores.tolerant(s.ds[names.LOGITS].isel(**sel).transpose(*free, names.CLASS))  # damaged: NaN
             self._cache[key] = softmax(logits)[..., target]
         return self._cache[key]
 
