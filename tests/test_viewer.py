@@ -365,13 +365,16 @@ def test_a_local_viewer_refuses_other_origins_and_imports_no_module_a_url_names(
         proc.kill()
 
 
-def test_a_short_perturber_token_is_refused_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "perturber", "view", str(_foreign_store(tmp_path)), "--address", "127.0.0.2",
+@pytest.mark.parametrize("address, env, message", [
+    ("127.0.0.2", {"PERTURBER_TOKEN": "short"}, "PERTURBER_TOKEN: 5 characters; use at least 16 printable ones without "
+                                                 "spaces (or unset it for a random token per start)"),
+    ("::1", {}, "--address ::1: the viewer serves IPv4 addresses and host names only"),
+])
+def test_what_the_viewer_cannot_serve_is_refused_in_one_line(tmp_path, address, env, message):
+    done = subprocess.run([sys.executable, "-m", "perturber", "view", str(_foreign_store(tmp_path)), "--address", address,
                            "--allow-remote", "--port", str(_free_port())], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PERTURBER_TOKEN": "short"}, timeout=120)
-    assert done.returncode == 2
-    assert done.stderr.strip() == ("perturber: error: PERTURBER_TOKEN: 5 characters; use at least 16 printable ones "
-                                   "without spaces (or unset it for a random token per start)")
+                          env={**os.environ, **env}, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == f"perturber: error: {message}"
 
 
 # ------------------------------------------------------------------ damaged chunks, long calls

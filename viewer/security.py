@@ -1,6 +1,6 @@
 """Who may reach a served viewer.
 
-- Exposed (bound to an address other than 127.0.0.1, localhost or ::1), the
+- Exposed (bound to an address other than 127.0.0.1 or localhost), the
   page and its websocket need a token, as Jupyter's do: a random one per
   start (``secrets.token_urlsafe``) or ``PERTURBER_TOKEN``, given once as
   ``/?token=...``; the answer sets a cookie (an HMAC of the token, named after
@@ -8,7 +8,7 @@
   refused with HTTP 403 before any session is built or websocket upgraded
   (:class:`TokenAuth` refuses in the handlers' ``prepare``).
 - Websocket origins are limited to the address and port served (local:
-  ``127.0.0.1:PORT``, ``localhost:PORT`` and ``[::1]:PORT``), so another site's page cannot
+  ``127.0.0.1:PORT`` and ``localhost:PORT``), so another site's page cannot
   drive a viewer it can reach (Bokeh refuses other origins with HTTP 403).
 - Panel's ``/components/<module>/...`` route imports the module a URL names;
   :class:`ComponentHandler` answers only for modules already imported from the
@@ -34,7 +34,7 @@ from perturber.pipeline.errors import PerturberError
 
 __all__ = ["LOCAL", "is_exposed", "origins", "new_token", "TokenAuth", "ComponentHandler", "component_route", "MIN_TOKEN"]
 
-LOCAL = ("127.0.0.1", "localhost", "::1")
+LOCAL = ("127.0.0.1", "localhost")
 ALL_INTERFACES = ("0.0.0.0", "::", "")
 MIN_TOKEN = 16  # characters of a PERTURBER_TOKEN
 #: Top-level packages whose components the page may ask resources of.
@@ -48,9 +48,9 @@ def is_exposed(address: str) -> bool:
 
 def origins(address: str, port: int, extra: Sequence[str] = ()) -> list[str]:
     """The ``host:port`` origins a page's websocket may come from: the served
-    address (all interfaces: this machine's names and addresses), plus ``extra``."""
+    address (all interfaces: this machine's names and IPv4 addresses), plus ``extra``."""
     if not is_exposed(address):
-        hosts = ["127.0.0.1", "localhost", "[::1]"]
+        hosts = ["127.0.0.1", "localhost"]
     elif address in ALL_INTERFACES:
         name = socket.gethostname()
         hosts = [name, socket.getfqdn(), "127.0.0.1", "localhost"]
@@ -58,8 +58,14 @@ def origins(address: str, port: int, extra: Sequence[str] = ()) -> list[str]:
             hosts += sorted({info[4][0] for info in socket.getaddrinfo(name, None, socket.AF_INET)})
         except OSError:
             pass
+    elif ":" in address:  # Bokeh's origin check takes host:port, which an IPv6 address cannot be written as
+        raise PerturberError(f"--address {address}: the viewer serves IPv4 addresses and host names only")
     else:
-        hosts = [f"[{address}]" if ":" in address else address]
+        hosts = [address]
+    for origin in extra:
+        host, _, number = origin.rpartition(":")
+        if not host or not number.isdigit() or "/" in origin or ":" in host:
+            raise PerturberError(f"websocket origin {origin!r}: expected host:port, e.g. proxy.example.org:443")
     return list(dict.fromkeys([f"{h}:{port}" for h in hosts] + list(extra)))
 
 
