@@ -234,22 +234,25 @@ def group_state(store: Any, group: str, storage_options: Mapping | None = None) 
     """('absent' | 'incomplete' | 'complete', attributes) of a Perturber group.
 
     'incomplete' is a template a kill interrupted (Perturber's attributes, no
-    :data:`MARK`): it holds no data yet and is written again. Anything
+    :data:`MARK`; or an empty group, killed before its attributes): it holds
+    no data yet and is written again. Anything
     unreadable is a :class:`StoreError`, never taken for absence, and so is a
     group that Perturber did not write, so neither is written over.
     """
     try:
         with consolidated_ok():
             zarr.open_group(store, mode="r", storage_options=storage_options, zarr_format=3, use_consolidated=False)
-            attrs = dict(zarr.open_group(store, path=group, mode="r", storage_options=storage_options, zarr_format=3,
-                                         use_consolidated=False).attrs)
+            node = zarr.open_group(store, path=group, mode="r", storage_options=storage_options, zarr_format=3,
+                                   use_consolidated=False)
+            attrs = dict(node.attrs)
+            empty = not attrs and not any(True for _ in node.members())
     except Exception as exc:
         if is_absent(exc):
             return "absent", {}
         raise StoreError(f"cannot read the store: it is damaged or not a Zarr store ({one_line(exc, typed=True, limit=160)})") from None
     if MARK in attrs:
         return "complete", attrs
-    if "perturber_group" in attrs or "perturber_format" in attrs:
+    if "perturber_group" in attrs or "perturber_format" in attrs or empty:  # empty: killed before the attributes
         return "incomplete", attrs
     raise StoreError(f"group {group!r} of the store was not written by Perturber (no {MARK})")
 

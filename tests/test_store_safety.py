@@ -219,3 +219,14 @@ def test_overwrite_replaces_a_cube_of_another_spec(tiny, tmp_path):
     attrs = store.group_state(str(out), "views")[1]
     assert attrs[store.MARK] == cube.sha256()
     assert np.array_equal(xr.open_zarr(out, group="views")["done"].values, np.zeros((1, 2, 2)))
+
+
+def test_an_empty_group_is_an_interrupted_template_but_a_foreign_one_is_refused(tmp_path):
+    """xarray creates the group before its attributes: a kill in between leaves
+    an empty group, which holds nothing to lose; a group with data is never taken for one."""
+    out = tmp_path / "e.zarr"
+    zarr.open_group(str(out), mode="w").create_group("views")
+    assert store.group_state(str(out), "views")[0] == "incomplete"
+    zarr.open_group(str(out), path="views", mode="r+").create_array("x", shape=(2,), dtype="f4")
+    with pytest.raises(StoreError, match="not written by Perturber"):
+        store.group_state(str(out), "views")
