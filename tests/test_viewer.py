@@ -171,6 +171,7 @@ FRAMES_JS = """
 def test_clicking_a_landscape_cell_moves_the_sliders(stores, page):
     with _viewer(page, stores[0]):
         expect(page.get_by_text("yaw: 0", exact=True)).to_be_visible()
+        page.wait_for_selector(".pt-heatmap", timeout=60_000)  # built after the first paint
         page.wait_for_timeout(1000)  # let Bokeh lay the plots out
         frame = next(f for f in page.evaluate(FRAMES_JS) if "click a cell" in f["title"])
         # Heatmap: x = yaw (3 columns: 0, 90, 180), y = hue (2 rows: 0 below, 120 above).
@@ -185,9 +186,9 @@ def test_failure_finder_and_neuron_view(stores, page):
         expect(page.locator(".pt-neurons").first).to_be_visible(timeout=30_000)
         # Neurons 0 and 2 of Lite0 have feature visualisations beside their maps; Lite1's have none.
         left = page.locator(".pt-neurons").first
-        expect(left.locator("img.pt-fv")).to_have_count(2)
+        expect(left.locator("img.pt-fv")).to_have_count(2, timeout=30_000)
         expect(page.locator(".pt-neurons").nth(1).locator("img.pt-fv")).to_have_count(0)
-        expect(page.locator(".pt-gallery figure")).to_have_count(2)
+        expect(page.locator(".pt-gallery figure")).to_have_count(2, timeout=60_000)
         assert "→" in page.inner_text(".pt-gallery")  # the objective, start → end
         # A data-driven group: the neurons most active for the dog (computed from the store).
         groups = page.locator("select").filter(has=page.locator("option", has_text="most active for dog"))
@@ -197,7 +198,7 @@ def test_failure_finder_and_neuron_view(stores, page):
         groups.select_option("most active for dog")
         expect(left.locator("figcaption")).to_have_text([f"#{n}" for n in order], timeout=30_000)
         assert order != sorted(order)  # not the stored order: the selection did change the view
-        expect(page.locator(".pt-sensitivity")).to_be_visible()
+        expect(page.locator(".pt-sensitivity")).to_be_visible(timeout=60_000)
         failure = page.locator(".pt-failure button").first
         label = failure.inner_text()  # e.g. "yaw=180 → rotisserie (0.08)"
         change = label.split(" → ")[0].split(", ")[0]
@@ -274,7 +275,7 @@ def test_live_compute_off_the_grid(stores, page):
 @pytest.mark.browser
 def test_without_an_engine_live_compute_says_why(stores, page):
     with _viewer(page, stores[0]):
-        expect(page.locator(".pt-live-off")).to_contain_text("Live compute is off")
+        expect(page.locator(".pt-live-off")).to_contain_text("Live compute is off", timeout=30_000)  # built after the first paint
 
 
 @pytest.mark.browser

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import panel as pn
 
-from perturber.viewer import html, security, sessions, stores, widgets
+from perturber.viewer import html, security, sessions, stores
 from perturber.viewer.live import LiveEngine
 from perturber.viewer.panels.attack import AttackPanel
 from perturber.viewer.panels.controls import ControlsPanel
@@ -31,7 +31,7 @@ from perturber.viewer.panels.sensitivity import SensitivityPanel
 from perturber.viewer.panels.top5 import Top5Panel
 from perturber.viewer.state import CubeState, Settled
 
-__all__ = ["Viewer", "Section", "SECTIONS", "NoticePanel", "build_app", "serve"]
+__all__ = ["Viewer", "Section", "SECTIONS", "PointView", "build_app", "serve"]
 
 
 @dataclass
@@ -63,20 +63,25 @@ SECTIONS: list[Section] = [
 ]
 
 
-class NoticePanel(html.HTMLPanel):
-    """One line above the views: a damaged chunk at the point, or a failure (empty: nothing)."""
+class PointView(html.Strip):
+    """The top of the page, one pane: the header, the notice (a damaged chunk at the
+    point, a failure: one line), the model input and the top-5 of both models."""
 
     def __init__(self, state: CubeState):
-        super().__init__(state)
+        super().__init__(state, InputPanel(state), Top5Panel(state, "model_a"), Top5Panel(state, "model_b"))
         state.param.watch(self.redraw, ["notice"])
 
     def html(self) -> str:
-        notice = self.state.notice
-        return f"<div class='pt-notice'>{escape(notice)}</div>" if notice else ""
+        state = self.state
+        done = f"{int(state.done.sum())} of {state.done.size} chunks computed"
+        header = f"<h2 class='pt-title'>Perturber — {escape(state.cube)}</h2><p class='pt-where'><code>{escape(state.path)}</code> · {done}</p>"
+        strip = super().html()  # read first: a damaged chunk sets the notice
+        notice = f"<div class='pt-notice'>{escape(state.notice)}</div>" if state.notice else ""
+        return header + notice + strip
 
 
 def build_app(path: str, cube: str, state: CubeState | None = None, engine: Any = None,
-              sections: Sequence[Section] = SECTIONS) -> pn.Column:
+              sections: Sequence[Section] = SECTIONS) -> pn.Row | pn.Column:
     """The viewer for one cube of a store (``state``: an existing state of that
     cube to drive; ``engine``: a :class:`~perturber.viewer.live.LiveEngine` for
     live compute; ``sections``: the panels below the top row). Served, the
@@ -89,37 +94,31 @@ def build_app(path: str, cube: str, state: CubeState | None = None, engine: Any 
                                        alert_type="danger"))
 
 
-def _build(path: str, cube: str, state: CubeState | None, engine: Any, sections: Sequence[Section]) -> pn.Column:
+def _build(path: str, cube: str, state: CubeState | None, engine: Any, sections: Sequence[Section]) -> pn.Row:
     state = state or CubeState(path, cube, engine=engine)
     viewer = Viewer(path, state, Settled(state))
     sessions.register_notice(lambda line: setattr(state, "notice", line))
-    header = pn.pane.Markdown(f"## Perturber — {cube}\n`{path}` · {int(state.done.sum())} of {state.done.size} chunks computed")
-    models = pn.Row(
-        widgets.select(state, "model_a", "left model"),
-        widgets.select(state, "model_b", "right model"),
-        widgets.radio(state, "score", "show"),
-    )
-    main = pn.Column(NoticePanel(state), pn.Row(InputPanel(state), pn.Column(models, pn.Row(Top5Panel(state, "model_a"),
-                                                                                             Top5Panel(state, "model_b")))))
-    for rank, section in enumerate(sections):
-        slot = pn.Column(html.markdown(f"### {section.title}" if section.title else "", "pt-pending"))
-        main.append(slot)
-        sessions.defer(rank, lambda slot=slot, section=section: _fill(slot, section, viewer))
-    main.append(html.markdown("Points off the grid and factors the cube holds fixed: *Live (off the grid)* among the "
-                              "controls computes them with the on-demand engine (`--engine`).", "pt-small"))
-    layout = pn.Column(header, pn.Row(ControlsPanel(state), main))
+    # Served, what is built here is the first paint: one pane, the controls, two layouts.
+    main = pn.Column(PointView(state))
+    footnote = Section("", lambda v: html.markdown("Points off the grid and factors the cube holds fixed: *Live (off the "
+                                                   "grid)* among the controls computes them with the on-demand engine "
+                                                   "(`--engine`).", "pt-small"))
+    for rank, section in enumerate([*sections, footnote]):  # a session builds them in this order
+        sessions.defer(rank, lambda section=section: _add(main, section, viewer))
+    layout = pn.Row(ControlsPanel(state), main)
     if sessions.served() is not None:
         sessions.BACKLOG.arrived(sessions.served())
     return layout
 
 
-def _fill(slot: pn.Column, section: Section, viewer: Viewer) -> None:
-    """Build one section into its slot; a failure is one line there."""
+def _add(main: pn.Column, section: Section, viewer: Viewer) -> None:
+    """Build one section at the end of ``main``; a failure is one line there."""
     title = [pn.pane.Markdown(f"### {section.title}")] if section.title else []
+    before = list(main.objects)
     try:
-        slot.objects = title + [section.panel(viewer)]  # served, Panel renders it here
+        main.extend(title + [section.panel(viewer)])  # served, Panel renders it here
     except Exception as exc:
-        slot.objects = title + [pn.pane.Alert(sessions.failure(section.title or "a view", exc), alert_type="warning")]
+        main.objects = before + title + [pn.pane.Alert(sessions.failure(section.title or "a view", exc), alert_type="warning")]
 
 
 def serve(path: str, cube: str | None = None, port: int = 5006, address: str = "127.0.0.1", show: bool = False,

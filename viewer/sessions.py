@@ -47,12 +47,20 @@ def _gone(doc: Any) -> bool:
     return context is None or context.destroyed
 
 
+def _connected(doc: Any) -> bool:
+    """Whether a browser is connected to the session (a page fetched but never opened has none)."""
+    session = doc.session_context.session
+    return session is not None and session.connection_count > 0
+
+
 class Backlog:
     """Deferred builds of served sessions, lowest priority: one at a time
     (each on its own turn of the event loop, so requests and events get in
     between), in order of (rank, arrival), and only while every session that
     arrived lately has had its first paint (its browser reported the document
-    ready) or waited :attr:`PATIENCE_S`, and none arrived in the last :attr:`QUIET_S`."""
+    ready) or waited :attr:`PATIENCE_S`, and none arrived in the last :attr:`QUIET_S`.
+    The views of a session nobody is connected to (its tab closed, or a page
+    fetched by a script) are parked until its browser reports ready."""
 
     QUIET_S = 0.15
     PATIENCE_S = 4.0
@@ -61,6 +69,7 @@ class Backlog:
         self._heap: list[tuple[int, int, Any, Callable[[], Any]]] = []
         self._seq = itertools.count()
         self._waiting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # doc → arrival (monotonic s)
+        self._parked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # doc → its items, while nobody is connected
         self._last_arrival = 0.0
         self._scheduled = False
         self._loop: Any = None
@@ -72,6 +81,8 @@ class Backlog:
 
     def loaded(self, doc: Any) -> None:
         self._waiting.pop(doc, None)
+        for item in self._parked.pop(doc, []):
+            heapq.heappush(self._heap, item)
         self._kick()
 
     def add(self, doc: Any, rank: int, fn: Callable[[], Any]) -> None:
@@ -102,7 +113,12 @@ class Backlog:
         if len(self._waiting) or now - self._last_arrival < self.QUIET_S:
             self._kick(0.05)
             return
-        _, _, doc, fn = heapq.heappop(self._heap)
+        item = heapq.heappop(self._heap)
+        doc, fn = item[2], item[3]
+        if not _connected(doc):  # closed, or never opened: its views wait until it is (loaded() brings them back)
+            self._parked.setdefault(doc, []).append(item)
+            self._kick()
+            return
         self._scheduled = True  # the next step follows this build
         doc.add_next_tick_callback(lambda: self._run(fn))
 

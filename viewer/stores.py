@@ -33,7 +33,7 @@ from perturber.pipeline.store import StoreError, open_cube
 from perturber.viewer.html import png
 
 __all__ = ["open_store", "done_marks", "analysis", "cube_names", "featureviz", "fv_png", "DamagedChunk", "repair_hint",
-           "read_point", "tolerant"]
+           "read_point", "point_png", "tolerant"]
 
 log = logging.getLogger("perturber.viewer")
 
@@ -141,20 +141,41 @@ def _files_present(path: str, cube: str, var: xr.DataArray, sel: Mapping[str, An
     return True
 
 
-def read_point(path: str, cube: str, var: xr.DataArray, sel: Mapping[str, Any], where: str) -> np.ndarray:
-    """``var.isel(sel).values`` at a computed point (``where``: the point, as the
-    page names it); :class:`DamagedChunk` when a chunk file is gone or cannot be decoded."""
-    message = f"damaged chunk at {where} ({var.name}): {repair_hint(path)}"
+def read_point(path: str, cube: str, variable: str, sel: Mapping[str, Any], where: str) -> np.ndarray:
+    """``variable.isel(sel).values`` at a computed point, read-only and shared by
+    every session of the process (the last few hundred reads are kept: sessions
+    opening at the same point read it once); ``where``: the point, as the page
+    names it. :class:`DamagedChunk` when a chunk file is gone or cannot be decoded."""
     try:
-        if not _files_present(path, cube, var, sel):
-            raise DamagedChunk(message)
-        return var.isel(**sel).values
-    except DamagedChunk:
+        return _read(path, cube, variable, tuple(sorted(sel.items())))
+    except _Missing:
+        message = f"damaged chunk at {where} ({variable}): {repair_hint(path)}"
         log.warning("%s", message)
-        raise
+        raise DamagedChunk(message) from None
     except Exception as exc:
+        message = f"damaged chunk at {where} ({variable}): {repair_hint(path)}"
         log.warning("%s [%s]", message, one_line(exc, typed=True))
         raise DamagedChunk(message) from None
+
+
+class _Missing(Exception):
+    """A chunk file a read needs is not there."""
+
+
+@functools.lru_cache(maxsize=512)
+def _read(path: str, cube: str, variable: str, sel: tuple[tuple[str, Any], ...]) -> np.ndarray:
+    var = open_store(path, cube)[variable]
+    if not _files_present(path, cube, var, dict(sel)):
+        raise _Missing(variable)
+    values = np.asarray(var.isel(**dict(sel)).values)
+    values.flags.writeable = False
+    return values
+
+
+@functools.lru_cache(maxsize=256)
+def point_png(path: str, cube: str, sel: tuple[tuple[str, Any], ...]) -> str:
+    """The stored model input at a grid point (``sel``: axis → position) as a PNG data URI, encoded once per process."""
+    return png(_read(path, cube, names.IMAGE, sel))
 
 
 def cube_names(path: str) -> list[str]:
@@ -187,6 +208,11 @@ def fv_png(path: str, model: str, layer: str, unit: int, parameterisation: str) 
     if parameterisation not in params:
         return None
     p, i = params.index(parameterisation), position[unit]
-    if not fv.completed(ds, names.fv_target(model, layer).target)[p, i]:
+    try:
+        if not fv.completed(ds, names.fv_target(model, layer).target)[p, i]:
+            return None
+        return png(np.asarray(array[p, i].values))
+    except Exception as exc:  # a damaged chunk: shown as not there, said in the log
+        log.warning("feature visualisation of %s %s #%d cannot be read (%s); `perturber verify` finds damaged chunks",
+                    model, layer, unit, type(exc).__name__)
         return None
-    return png(np.asarray(array[p, i].values))

@@ -9,7 +9,7 @@ from typing import Any
 import panel as pn
 
 from perturber.pipeline import factors
-from perturber.viewer import html, widgets
+from perturber.viewer import html, sessions, widgets
 from perturber.viewer.state import CubeState
 
 __all__ = ["GROUPS", "ControlsPanel"]
@@ -23,7 +23,9 @@ class ControlsPanel:
 
     def __init__(self, state: CubeState):
         self.state = state
-        self.view = pn.Column(*self._sections(), self._live_controls(), width=320)
+        self.view = pn.Column(*self._sections(), width=320)
+        # Served, live compute's controls come just after the first paint (the grid's come with it).
+        sessions.defer(-1, lambda: self.view.append(self._live_controls()))
 
     def __panel__(self) -> pn.Column:
         return self.view
@@ -36,7 +38,10 @@ class ControlsPanel:
         """Per group, a heading (with the factors it holds fixed) and its axis widgets;
         then the factors fixed at their defaults, folded. Headings are HTML, not
         Cards: a Card costs ~25 ms a session, this whole column ~40 ms."""
-        state, sections = self.state, []
+        state = self.state
+        sections: list[Any] = [html.pane("<div class='pt-group'>Models</div>", sizing_mode="stretch_width"),
+                               widgets.select(state, "model_a", "left model"), widgets.select(state, "model_b", "right model"),
+                               widgets.select(state, "score", "show")]
         self._widgets: dict[str, Any] = {}
         for group in GROUPS:
             rows: list[Any] = []

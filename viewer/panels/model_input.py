@@ -25,5 +25,5 @@ class InputPanel(html.HTMLPanel):
         if image is None:
             body = f"<div class='pt-input pt-missing pt-missing-input'>{state.missing()}</div>"
         else:
-            body = f"<img class='pt-input' src='{html.png(image)}' width='{image.shape[1]}' height='{image.shape[0]}'>"
+            body = f"<img class='pt-input' src='{state.image_png()}' width='{image.shape[1]}' height='{image.shape[0]}'>"
         return f"<div>{body}{credits}</div>"

@@ -24,7 +24,7 @@ import param
 from perturber.pipeline import assets, factors, names
 from perturber.pipeline.analysis import softmax
 from perturber.pipeline.errors import one_line
-from perturber.viewer import stores
+from perturber.viewer import html, stores
 from perturber.viewer.live import EngineError
 
 __all__ = ["CubeState", "Settled", "NOT_COMPUTED", "DAMAGED", "SETTLE_MS"]
@@ -125,7 +125,7 @@ class CubeState(param.Parameterized):
         """``variable`` at the current grid point (``extra``: positions along its
         other dimensions); None, and the notice set, when its chunk is damaged."""
         try:
-            return stores.read_point(self.path, self.cube, self.ds[variable], {**self._sel(), **extra}, self.where())
+            return stores.read_point(self.path, self.cube, variable, {**self._sel(), **extra}, self.where())
         except stores.DamagedChunk as exc:
             self._damage = str(exc)
             self.notice = self._damage
@@ -159,6 +159,13 @@ class CubeState(param.Parameterized):
             self._image = (index, np.asarray(image))
         return self._image[1]
 
+    def image_png(self) -> str | None:
+        """:meth:`image` as a PNG data URI (grid points: encoded once per process)."""
+        image = self.image()
+        if image is None:
+            return None
+        return html.png(image) if self.live_on else stores.point_png(self.path, self.cube, tuple(sorted(self._sel().items())))
+
     def top5(self, model: str) -> list[tuple[str, float, float]] | None:
         """(class name, probability, logit) for the top classes of ``model``; None if not computed."""
         if self.live_on:
@@ -167,7 +174,7 @@ class CubeState(param.Parameterized):
             logits = self.live_result.logits[model].astype(np.float64)
             p = softmax(logits)
             top = np.argsort(-p)[:5]
-            class_names = self.ds[names.CLASS_NAME].values
+            class_names = self.analysis.class_names
             return [(str(class_names[c]), float(p[c]), float(logits[c])) for c in top]
         if not self.computed():
             return None
@@ -182,15 +189,17 @@ class CubeState(param.Parameterized):
         return self._top5[key]
 
     def _read_top5(self, model: str) -> list[tuple[str, float, float]] | None:
-        m = self.analysis.models.index(model)
-        classes, probs, logits = (self._read(v, **{names.MODEL: m}) for v in (names.TOP_CLASS, names.TOP_PROB, names.LOGITS))
+        # Whole reads (every model: one chunk holds them all) are shared by the sessions at this point.
+        classes, probs, logits = (self._read(v) for v in (names.TOP_CLASS, names.TOP_PROB, names.LOGITS))
         if classes is None or probs is None or logits is None:
             return None
+        m = self.analysis.models.index(model)
+        classes, probs, logits = classes[m], probs[m], logits[m]
         if np.isnan(classes).any() or np.isnan(probs).any():  # a done chunk holding the fill value: its data never arrived
             self._damage = self.notice = f"damaged chunk at {self.where()} ({names.TOP_CLASS}): {stores.repair_hint(self.path)}"
             return None
         logits = logits.astype(np.float32)
-        class_names = self.ds[names.CLASS_NAME].values
+        class_names = self.analysis.class_names
         return [(str(class_names[int(c)]), float(p), float(logits[int(c)])) for c, p in zip(classes, probs)]
 
     def activations(self, model: str, layer: str, positions: list[int]) -> np.ndarray | None:
