@@ -17,6 +17,8 @@ import numpy as np
 import panel as pn
 from PIL import Image
 
+from perturber.viewer.sessions import failure
+
 __all__ = ["CSS", "png", "pane", "markdown", "HTMLPanel", "Strip"]
 
 #: The viewer's stylesheet.
@@ -73,8 +75,6 @@ class HTMLPanel:
         try:
             return self.html()
         except Exception as exc:
-            from perturber.viewer.sessions import failure
-
             return f"<p class='pt-failed'>{escape(failure(type(self).__name__, exc))}</p>"
 
     def html(self) -> str:
