@@ -39,13 +39,17 @@ import shutil
 import tempfile
 import urllib.request
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping, Protocol
 
 from perturber.pipeline import config
 from perturber.pipeline.errors import PerturberError, one_line
 
-if TYPE_CHECKING:
-    from perturber.pipeline.models import ModelSpec
+class ModelSpec(Protocol):
+    """What this module reads of a :class:`perturber.pipeline.models.ModelSpec`
+    (declared here, so that models imports weights and not the reverse)."""
+
+    name: str
+    weights: Mapping[str, Any]
 
 __all__ = ["ModelError", "checked_sha256", "sha256_of", "cached_path", "download", "weights_file"]
 
