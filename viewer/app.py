@@ -139,6 +139,7 @@ def serve(path: str, cube: str | None = None, port: int = 5006, address: str = "
               f"websocket origins limited to {', '.join(allowed)}", flush=True)
     else:
         print(f"local only (no token needed): websocket origins limited to {', '.join(allowed)}", flush=True)
+    _read_summaries(path, name)
     pn.config.exception_handler = sessions.handle_exception  # tracebacks to the log, one line to the page
     pn.config.console_output = "disable"
     live = None
@@ -151,3 +152,16 @@ def serve(path: str, cube: str | None = None, port: int = 5006, address: str = "
     finally:
         if live is not None:
             live.close()
+
+
+def _read_summaries(path: str, cube: str) -> None:
+    """The cube's whole-cube summaries (done marks, top-1, expected-class
+    probability), read before serving: once per process, and not on the event
+    loop under the first session (a million samples take about a minute).
+    A store the viewer cannot show is said by its page too."""
+    try:
+        stores.done_marks(path, cube)
+        summary = stores.analysis(path, cube)
+        summary.top1, summary.expected_probability  # noqa: B018 (cached properties, read for their side effect)
+    except Exception as exc:
+        sessions.failure(f"reading the summaries of cube {cube!r}", exc)

@@ -3,18 +3,23 @@ each beside its feature visualisation when the store has one."""
 
 from __future__ import annotations
 
+from html import escape
+from typing import Any, Callable
+
 import numpy as np
 import panel as pn
 from PIL import Image
 
 from perturber.pipeline import names
 from perturber.pipeline.figures import activation_overlay
-from perturber.viewer import html, stores
+from perturber.viewer import html, sessions, stores
+from perturber.viewer.live import LOCAL, EngineError
 from perturber.viewer.state import CubeState
 
 __all__ = ["NeuronPanel", "TILE", "NEURONS_PER_GROUP"]
 
 NEURONS_PER_GROUP = 8
+_GROUPS_KNOWN: set[tuple[str, str, str]] = set()  # (store, cube, variable) whose neuron groups this process computed
 TILE = 96  # px, one activation map (style.css sizes gallery tiles the same)
 
 
@@ -40,6 +45,33 @@ class NeuronPanel(html.HTMLPanel):
 
     def __panel__(self) -> pn.Column:
         return pn.Column(pn.Row(self.layer, self.group, self.fv_kind), self.pane)
+
+    def redraw(self, *_: Any) -> None:
+        """Served, a data-driven group whose whole-cube statistics are not known yet
+        (a pass over every stored activation, once per process) is computed in a
+        thread of :data:`~perturber.viewer.live.LOCAL`, then shown."""
+        deliver, label = sessions.on_loop(), str(self.group.value)
+        missing = [] if deliver is None or label.startswith("stored ") else [
+            act.variable for act in self.state.analysis.activations()
+            if act.layer == self.layer.value and act.model in (self.state.model_a, self.state.model_b)
+            and (self.state.path, self.state.cube, act.variable) not in _GROUPS_KNOWN]
+        if not missing:
+            super().redraw()
+            return
+        self.pane.object = f"<p class='pt-missing'>computing the groups “{escape(label)}” over every stored sample…</p>"
+        try:
+            LOCAL.start(f"{self.state.session}/groups/{'/'.join(missing)}", self._groups, missing, deliver)
+        except EngineError as exc:
+            self.pane.object = f"<p class='pt-missing'>{escape(str(exc))}</p>"
+
+    def _groups(self, variables: list[str], deliver: Callable) -> None:
+        for variable in variables:
+            try:
+                self.state.analysis.neuron_groups(variable, NEURONS_PER_GROUP)
+            except Exception as exc:  # shown by the redraw below, which asks again
+                sessions.failure("neuron groups", exc)
+            _GROUPS_KNOWN.add((self.state.path, self.state.cube, variable))
+        deliver(super().redraw)
 
     def positions(self, act: names.Activation, label: str) -> list[int]:
         """Positions along ``act``'s stored neurons of the group ``label``."""
