@@ -23,7 +23,7 @@ class AttackPanel:
         self.state = state
         self.attack = attack = AttackState(state)
         self.progress = pn.indicators.Progress(value=0, max=100, width=200, visible=False)
-        step = pn.widgets.Button(label="PGD step (ε/8)", button_type="primary", css_classes=["pt-pgd-step"])
+        step = pn.widgets.Button(label="PGD step (ε/8)", color="primary", css_classes=["pt-pgd-step"])
         run = pn.widgets.Button(label="run N steps", css_classes=["pt-pgd-run"])
         reset = pn.widgets.Button(label="reset δ")
         step.on_click(lambda _e: self._go(1))

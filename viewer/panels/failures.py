@@ -35,7 +35,7 @@ class FailurePanel:
                                        "(click to go there):")]
         for f in found:
             changes = ", ".join(f"{a}={label(f[a])}" for a in state.axes if f[a] != getattr(state, a))
-            button = pn.widgets.Button(label=f"{changes or 'here'} → {f['top1']} ({f['p']:.2f})", button_type="light",
+            button = pn.widgets.Button(label=f"{changes or 'here'} → {f['top1']} ({f['p']:.2f})", color="light",
                                        css_classes=["pt-failure"], width=460)
             button.on_click(lambda _event, target=f: state.param.update(**{a: target[a] for a in state.axes}))
             rows.append(button)
