@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cube", type=text_option, help="which cube (default: the first)")
     p.add_argument("--port", type=whole_option(1, 65535), default=5006, help="port to serve on, 1..65535 (default: 5006)")
     p.add_argument("--address", default="127.0.0.1", type=text_option, help="interface to bind (default: 127.0.0.1 only)")
-    p.add_argument("--allow-remote", action="store_true", help="allow binding an address other machines can reach")
+    p.add_argument("--allow-remote", action="store_true", help="allow binding an address other machines can reach (the page then needs a token, printed at start, "
+                                                                      "or PERTURBER_TOKEN)")
     p.add_argument("--show", action="store_true", help="open a browser")
     p.add_argument("--engine", metavar="local|ADDRESS", type=text_option,
                    help="live compute for points off the grid: 'local' starts a LocalCluster, or a Dask scheduler address")
