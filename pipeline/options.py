@@ -17,7 +17,7 @@ from typing import Callable
 
 from perturber.pipeline.errors import PerturberError
 
-__all__ = ["OptionError", "check_output", "output_option", "whole_option", "names_option", "text_option",
+__all__ = ["OptionError", "check_output", "nearest_existing", "cannot_create_in", "output_option", "whole_option", "names_option", "text_option",
            "split_names", "number", "check_port"]
 
 
@@ -25,11 +25,23 @@ class OptionError(PerturberError):
     """A command-line option is unusable; the message is one line."""
 
 
-def _nearest_existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
+    """``path`` or the nearest of its parents that exists."""
     for parent in [path, *path.parents]:
         if parent.exists():
             return parent
     return Path(".")
+
+
+def cannot_create_in(folder: Path) -> OSError | None:
+    """Why this process cannot create a file in ``folder`` (tried: a temporary
+    file, so a read-only file system and root's permissions count), or None."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return exc
+    return None
 
 
 def check_output(path: str, suffixes: tuple[str, ...], option: str = "-o") -> str:
@@ -52,19 +64,22 @@ def check_output(path: str, suffixes: tuple[str, ...], option: str = "-o") -> st
         raise OptionError(f"{where}: cannot write {suffix or 'a file without a suffix'}; write {kinds}")
     if target.exists() and store and not target.is_dir():
         raise OptionError(f"{where}: is a file, not a Zarr store")
-    parent = _nearest_existing(target if store and target.is_dir() else target.parent)
+    parent = nearest_existing(target if store and target.is_dir() else target.parent)
     if not parent.is_dir():
         raise OptionError(f"{where}: {parent} is a file, not a folder")
-    try:
-        if target.is_file():
-            with open(target, "ab"):  # opened for writing, not changed
-                pass
-        else:
-            with tempfile.TemporaryFile(dir=parent):
-                pass
-    except OSError as exc:
-        raise OptionError(f"{where}: cannot write there ({exc.strerror or exc})") from None
+    problem = _cannot_append(target) if target.is_file() else cannot_create_in(parent)
+    if problem is not None:
+        raise OptionError(f"{where}: cannot write there ({problem.strerror or problem})")
     return path
+
+
+def _cannot_append(path: Path) -> OSError | None:
+    try:
+        with open(path, "ab"):  # opened for writing, not changed
+            pass
+    except OSError as exc:
+        return exc
+    return None
 
 
 def _typed(check: Callable[[str], object]) -> Callable[[str], object]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 import perturber
-from perturber.pipeline import assets, classes, factors, inference, models, names
+from perturber.pipeline import assets, classes, factors, inference, models, names, options
 from perturber.pipeline.errors import PerturberError, one_line
 from perturber.pipeline.spec import CubeSpec
 
@@ -196,35 +195,35 @@ def default_options(out: Any, storage_options: Mapping | None = None) -> dict | 
     return options or None
 
 
+def _local_path(out: Any) -> Path | None:
+    """The folder of a local store (a path or a ``file://`` URL); None for other URLs and store objects."""
+    if not isinstance(out, (str, os.PathLike)) or "://" in str(out) and not str(out).startswith("file://"):
+        return None
+    return Path(str(out).removeprefix("file://"))
+
+
 def check_writable(out: Any) -> None:
     """Fail at once, in one line, if the local store ``out`` cannot be written:
     a file in its place, or a read-only folder. (URLs are checked on writing.)"""
-    if not isinstance(out, (str, os.PathLike)) or "://" in str(out) and not str(out).startswith("file://"):
+    path = _local_path(out)
+    if path is None:
         return
-    path = Path(str(out).removeprefix("file://"))
     if path.exists() and not path.is_dir():
         raise StoreError(f"{out}: is a file, not a Zarr store (a folder); choose another --out")
-    folder = path
-    while not folder.exists():
-        folder = folder.parent
+    folder = options.nearest_existing(path)
     if not folder.is_dir():
         raise StoreError(f"{out}: {folder} is a file, so the store cannot be created there")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".perturber-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise StoreError(f"cannot write the store {out}: {folder} is not writable ({exc.strerror or exc})") from None
+    exc = options.cannot_create_in(folder)
+    if exc is not None:
+        raise StoreError(f"cannot write the store {out}: {folder} is not writable ({exc.strerror or exc})")
 
 
 def clean_partials(out: Any) -> int:
     """Remove the temporary ``*.partial`` files that a write killed mid-file left
     in a local store (Zarr writes each file to one, then renames it); returns how many."""
-    if not isinstance(out, (str, os.PathLike)) or "://" in str(out) and not str(out).startswith("file://"):
-        return 0
-    path = Path(str(out).removeprefix("file://"))
+    path = _local_path(out)
     removed = 0
-    for leftover in path.rglob("*.partial") if path.is_dir() else ():
+    for leftover in path.rglob("*.partial") if path is not None and path.is_dir() else ():
         leftover.unlink(missing_ok=True)
         removed += 1
     return removed

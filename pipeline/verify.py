@@ -80,12 +80,12 @@ def _done_regions(group: zarr.Group) -> dict[str, tuple[str, int]]:
     """array name → (its done array, how many leading chunk dimensions index the mark)."""
     out = {}
     arrays = dict(group.arrays())
-    if names.DONE in arrays and "chunk_shape" in arrays[names.DONE].attrs:  # a cube
+    axes = tuple(group.attrs.get("axes", ()))
+    if names.DONE in arrays and "chunk_shape" in arrays[names.DONE].attrs and axes:  # a cube
         n = arrays[names.DONE].ndim
         for name, a in arrays.items():
             dims = a.metadata.dimension_names or ()
-            axes = tuple(group.attrs.get("axes", ()))
-            if name != names.DONE and axes and tuple(dims[:n]) == axes:
+            if name != names.DONE and tuple(dims[:n]) == axes:
                 out[name] = (names.DONE, n)
     for name in arrays:
         if name.startswith("fvdone_"):
@@ -145,9 +145,12 @@ def find_damage(store: Any, storage_options: Mapping | None = None, progress: bo
             todo.append((gname, group, aname, array, regions.get(aname)))
     total = sum(int(np.prod(a.cdata_shape)) for *_, a, _ in todo)
     bar = tqdm(total=total, unit="chunk", desc="verify", disable=not progress, file=sys.stderr)
+    done_marks: dict[tuple[str, str], np.ndarray] = {}  # (group, done array) → its marks, read once
     for gname, group, aname, array, region in todo:
         keys = _chunk_keys(array)
-        marks = group[region[0]][...] if region else None
+        if region is not None and (gname, region[0]) not in done_marks:
+            done_marks[gname, region[0]] = group[region[0]][...]
+        marks = done_marks[gname, region[0]] if region is not None else None
         for coords in itertools.product(*(range(n) for n in array.cdata_shape)):
             bar.update(1)
             if region is not None and not marks[coords[:region[1]]]:
