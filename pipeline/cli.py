@@ -4,6 +4,7 @@
     perturber sheet --objects all --sweep yaw=-90,0,90,180 -o sheet.png
     perturber predict --object dog --yaw 30 --hue 90 --models efficientnet_lite0,efficientnet_lite2
     perturber precompute workflows/demo.yaml --out data/generated/demo.zarr [--dry-run]
+    perturber study yaw-fluctuation --store data/generated/studies.zarr [--models a,b]
     perturber assets [--fetch]
     perturber --version
 
@@ -163,6 +164,28 @@ def build_parser() -> argparse.ArgumentParser:
                                    "their done marks, so the next precompute recomputes exactly those chunks.")
     p.add_argument("store", help="a Zarr store written by perturber precompute")
     p.add_argument("--repair", action="store_true", help="clear the done marks of damaged chunks")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("study", parents=[registries], help="run a study: its cubes, the metric with intervals, a table, figures, a report",
+                       description="Run a study (workflows/studies/NAME.yaml): compute the cubes the store lacks "
+                                   "(resumable, like precompute), then the metric with bootstrap intervals; write the "
+                                   "table to the store's studies/NAME group and a CSV, a PNG, an HTML figure and a "
+                                   "Markdown report to a folder beside the store.")
+    p.add_argument("name", nargs="?", help="a study name (see --list) or a study YAML file")
+    p.add_argument("--list", action="store_true", help="list every study and stop")
+    p.add_argument("--store", help="the Zarr store (default: data/generated/studies.zarr)")
+    p.add_argument("--models", type=names_option, help="comma-separated models, replacing the study's own")
+    p.add_argument("--param", metavar="KEY=VALUE", action="append", default=[],
+                   help="an analysis parameter (see --list), repeatable, e.g. --param in9=/data/bg_challenge")
+    p.add_argument("--out", metavar="DIR", help="folder for the CSV, figures and report (default: <store>-studies/NAME)")
+    p.add_argument("--no-compute", action="store_true", help="analyse only what the store holds; a missing cube is an error")
+    p.add_argument("--scheduler", type=text_option, help="address of a running Dask scheduler, or 'synchronous' (no Dask)")
+    p.add_argument("--workers", type=whole_option(1, MAX_WORKERS),
+                   help="LocalCluster worker processes (default: one per core; not with --scheduler)")
+    p.add_argument("--overwrite", action="store_true", help="replace the study's cubes when the store holds them from another spec")
+    p.add_argument("--force", action="store_true", help="allow cubes above the study's sample budget")
+    p.add_argument("--prune", type=whole_option(1, 1_000_000), metavar="N",
+                   help="keep only the first N values of every axis (a smoke run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("assets", help="list built-in assets with status and licence")

@@ -323,3 +323,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from perturber.pipeline import verify
 
     return verify.main(args.store, repair=args.repair, progress=not args.quiet)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from perturber.pipeline import tasks
+    from perturber.pipeline.studies import runner
+
+    if args.list:
+        for name, path, text in runner.listing():
+            print(f"{name:<20} {text}")
+        return 0
+    if not args.name:
+        raise CLIError("name a study (perturber study --list shows them)")
+    _check_workers(args)
+    params = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--param {item!r}: expected KEY=VALUE")
+        params[key.strip()] = _cli_number(value.strip())
+    if args.scheduler not in (None, "synchronous"):
+        tasks.check_scheduler(args.scheduler)
+    store = args.store or runner.default_store()
+    table, files = runner.run(args.name, store, models=args.models, prune=args.prune, params=params,
+                              scheduler=args.scheduler, workers=args.workers, overwrite=args.overwrite,
+                              compute=not args.no_compute, out_dir=args.out, progress=not args.quiet, force=args.force)
+    print(f"study {table.attrs['study']}: table in {store} (group studies/{table.attrs['study']})")
+    for kind, path in files.items():
+        print(f"  {kind:<7} {path}")
+    return 0
