@@ -54,7 +54,7 @@ def _series(ds: xr.Dataset, var: str, x: str | None):
     stacked = [(da, ds[f"{var}_lo"], ds[f"{var}_hi"])]
     if not others:
         return [("", *stacked[0])]
-    flat = [a.stack(series=others) if x else a.stack(series=others) for a in stacked[0]]
+    flat = [a.stack(series=others) for a in stacked[0]]
     out = []
     for i in range(flat[0].sizes["series"]):
         key = flat[0]["series"].values[i]
