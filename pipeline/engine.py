@@ -26,6 +26,9 @@ class Evaluation:
     - ``params``: the B validated factor dicts.
     - ``images``: (B, S, S, 3) uint8, the exact RGB image the models saw before
       their own resize and normalisation (S: the render size).
+    - ``alpha``: (B, S, S) uint8, the render's alpha before the image factors:
+      255 where the object covers the pixel, 0 where the background shows
+      (the object mask; no image factor changes it).
     - ``logits``: model → (B, 1000) float32.
     - ``top_class``: model → (B, k) int64 class indices, most probable first;
       ``top_prob``: model → (B, k) float32 softmax probabilities.
@@ -37,6 +40,7 @@ class Evaluation:
 
     params: list[dict[str, Any]]
     images: np.ndarray
+    alpha: np.ndarray | None = None
     logits: dict[str, torch.Tensor] = field(default_factory=dict)
     top_class: dict[str, torch.Tensor] = field(default_factory=dict)
     top_prob: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -90,9 +94,10 @@ def evaluate(
         models.spec(name)  # a clear error for an unknown model, before any render
 
     rgba, renders = _render_batch(params, size)
+    alpha = (rgba[:, 3] * 255.0).round().to(torch.uint8).numpy()  # exact: the renders are uint8
     rgba = imageops.apply_image_factors(rgba.to(device), params)
     rgb = model_input(rgba)
-    result = Evaluation(params=params, images=imageops.to_uint8(rgb), renders=renders)
+    result = Evaluation(params=params, images=imageops.to_uint8(rgb), alpha=alpha, renders=renders)
 
     outputs = inference.run_models(rgb, model_names, layers=layers, neurons=neurons, device=device, batch_size=batch_size)
     for name, out in outputs.items():

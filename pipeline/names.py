@@ -7,6 +7,7 @@ studies, fooling images and searches. Inside a cube group
 | name | what |
 | --- | --- |
 | ``logits``, ``top_class``, ``top_prob``, ``expected_prob``, ``image``, ``done`` | per-sample results, the chunk marks |
+| ``mask`` | the object mask (the render's alpha), on request (``mask: true``) |
 | ``act_<model>_<layer>`` | activations, dims ``neuron_…``, ``ay_…``, ``ax_…`` with the same suffix |
 | ``model``, ``rank``, ``class``, ``class_name``, ``y``, ``x``, ``channel`` | coordinates |
 | ``chunk_<axis>`` | dimensions of ``done`` |
@@ -27,7 +28,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 __all__ = [
-    "LOGITS", "TOP_CLASS", "TOP_PROB", "EXPECTED_PROB", "IMAGE", "DONE",
+    "LOGITS", "TOP_CLASS", "TOP_PROB", "EXPECTED_PROB", "IMAGE", "MASK", "DONE",
     "MODEL", "RANK", "CLASS", "CLASS_NAME", "Y", "X", "CHANNEL",
     "FEATUREVIZ", "STUDIES", "FOOLING", "SEARCH", "NOT_CUBES",
     "mangle", "chunk_dim", "activation", "Activation", "activation_variables",
@@ -40,6 +41,7 @@ TOP_CLASS = "top_class"
 TOP_PROB = "top_prob"
 EXPECTED_PROB = "expected_prob"
 IMAGE = "image"
+MASK = "mask"
 DONE = "done"
 
 # Coordinates (dimensions) of a cube besides its axes.

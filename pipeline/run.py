@@ -68,6 +68,8 @@ def compute_chunk(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_opti
     }
     if cube.images:
         values[names.IMAGE] = ev.images.reshape(*shape, cube.size, cube.size, 3)
+    if cube.mask:
+        values[names.MASK] = ev.alpha.reshape(*shape, cube.size, cube.size)
     for model in cube.models:
         for layer in cube.layers:
             a = ev.activations[model][layer].numpy()

@@ -17,6 +17,7 @@ fixes every other one (its default unless given)::
         layers: [stage4, head]                 # friendly names or module paths, for every model
         neurons: {stage4: 16, head: [0, 5, 7]} # first N channels, or these channels
         images: true                           # store the model-input images
+        mask: false                            # store the object mask (the render's alpha)
         chunks: {yaw: 2}                       # samples per chunk along an axis (hint)
         top_k: 5                               # classes kept per sample, 1..1000
         size: 224                              # render side in pixels, 32..1024
@@ -75,6 +76,7 @@ class CubeSpec:
     chunks: Mapping[str, int] = field(default_factory=dict)
     top_k: int = 5
     size: int = 224
+    mask: bool = False
 
     @property
     def axis_names(self) -> list[str]:
@@ -118,8 +120,11 @@ class CubeSpec:
         return values
 
     def to_dict(self) -> dict[str, Any]:
-        """The canonical form (what the hash covers and the store records)."""
-        return {
+        """The canonical form (what the hash covers and the store records).
+
+        ``mask`` appears only when true, so a spec without it keeps its hash.
+        """
+        out = {
             "axes": {name: list(values) for name, values in self.axes},
             "fixed": dict(sorted(self.fixed.items())),
             "models": list(self.models),
@@ -130,6 +135,9 @@ class CubeSpec:
             "top_k": self.top_k,
             "size": self.size,
         }
+        if self.mask:
+            out["mask"] = True
+        return out
 
     def sha256(self) -> str:
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
@@ -245,7 +253,7 @@ def _neurons(f: Fields, raw: Any, layers: tuple[str, ...]) -> dict[str, Any]:
 def _parse_cube(name: str, raw: Any, budget: int, force: bool) -> CubeSpec:
     f = Fields(f"cube {name!r}", SpecError)
     raw = f.mapping(raw, "", "its keys (axes, models, ...) to values", empty=False)
-    known = {"axes", "fixed", "models", "layers", "neurons", "images", "chunks", "top_k", "size"}
+    known = {"axes", "fixed", "models", "layers", "neurons", "images", "mask", "chunks", "top_k", "size"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise f.fail("", f"unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -291,6 +299,7 @@ def _parse_cube(name: str, raw: Any, budget: int, force: bool) -> CubeSpec:
         name=name, axes=axes, fixed=fixed, models=model_names, layers=layers, neurons=neurons,
         images=f.flag(raw.get("images", True), "images"), chunks=chunks,
         top_k=f.whole(raw.get("top_k", 5), "top_k", 1, 1000), size=f.whole(raw.get("size", 224), "size", 32, 1024),
+        mask=f.flag(raw.get("mask", False), "mask"),
     )
     try:
         factors.validate(cube.point((0,) * len(axes)))  # cross-factor rules

@@ -9,6 +9,7 @@ Layout of a cube group (``xarray.open_zarr(path, group=cube)``):
 | ``top_prob`` | *axes, model, rank | float32 |
 | ``expected_prob`` | *axes, model | float32, probability of the object's own classes |
 | ``image`` | *axes, y, x, channel | uint8, the exact model input (0 where unwritten: see ``done``) |
+| ``mask`` | *axes, y, x | uint8, the render's alpha before the image factors, 255 on the object (``mask: true`` only) |
 | ``act_<model>_<layer>`` | *axes, neuron_<model>_<layer>, ay_<…>, ax_<…> | float16 (names: :mod:`perturber.pipeline.names`) |
 | ``done`` | chunk_<axis>… | uint8, 1 once the chunk is written |
 
@@ -126,13 +127,18 @@ def template(cube: CubeSpec, lay: Layout) -> xr.Dataset:
         names.EXPECTED_PROB: (per_model, full((n_models,), (n_models,), np.float32, np.nan),
                               {"long_name": "total softmax probability of the object's classes (data/catalogue.yaml)", "units": "1"}),
     }
-    if cube.images:
-        s = cube.size
+    s = cube.size
+    if cube.images or cube.mask:
         coords[names.Y] = xr.Variable((names.Y,), np.arange(s), {"long_name": "image row", "units": "pixel"})
         coords[names.X] = xr.Variable((names.X,), np.arange(s), {"long_name": "image column", "units": "pixel"})
+    if cube.images:
         coords[names.CHANNEL] = xr.Variable((names.CHANNEL,), np.array(["r", "g", "b"], dtype=object), {"long_name": "colour channel", "units": "1"})
         data[names.IMAGE] = ((*axes, names.Y, names.X, names.CHANNEL), full((s, s, 3), (s, s, 3), np.uint8, 0),
                              {"long_name": "model input image before resize and normalisation (0 where not computed: see done)", "units": "1"})
+    if cube.mask:
+        data[names.MASK] = ((*axes, names.Y, names.X), full((s, s), (s, s), np.uint8, 0),
+                            {"long_name": "object mask: the render's alpha before the image factors, 255 where the object "
+                                          "covers the pixel (0 where not computed: see done)", "units": "1"})
     for (model, layer), (neurons, ay, ax) in lay.activations.items():
         act = names.activation(model, layer)
         coords[act.neuron] = xr.Variable((act.neuron,), np.array(neurons), {"long_name": f"channel of {layer} in {model}", "units": "1"})
