@@ -39,7 +39,7 @@ from perturber.pipeline.analysis import Cube
 from perturber.pipeline.errors import PerturberError
 from perturber.pipeline.store import StoreError, consolidated_ok, group_state, open_cube
 
-__all__ = ["Study", "StudyError", "study", "get", "run_study", "analyse", "STUDIES", "load_builtin"]
+__all__ = ["Study", "StudyError", "study", "get", "run_study", "analyse", "check_params", "STUDIES", "load_builtin"]
 
 #: The built-in studies' modules (imported by :func:`load_builtin`).
 BUILTIN = ("yaw_fluctuation", "background", "cue_conflict", "patch_shuffle", "frequency", "transfer",
@@ -125,6 +125,15 @@ def get(name: str) -> Study:
     return STUDIES[name]
 
 
+def check_params(s: Study, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``params`` if the analysis takes each of them; else a one-line :class:`StudyError`."""
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(s.params))
+    if unknown:
+        raise StudyError(f"study {s.name!r} has no parameter {unknown[0]!r} (it has: {', '.join(s.params) or 'none'})")
+    return params
+
+
 def analyse(name: str, store: Any, params: Mapping[str, Any] | None = None,
             storage_options: Mapping | None = None) -> xr.Dataset:
     """Run the study ``name`` on its cube(s) of ``store`` and return its table (nothing is written).
@@ -133,10 +142,7 @@ def analyse(name: str, store: Any, params: Mapping[str, Any] | None = None,
     the command that computes it.
     """
     s = get(name)
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(s.params))
-    if unknown:
-        raise StudyError(f"study {name!r} has no parameter {unknown[0]!r} (it has: {', '.join(s.params) or 'none'})")
+    params = check_params(s, params)
     cubes = {}
     for cube in s.cubes:
         try:

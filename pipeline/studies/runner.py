@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 from perturber.pipeline import spec as sweep_spec
 from perturber.pipeline import yamlsafe
 from perturber.pipeline.fields import Fields
-from perturber.pipeline.studies import STUDIES, StudyError, analyse, get, load_builtin, write_table
+from perturber.pipeline.studies import STUDIES, StudyError, analyse, check_params, get, load_builtin, write_table
 
 __all__ = ["StudyFile", "study_files", "load", "run", "default_store", "report_dir", "listing"]
 
@@ -128,8 +128,8 @@ def run(name: str, store: str | None = None, models: list[str] | None = None, pr
 
     store = store or DEFAULT_STORE
     sf = load(name, models, prune, force)
-    merged = {**sf.params, **(params or {})}
     study = get(sf.name)
+    merged = check_params(study, {**sf.params, **(params or {})})
     missing = [c for c in study.cubes if c not in {cube.name for cube in sf.sweep.cubes}]
     if missing:
         raise StudyError(f"{sf.path}: study {sf.name!r} reads the cube {missing[0]!r}, which the file does not define")
