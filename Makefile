@@ -6,12 +6,18 @@ setup:
 
 # Main job: the demo sweep (real meshes, two pretrained models) on a LocalCluster,
 # into a resumable Zarr store, a summary of top-1 classes across the cube,
-# feature visualisations of the stored neurons (lucent, batched), then
-# the viewer on it at http://127.0.0.1:5006/ (Ctrl-C stops it). A second run
-# finds every chunk done and goes straight to the summary and the viewer.
+# feature visualisations of the stored neurons (lucent, batched), two
+# studies on the demo's models (yaw fluctuation and patch shuffle: their
+# cubes, the metric with bootstrap intervals, a figure and a report each),
+# then the viewer on it at http://127.0.0.1:5006/ (Ctrl-C stops it). A second
+# run finds every chunk done and goes straight to the analyses and the viewer.
+DEMO_MODELS = efficientnet_lite0,efficientnet_lite2
+
 demo: setup
 	.venv/bin/perturber precompute workflows/demo.yaml --out data/generated/demo.zarr
 	.venv/bin/perturber featureviz workflows/featureviz.yaml --out data/generated/demo.zarr
+	.venv/bin/perturber study yaw-fluctuation --store data/generated/demo.zarr --models $(DEMO_MODELS)
+	.venv/bin/perturber study patch-shuffle --store data/generated/demo.zarr --models $(DEMO_MODELS)
 	.venv/bin/perturber view data/generated/demo.zarr --engine local
 
 # Tests: everything but the GPU tests (slow and browser tests included).
