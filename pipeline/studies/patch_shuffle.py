@@ -58,9 +58,9 @@ def per_scene(cube: Cube) -> xr.Dataset:
         samples = samples.expand_dims(object=cube.objects)
         scene_axes = ["object", *scene_axes]
     stacked = samples.stack(scene=scene_axes)
-    objects = stacked["object"].values.astype(str)
+    objects = np.array([str(o) for o in stacked["object"].values], dtype=object)  # the store's may be StringDType
     stacked = stacked.drop_vars([*scene_axes, "scene"])
-    stacked = stacked.assign_coords(scene=np.arange(stacked.sizes["scene"]), scene_object=("scene", objects.astype(object)))
+    stacked = stacked.assign_coords(scene=np.arange(stacked.sizes["scene"]), scene_object=("scene", objects))
     order = ["scene", *(["distance"] if "distance" in stacked.dims else []), K, names.MODEL]
     return stacked.transpose(*order)
 
