@@ -28,6 +28,7 @@ from perturber.viewer.panels.neurons import NeuronPanel
 from perturber.viewer.panels.saliency import SaliencyPanel
 from perturber.viewer.panels.scatter import ScatterPanel
 from perturber.viewer.panels.sensitivity import SensitivityPanel
+from perturber.viewer.panels.studies import StudiesPanel
 from perturber.viewer.panels.top5 import Top5Panel
 from perturber.viewer.state import CubeState, Settled
 
@@ -60,6 +61,7 @@ SECTIONS: list[Section] = [
     Section("Failure finder", lambda v: FailurePanel(v.state, v.settled)),
     Section("Sensitivity: how much each axis moves each model", lambda v: SensitivityPanel(v.state)),
     Section("Model against model (datashader, every sample)", lambda v: ScatterPanel(v.state, v.settled)),
+    Section("Studies: findings computed into this store (`perturber study`)", lambda v: StudiesPanel(v.path, v.state)),
 ]
 
 
