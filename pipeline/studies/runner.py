@@ -24,10 +24,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from perturber.pipeline import run as precompute_run
 from perturber.pipeline import spec as sweep_spec
 from perturber.pipeline import yamlsafe
 from perturber.pipeline.fields import Fields
-from perturber.pipeline.studies import STUDIES, StudyError, analyse, check_params, get, load_builtin, write_table
+from perturber.pipeline.studies import STUDIES, StudyError, analyse, check_params, get, load_builtin, outputs, write_table
 
 __all__ = ["StudyFile", "study_files", "load", "run", "default_store", "report_dir", "listing"]
 
@@ -123,9 +124,6 @@ def run(name: str, store: str | None = None, models: list[str] | None = None, pr
         overwrite: bool = False, compute: bool = True, out_dir: str | Path | None = None, progress: bool = True,
         force: bool = False, echo: Callable[[str], None] = print) -> tuple[Any, dict[str, Path]]:
     """Compute what the study needs, analyse, and write everything; returns (table, files)."""
-    from perturber.pipeline import run as precompute_run
-    from perturber.pipeline.studies import outputs
-
     store = store or DEFAULT_STORE
     sf = load(name, models, prune, force)
     study = get(sf.name)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import xarray as xr
 
-from perturber.pipeline import names
+from perturber.pipeline import factors, names
 from perturber.pipeline import store as zstore
 from perturber.pipeline.analysis import class_mask
 from perturber.pipeline.spec import CubeSpec
@@ -39,7 +39,9 @@ def derived(cube: CubeSpec, logits: np.ndarray, object_ids: np.ndarray) -> dict[
     z = logits.astype(np.float64)
     p = np.exp(z - z.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
-    order = np.argsort(-p, axis=-1, kind="stable")[..., : cube.top_k]
+    k = cube.top_k
+    top = np.argpartition(-p, k - 1, axis=-1)[..., :k] if k < p.shape[-1] else np.broadcast_to(np.arange(k), p.shape)
+    order = np.take_along_axis(top, np.argsort(-np.take_along_axis(p, top, -1), axis=-1, kind="stable"), -1)
     masks = {o: class_mask(str(o)) for o in np.unique(object_ids)}
     mask = np.stack([masks[o] for o in object_ids.ravel()]).reshape(*object_ids.shape, 1, 1000)
     return {
@@ -51,8 +53,6 @@ def derived(cube: CubeSpec, logits: np.ndarray, object_ids: np.ndarray) -> dict[
 
 
 def _objects(cube: CubeSpec, shape: tuple[int, ...], index: tuple[slice, ...] | None = None) -> np.ndarray:
-    from perturber.pipeline import factors
-
     if "object" not in cube.axis_names:
         return np.full(shape, str(cube.fixed.get("object", factors.get("object").default)), dtype=object)
     k = cube.axis_names.index("object")
