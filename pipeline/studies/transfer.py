@@ -286,11 +286,12 @@ def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
         ax.set_xlabel("target (evaluated)", fontsize=8)
         if k == 0:
             ax.set_ylabel("source (attacked)", fontsize=8)
-        cells = [(_short(t), row, float(m[r, c])) for r, row in enumerate(rows) for c, t in enumerate(targets)]
-        panels.append((hv.HeatMap(cells, ["target", "source"], "flip rate")
-                       * hv.Labels([(t, r, f"{v:.2f}") for t, r, v in cells], ["target", "source"], "text"))
-                      .opts(hv.opts.HeatMap(cmap="viridis", clim=(0, 1), colorbar=True, tools=["hover", "tap"],
-                                            width=300, height=260, title=f"flip rate, ε = {_eps_label(e, norm)}"),
+        # the target axis is the cube's model dimension (full names): a click there picks that model in the viewer
+        cells = [(t, row, float(m[r, c])) for r, row in enumerate(rows) for c, t in enumerate(targets)]
+        kdims = [hv.Dimension(names.MODEL, label="target (evaluated)"), hv.Dimension("source", label="source (attacked)")]
+        panels.append((hv.HeatMap(cells, kdims, "flip rate") * hv.Labels([(t, r, f"{v:.2f}") for t, r, v in cells], kdims, "text"))
+                      .opts(hv.opts.HeatMap(cmap="viridis", clim=(0, 1), colorbar=True, tools=["hover", "tap"], xrotation=30,
+                                            width=320, height=300, title=f"flip rate, ε = {_eps_label(e, norm)}"),
                             hv.opts.Labels(text_font_size="8pt", text_color="white")))
     fig.colorbar(image, ax=fig.axes, shrink=0.4, location="top", label="flip rate") if eps else None
     half = cols // 2
