@@ -36,19 +36,20 @@ def _layout(cube: CubeSpec) -> zstore.Layout:
 def derived(cube: CubeSpec, logits: np.ndarray, object_ids: np.ndarray) -> dict[str, np.ndarray]:
     """The per-sample variables of the precompute from logits (..., models, 1000);
     ``object_ids`` (...) names each sample's object."""
-    z = logits.astype(np.float64)
+    z = logits.astype(np.float32)
     p = np.exp(z - z.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     k = cube.top_k
     top = np.argpartition(-p, k - 1, axis=-1)[..., :k] if k < p.shape[-1] else np.broadcast_to(np.arange(k), p.shape)
     order = np.take_along_axis(top, np.argsort(-np.take_along_axis(p, top, -1), axis=-1, kind="stable"), -1)
-    masks = {o: class_mask(str(o)) for o in np.unique(object_ids)}
-    mask = np.stack([masks[o] for o in object_ids.ravel()]).reshape(*object_ids.shape, 1, 1000)
+    distinct, which = np.unique(object_ids.astype(str), return_inverse=True)
+    masks = np.stack([class_mask(o) for o in distinct]).astype(np.float32)  # (objects, 1000)
+    set_prob = np.einsum("...mc,...c->...m", p, masks[which.reshape(object_ids.shape)])
     return {
         names.LOGITS: logits.astype(np.float16),
         names.TOP_CLASS: order.astype(np.int16),
         names.TOP_PROB: np.take_along_axis(p, order, -1).astype(np.float32),
-        names.EXPECTED_PROB: (p * mask).sum(-1).astype(np.float32),
+        names.EXPECTED_PROB: set_prob.astype(np.float32),
     }
 
 
