@@ -1,17 +1,20 @@
-"""The asset catalogue: built-in objects, backgrounds and patterns.
+"""The asset catalogue: built-in objects, backgrounds, patterns and textures.
 
 ``data/catalogue.yaml`` (or ``PERTURBER_CATALOGUE``) names every asset:
 where it comes from (a Debian or pip package and the path inside, plus the
 upstream address), its licence and attribution, and for objects the ImageNet
 classes it should read as and the rotation that makes it upright and facing
-the camera at yaw 0. This module finds the files behind the entries and reads
-backgrounds and patterns; :mod:`perturber.pipeline.meshes` turns an object's
-file into a mesh.
+the camera at yaw 0; for textures, the crop of the file and the classes it
+should read as (a texture cue). This module finds the files behind the
+entries and reads backgrounds, patterns and textures;
+:mod:`perturber.pipeline.meshes` turns an object's file into a mesh and
+:mod:`perturber.pipeline.textures` an image into a texture.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
 import shutil
@@ -37,20 +40,30 @@ __all__ = [
     "object_ids",
     "background_ids",
     "pattern_ids",
+    "texture_ids",
+    "SECTIONS",
+    "MAX_TEXTURE_PIXELS",
     "object_file",
     "load_background",
     "load_pattern",
+    "load_texture",
+    "read_gimp_pattern",
     "asset_status",
     "fetch",
     "imagenet_class_indices",
     "attribution",
     "attributions",
     "pattern_of",
+    "image_of",
 ]
 
 #: File types a mesh can come in (AC3D through perturber.pipeline.ac3d, the rest
 #: through trimesh; Collada with pycollada): the one list every check uses.
 MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl", ".off", ".dae", ".ac")
+#: Largest texture image, in pixels (width × height): a mesh's own or an image texture.
+MAX_TEXTURE_PIXELS = 64 * 1024 * 1024
+#: The catalogue's sections.
+SECTIONS = ("objects", "backgrounds", "patterns", "textures")
 
 
 class AssetError(PerturberError):
@@ -83,7 +96,7 @@ def _read_catalogue(key: tuple[str, int, int]) -> dict[str, Any]:
         raise AssetError(f"asset catalogue {exc}") from None
     if not isinstance(data, dict):
         raise AssetError(f"asset catalogue {key[0]}: must map objects, backgrounds and patterns to their entries")
-    for section in ("objects", "backgrounds", "patterns"):
+    for section in SECTIONS:
         data.setdefault(section, {})
         if not isinstance(data[section], dict) or not all(isinstance(e, dict) for e in data[section].values()):
             raise AssetError(f"asset catalogue {key[0]}: {section} must map ids to entries")
@@ -106,6 +119,11 @@ def background_ids() -> list[str]:
 
 def pattern_ids() -> list[str]:
     return list(catalogue()["patterns"])
+
+
+def texture_ids() -> list[str]:
+    """The catalogue's image textures (``texture: image:<id>``)."""
+    return list(catalogue()["textures"])
 
 
 def _locate(source: dict[str, Any]) -> Path | None:
@@ -140,7 +158,7 @@ def _install_hint(source: dict[str, Any]) -> str:
 def asset_status() -> list[dict[str, str]]:
     """One row per asset: section, id, status ('ok' or 'missing: how to get it'), licence."""
     rows = []
-    for section in ("objects", "backgrounds", "patterns"):
+    for section in SECTIONS:
         for asset_id, entry in catalogue()[section].items():
             source = entry.get("source")
             if source is None:
@@ -171,7 +189,7 @@ def fetch(run: bool = True) -> tuple[list[str], str | None]:
     packages = sorted(
         {
             entry["source"]["debian"]
-            for section in ("objects", "backgrounds", "patterns")
+            for section in SECTIONS
             for entry in catalogue()[section].values()
             if "source" in entry and "debian" in entry["source"] and _locate(entry["source"]) is None
         }
@@ -235,7 +253,7 @@ def _extract(archive: Path, member: str) -> Path:
 # --------------------------------------------------------------------------
 
 
-def _read_gimp_pattern(path: Path) -> np.ndarray:
+def read_gimp_pattern(path: Path) -> np.ndarray:
     """A GIMP ``.pat`` file: a big-endian header, a name, then raw pixels."""
     data = path.read_bytes()
     header_size, version, width, height, depth = np.frombuffer(data[:20], dtype=">u4")
@@ -260,9 +278,41 @@ def _load_pattern(pattern_id: str, key: tuple) -> np.ndarray:
     if path is None:
         raise AssetError(f"pattern {pattern_id!r} is not installed: {_install_hint(entry['source'])}")
     if path.suffix == ".pat":
-        return _read_gimp_pattern(path)
+        return read_gimp_pattern(path)
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+def load_texture(texture_id: str) -> np.ndarray:
+    """Catalogue texture ``texture_id`` as an (h, w, 3) uint8 RGB image, cropped
+    as its entry says (``crop: [left, top, right, bottom]`` in pixels); cached, do not modify."""
+    return _load_texture(texture_id, source_key())
+
+
+@functools.lru_cache(maxsize=16)
+def _load_texture(texture_id: str, key: tuple) -> np.ndarray:
+    entry = _entry("textures", texture_id)
+    source = entry["source"]
+    path = _locate(source)
+    if path is None:
+        raise AssetError(f"texture {texture_id!r} is not installed: {_install_hint(source)}")
+    if "member" in source:
+        with zipfile.ZipFile(path) as zf:
+            data = zf.read(source["member"])
+        with Image.open(io.BytesIO(data)) as im:
+            image = np.asarray(im.convert("RGB"))
+    elif path.suffix == ".pat":
+        image = read_gimp_pattern(path)
+    else:
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("RGB"))
+    if "crop" in entry:
+        left, top, right, bottom = (int(v) for v in entry["crop"])
+        if not (0 <= left < right <= image.shape[1] and 0 <= top < bottom <= image.shape[0]):
+            raise AssetError(f"texture {texture_id!r}: crop {entry['crop']} is outside its "
+                             f"{image.shape[1]}x{image.shape[0]} image")
+        image = image[top:bottom, left:right]
+    return np.ascontiguousarray(image)
 
 
 def load_background(background: str, size: int) -> np.ndarray | None:
@@ -298,8 +348,10 @@ def _load_background(background: str, size: int, key: tuple) -> np.ndarray | Non
 
 
 def attribution(asset_id: str) -> str:
-    """The attribution line of any catalogue asset ('' for plain colours)."""
-    for section in ("objects", "backgrounds", "patterns"):
+    """The attribution line of any catalogue asset ('' for plain colours and
+    files); a texture value ``pattern:<id>`` or ``image:<id>`` gives its asset's."""
+    asset_id = pattern_of(asset_id) or image_of(asset_id) or asset_id
+    for section in SECTIONS:
         entry = catalogue()[section].get(asset_id)
         if entry is not None:
             return entry.get("attribution", "")
@@ -308,11 +360,8 @@ def attribution(asset_id: str) -> str:
 
 def attributions(values: Mapping[str, Any]) -> list[str]:
     """Attribution lines (CC-BY) of every asset that factor ``values`` show:
-    object, morph target, texture or pattern, background; each once."""
+    object, morph target, texture (an object's, a pattern or an image), background; each once."""
     ids = [str(values.get(k, "")) for k in ("object", "morph_target", "texture", "background")]
-    pattern = pattern_of(str(values.get("texture", "")))
-    if pattern:
-        ids.append(pattern)
     lines: list[str] = []
     for asset_id in ids:
         line = attribution(asset_id)
@@ -328,3 +377,8 @@ def pattern_of(texture: str) -> str | None:
     """``'pattern:leopard'`` → ``'leopard'``; anything else → None."""
     m = _PATTERN_RE.match(texture)
     return m.group(1) if m else None
+
+
+def image_of(texture: str) -> str | None:
+    """``'image:tabby_fur'`` → ``'tabby_fur'``, ``'image:/a/fur.png'`` → ``'/a/fur.png'``; anything else → None."""
+    return texture[len("image:"):] if texture.startswith("image:") else None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from perturber.pipeline import assets, expression
+from perturber.pipeline import assets, expression, textures
 from perturber.pipeline.assets import MESH_SUFFIXES
 from perturber.pipeline.colours import normalise_colour
 from perturber.pipeline.errors import PerturberError
@@ -298,7 +298,26 @@ def parse_cli_value(name: str, text: str) -> Any:
 
 
 def _texture_ids() -> list[str]:
-    return [*assets.object_ids(), *(f"pattern:{p}" for p in assets.pattern_ids())]
+    return [*assets.object_ids(), *(f"pattern:{p}" for p in assets.pattern_ids()),
+            *(f"{textures.PREFIX}{t}" for t in assets.texture_ids())]
+
+
+@dataclass(frozen=True)
+class _TextureRef(AssetRef):
+    """The texture factor's domain: :class:`AssetRef`'s ids, and ``image:<ref>``
+    for any catalogue texture or pattern or an image file (:func:`perturber.pipeline.textures.validate`)."""
+
+    def validate(self, name: str, value: Any, units: str) -> str:
+        text = str(value).strip()
+        if not text.startswith(textures.PREFIX):
+            return super().validate(name, value, units)
+        try:
+            return textures.validate(text)
+        except assets.AssetError as exc:
+            raise FactorError(f"{name}={text!r}: {exc}") from None
+
+    def describe(self) -> str:
+        return super().describe() + " or image:<texture, pattern or image file>"
 
 
 _SCENE = [
@@ -308,8 +327,9 @@ _SCENE = [
            "Second object of a shape morph ('none': no morph).", "Object & shape"),
     Factor("morph_t", "scene", Interval(0.0, 1.0), 0.0, "fraction",
            "Shape morph from object (0) to morph_target (1); texture is unaffected.", "Object & shape"),
-    Factor("texture", "scene", AssetRef(_texture_ids, extra=("on", "off"), what="texture"), "on", "",
-           "Surface texture: 'on' (the object's own), 'off' (plain grey), another object's id, or pattern:<id>.",
+    Factor("texture", "scene", _TextureRef(_texture_ids, extra=("on", "off"), what="texture"), "on", "",
+           "Surface texture: 'on' (the object's own), 'off' (plain grey), another object's id (its texture moved over), "
+           "pattern:<id>, or image:<catalogue texture or image file> (projected without UVs: any shape can wear it).",
            "Object & shape"),
     Factor("tint", "scene", Colour(), "#ffffff", "sRGB",
            "Colour multiplied into the object's surface colour (white: no tint).", "Object & shape"),

@@ -36,13 +36,10 @@ from typing import Any, Iterator
 import trimesh
 from PIL import Image
 
-from perturber.pipeline.assets import AssetError
+from perturber.pipeline.assets import MAX_TEXTURE_PIXELS, AssetError  # the limit of every texture image
 from perturber.pipeline.errors import one_line
 
 __all__ = ["MAX_TEXTURE_PIXELS", "FolderResolver", "read_trimesh", "check_gltf"]
-
-#: Largest texture, in pixels (width × height), read from a mesh's folder.
-MAX_TEXTURE_PIXELS = 64 * 1024 * 1024
 
 _IMAGE_SUFFIXES = frozenset(Image.registered_extensions())
 
