@@ -142,6 +142,8 @@ def test_bad_in9_folders_are_one_line_errors(tmp_path):
     with pytest.raises(StudyError, match=r"mixed_rand/val is missing"):
         in9.scan(tmp_path / "novalue")
     root = _folder(tmp_path / "bg", ["only_fg"], [np.zeros((224, 224, 3), np.uint8)])
+    with pytest.raises(StudyError, match="in9_limit must be a whole number >= 1, got 'all'"):
+        in9.scan(root, limit="all")
     (root / "only_fg" / "val" / "03_reptile" / "n00000003_0.JPEG").unlink()
     with pytest.raises(StudyError, match="03_reptile holds no images"):
         in9.scan(root)

@@ -189,7 +189,10 @@ def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
         ax.set_title(f"{part}: top-1 in the object's class set" if part == "in-scene" else "IN-9 (Xiao et al. 2020)",
                      fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7, ncol=len(models) + 1)
+        if "adversarial" in conditions:  # the per-background rows, then the summaries over backgrounds
+            ax.axvline(conditions.index("adversarial") - 0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_ylim(min(0.0, float(np.nanmin(sub["accuracy_lo"].values)) - 0.05), 1.3)
+        ax.legend(fontsize=7, ncol=len(models) + 1, loc="upper left")
         bars = hv.Bars(rows, ["condition", "model"], ["accuracy %", "lo %", "hi %"])
         panels.append(bars.opts(tools=["hover", "tap"], xrotation=45, width=900, height=360, title=part,
                                 multi_level=False))

@@ -111,8 +111,8 @@ def scan(root: str | Path, limit: int | None = None) -> list[Folder]:
     present = [v for v in VARIANTS if (base / v).is_dir()]
     if not present:
         raise StudyError(f"in9: {base} holds none of the IN-9 variant folders ({', '.join(VARIANTS[:5])})")
-    if limit is not None and int(limit) < 1:
-        raise StudyError(f"in9_limit must be a whole number >= 1, got {limit}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
+        raise StudyError(f"in9_limit must be a whole number >= 1, got {limit!r}")
     folders = []
     for variant in present:
         val = base / variant / "val"
