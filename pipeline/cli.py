@@ -180,8 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="folder for the CSV, figures and report (default: <store>-studies/NAME)")
     p.add_argument("--no-compute", action="store_true", help="analyse only what the store holds; a missing cube is an error")
     p.add_argument("--scheduler", type=text_option, help="address of a running Dask scheduler, or 'synchronous' (no Dask)")
+    p.add_argument("--cluster", metavar="YAML", type=text_option,
+                   help="a cluster recipe (workflows/clusters/*.yaml) to start and use for the cubes")
     p.add_argument("--workers", type=whole_option(1, MAX_WORKERS),
-                   help="LocalCluster worker processes (default: one per core; not with --scheduler)")
+                   help="LocalCluster worker processes (default: one per core; not with --scheduler or --cluster)")
     p.add_argument("--overwrite", action="store_true", help="replace the study's cubes when the store holds them from another spec")
     p.add_argument("--force", action="store_true", help="allow cubes above the study's sample budget")
     p.add_argument("--prune", type=whole_option(1, 1_000_000), metavar="N",

@@ -326,7 +326,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from perturber.pipeline import tasks
+    from perturber.pipeline import clusters, tasks
     from perturber.pipeline.studies import runner
 
     if args.list:
@@ -342,12 +342,23 @@ def cmd_study(args: argparse.Namespace) -> int:
         if not sep or not key.strip():
             raise CLIError(f"--param {item!r}: expected KEY=VALUE")
         params[key.strip()] = _cli_number(value.strip())
+    if args.scheduler and args.cluster:
+        raise CLIError("give --scheduler or --cluster, not both")
+    store = args.store or runner.default_store()
+    runner.load(args.name, args.models, args.prune, args.force)  # a bad study file or model: before any cluster starts
     if args.scheduler not in (None, "synchronous"):
         tasks.check_scheduler(args.scheduler)
-    store = args.store or runner.default_store()
-    table, files = runner.run(args.name, store, models=args.models, prune=args.prune, params=params,
-                              scheduler=args.scheduler, workers=args.workers, overwrite=args.overwrite,
-                              compute=not args.no_compute, out_dir=args.out, progress=not args.quiet, force=args.force)
+    scheduler, cluster = args.scheduler, None
+    if args.cluster and not args.no_compute:
+        cluster = clusters.build(args.cluster)
+        scheduler = cluster.scheduler_address
+    try:
+        table, files = runner.run(args.name, store, models=args.models, prune=args.prune, params=params,
+                                  scheduler=scheduler, workers=args.workers, overwrite=args.overwrite,
+                                  compute=not args.no_compute, out_dir=args.out, progress=not args.quiet, force=args.force)
+    finally:
+        if cluster is not None:
+            cluster.close()
     print(f"study {table.attrs['study']}: table in {store} (group studies/{table.attrs['study']})")
     for kind, path in files.items():
         print(f"  {kind:<7} {path}")
