@@ -134,3 +134,11 @@ def test_pruned_study_end_to_end(tmp_path):
     np.testing.assert_allclose(stored["ratio"].values, table["ratio"].values)
     assert all(p.is_file() for p in files.values())
     assert "Tsipras" in files["report"].read_text()
+
+
+def test_maps_figure_titles_each_map_with_its_share(fake_saliency):
+    fig = sal.maps_figure(Cube(_handbuilt()), [{"object": "dog", "yaw": 0.0, "background": "meadow"},
+                                                {"object": "cat", "yaw": 90.0, "background": "white"}])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["dog, 0, meadow", "mask (area 25%)", "lite0: share 100%",
+                      "cat, 90, white", "mask (area 50%)", "lite0: share 50%"]

@@ -41,7 +41,7 @@ from perturber.pipeline.studies import StudyError, study
 from perturber.pipeline.studies.bootstrap import bootstrap
 from perturber.pipeline.studies.samples import set_table
 
-__all__ = ["saliency_on_object", "share_on_object", "input_saliency", "edge_map", "per_sample", "figure"]
+__all__ = ["saliency_on_object", "share_on_object", "input_saliency", "edge_map", "per_sample", "figure", "maps_figure"]
 
 TARGETS = ("object", "top1")
 #: The published comparison: (standard, adversarially trained) registry entries.
@@ -261,6 +261,38 @@ def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
                      for m in model_list], ["group", "series"], "ratio").opts(tools=["hover", "tap"], width=760, height=300,
                                                                              xrotation=90, title=VARIABLES["ratio"][0])
     return fig, hv.Layout([share, ratio * hv.HLine(1.0).opts(color="black", line_dash="dashed")]).cols(1)
+
+
+def maps_figure(cube: Cube, points: list[dict[str, Any]], target: str = "object") -> Any:
+    """A matplotlib Figure: per point of the cube (axis → value), the image, its mask and each model's
+    saliency map (scaled to its 99th percentile), titled with the map's share on the object."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _check(cube, target, 1)
+    table = torch.from_numpy(set_table(cube.objects))
+    fig, axes = plt.subplots(len(points), 2 + len(cube.models), figsize=(2.2 * (2 + len(cube.models)), 2.3 * len(points)),
+                             squeeze=False)
+    for row, point in zip(axes, points):
+        image = cube.ds[names.IMAGE].sel(point).values
+        a = cube.ds[names.MASK].sel(point).values / 255.0
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+        obj = cube.objects.index(str(point.get("object", cube.objects[0])))
+        allowed = table[[obj]] if target == "object" else None
+        row[0].imshow(image)
+        row[0].set_title(", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in point.values()), fontsize=7)
+        row[1].imshow(a, cmap="gray", vmin=0, vmax=1)
+        row[1].set_title(f"mask (area {a.mean():.0%})", fontsize=7)
+        for ax, model in zip(row[2:], cube.models):
+            m = input_saliency(x, model, allowed)[0].numpy()
+            ax.imshow(m, cmap="gray", vmin=0, vmax=np.quantile(m, 0.99) or 1.0)
+            ax.set_title(f"{model.replace('efficientnet_', '')}: share {share_on_object(m, a)[0]:.0%}", fontsize=7)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
 
 
 @study("saliency-on-object", cube="saliency_on_object",
