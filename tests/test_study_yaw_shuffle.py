@@ -67,6 +67,11 @@ def test_yaw_table_bootstraps_views_and_adds_all():
     assert "lite1 fluctuates more than efficientnet_lite0 on 2 of 2 objects" in table.attrs["finding"]
     assert "normalised: efficientnet_lite1 fluctuates more than efficientnet_lite0 on 0 of 2" in table.attrs["finding"]
     assert "flips after normalisation" in table.attrs["finding"]
+    assert "intervals apart on 2" in table.attrs["finding"]
+    # with the published pair in the cube, the finding compares them as the paper did
+    published = yf.finding(table.assign_coords(model=np.array(["resnet50", "resnet50_robust_l2_eps3"], dtype=object)))
+    assert "resnet50_robust_l2_eps3 fluctuates more than resnet50 on 2 of 2" in published
+    assert published.endswith("here 2 of 2 raw and 0 normalised.")
 
 
 def test_yaw_uncomputed_view_is_left_out():
