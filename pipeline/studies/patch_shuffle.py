@@ -129,7 +129,7 @@ def shuffle_figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
                    "probability (total softmax probability of the object's classes). Each scene (object × yaw) is "
                    "first averaged over its shuffle seeds. `k_keep` = the largest k such that share ≥ 0.5 at every "
                    "k up to it (0: already below at k = 1)."),
-       unit="scene: one object × yaw on white, averaged over its 5 shuffle seeds (12 scenes)",
+       unit="scene: one object × yaw on white, averaged over its 3 shuffle seeds (12 scenes)",
        control=("k = 1, the unshuffled image of the same scenes: a model that does not read the object there "
                 "has nothing to lose to the shuffle, so its curve means nothing; share at k = 1 is the first row "
                 "of each model and distance."),
