@@ -102,21 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many neurons the figure shows, 1..100 (default: 12)")
     _add_factor_options(p)
 
-    p = sub.add_parser("precompute", parents=[registries], help="compute a sweep spec into a Zarr store (resumable)",
+    compute = _Parser(add_help=False)  # how precompute and study compute cubes
+    compute.add_argument("--scheduler", type=text_option, help="address of a running Dask scheduler, or 'synchronous' (no Dask)")
+    compute.add_argument("--cluster", metavar="YAML", type=text_option,
+                         help="a cluster recipe (workflows/clusters/*.yaml) to start and use")
+    compute.add_argument("--workers", type=whole_option(1, MAX_WORKERS),
+                         help="LocalCluster worker processes (default: one per core; not with --scheduler or --cluster)")
+    compute.add_argument("--overwrite", action="store_true", help="replace cubes written from a different spec")
+    compute.add_argument("--force", action="store_true", help="allow cubes above the spec's sample budget")
+    compute.add_argument("--prune", type=whole_option(1, 1_000_000), metavar="N",
+                         help="keep only the first N values of every axis (a smoke run)")
+    compute.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("precompute", parents=[registries, compute], help="compute a sweep spec into a Zarr store (resumable)",
                        description="Compute every missing chunk of every cube of a sweep spec into a Zarr store.")
     p.add_argument("spec", help="a sweep spec (workflows/*.yaml)")
     p.add_argument("--out", required=True, help="the Zarr store: a path or an fsspec URL")
     p.add_argument("--dry-run", action="store_true", help="print each cube's shape, samples, size and time, then stop")
-    p.add_argument("--scheduler", type=text_option, help="address of a running Dask scheduler, or 'synchronous' (no Dask)")
-    p.add_argument("--cluster", metavar="YAML", type=text_option,
-                   help="a cluster recipe (workflows/clusters/*.yaml) to start and use")
-    p.add_argument("--workers", type=whole_option(1, MAX_WORKERS),
-                   help="LocalCluster worker processes (default: one per core; not with --scheduler or --cluster)")
-    p.add_argument("--overwrite", action="store_true", help="replace cubes written from a different spec")
-    p.add_argument("--force", action="store_true", help="allow cubes above the spec's sample budget")
-    p.add_argument("--prune", type=whole_option(1, 1_000_000), metavar="N",
-                   help="keep only the first N values of every axis (a smoke run)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("attack", parents=[registries], help="PGD on one scene: the perturbation and every model's predictions",
                        description="Run projected gradient descent (L2 or L-infinity) against one model on a scene's "
@@ -166,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true", help="clear the done marks of damaged chunks")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("study", parents=[registries], help="run a study: its cubes, the metric with intervals, a table, figures, a report",
+    p = sub.add_parser("study", parents=[registries, compute], help="run a study: its cubes, the metric with intervals, a table, figures, a report",
                        description="Run a study (workflows/studies/NAME.yaml): compute the cubes the store lacks "
                                    "(resumable, like precompute), then the metric with bootstrap intervals; write the "
                                    "table to the store's studies/NAME group and a CSV, a PNG, an HTML figure and a "
@@ -179,16 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an analysis parameter (see --list), repeatable, e.g. --param in9=/data/bg_challenge")
     p.add_argument("--out", metavar="DIR", help="folder for the CSV, figures and report (default: <store>-studies/NAME)")
     p.add_argument("--no-compute", action="store_true", help="analyse only what the store holds; a missing cube is an error")
-    p.add_argument("--scheduler", type=text_option, help="address of a running Dask scheduler, or 'synchronous' (no Dask)")
-    p.add_argument("--cluster", metavar="YAML", type=text_option,
-                   help="a cluster recipe (workflows/clusters/*.yaml) to start and use for the cubes")
-    p.add_argument("--workers", type=whole_option(1, MAX_WORKERS),
-                   help="LocalCluster worker processes (default: one per core; not with --scheduler or --cluster)")
-    p.add_argument("--overwrite", action="store_true", help="replace the study's cubes when the store holds them from another spec")
-    p.add_argument("--force", action="store_true", help="allow cubes above the study's sample budget")
-    p.add_argument("--prune", type=whole_option(1, 1_000_000), metavar="N",
-                   help="keep only the first N values of every axis (a smoke run)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("assets", help="list built-in assets with status and licence")
     p.add_argument("--fetch", action="store_true", help="install missing assets (apt) or say exactly what to install")

@@ -108,13 +108,16 @@ def report_dir(store: str, name: str) -> Path:
 
 
 def listing() -> list[tuple[str, str, str]]:
-    """(name, YAML path or '', first sentence of the definition) of every study."""
+    """(name, YAML path or '', the first sentence of the definition and the
+    parameters with their defaults) of every study."""
     load_builtin()
     files = study_files()
     out = []
     for name in sorted(set(STUDIES) | set(files)):
         s = STUDIES.get(name)
         text = s.definition.split(". ")[0].rstrip(".") + "." if s else "(no analysis registered)"
+        if s and s.params:
+            text += " Parameters: " + ", ".join(f"{k}={v!r}" for k, v in s.params.items()) + "."
         out.append((name, str(files.get(name, "")), text))
     return out
 
