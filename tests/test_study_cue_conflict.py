@@ -68,32 +68,41 @@ def _known_cube():
 
 def test_decision_counts_per_view():
     counts, cats = per_view(_known_cube())
-    assert counts.sizes == {"view": 2, "shape": 3, names.MODEL: 1}
-    c = counts.sel(shape="all").isel(model=0)
+    assert counts.sizes == {"view": 2, "subset": 6, names.MODEL: 1}
+    assert counts["subset"].values.tolist() == ["all", "shape:dog", "shape:cat", "texture:dog_fur", "texture:tabby_fur",
+                                                "texture:leopard"]
+    c = counts.sel(subset="all").isel(model=0)
     assert c["conflict_n"].values.tolist() == [4, 4] and c["control_n"].values.tolist() == [2, 2]
     assert c["shape_top1"].values.tolist() == [2, 2] and c["texture_top1"].values.tolist() == [2, 1]
     assert c["control_top1"].values.tolist() == [2, 1]
     assert c["shape_forced"].values.tolist() == [2, 3] and c["texture_forced"].values.tolist() == [2, 1]
-    assert counts["control_forced"].sel(shape="dog").isel(model=0).values.tolist() == [1, 0]
+    assert counts["control_forced"].sel(subset="shape:dog").isel(model=0).values.tolist() == [1, 0]
+    # The leopard on both shapes: view 0 texture, texture (dog, cat); view 1 shape, shape.
+    leopard = counts.sel(subset="texture:leopard").isel(model=0)
+    assert leopard["texture_top1"].values.tolist() == [2, 0] and leopard["shape_top1"].values.tolist() == [0, 2]
 
 
 def test_shape_bias_and_control_known_answers():
     table = cue_conflict(_known_cube())
-    all_ = table.sel(shape="all", model="efficientnet_lite0")
+    all_ = table.sel(subset="all", model="efficientnet_lite0")
     assert float(all_["shape_bias_top1"]) == pytest.approx(4 / 7)
     assert float(all_["shape_bias_forced"]) == pytest.approx(5 / 8)
     assert float(all_["decided_top1"]) == pytest.approx(7 / 8)
     assert float(all_["control_top1"]) == pytest.approx(3 / 4)
     assert float(all_["control_forced"]) == pytest.approx(3 / 4)
     assert int(all_["conflict_images"]) == 8 and int(all_["control_images"]) == 4
-    dog, cat = (table.sel(shape=s, model="efficientnet_lite0") for s in ("dog", "cat"))
+    dog, cat = (table.sel(subset=f"shape:{s}", model="efficientnet_lite0") for s in ("dog", "cat"))
     assert float(dog["shape_bias_top1"]) == pytest.approx(2 / 4) and float(cat["shape_bias_top1"]) == pytest.approx(2 / 3)
     assert float(dog["control_top1"]) == pytest.approx(1 / 2) and float(cat["control_top1"]) == pytest.approx(1.0)
     assert float(all_["shape_bias_top1_lo"]) <= 4 / 7 <= float(all_["shape_bias_top1_hi"])
     assert table.attrs["bootstrap_unit"] == "view" and table.attrs["bootstrap_units"] == 2
-    assert "efficientnet_lite0: shape bias 57 %" in table.attrs["finding"] and "humans 96 %" in table.attrs["finding"]
+    tabby = table.sel(subset="texture:tabby_fur", model="efficientnet_lite0")  # on the dog: shape, then texture
+    assert float(tabby["shape_bias_top1"]) == pytest.approx(1 / 2) and float(tabby["control_top1"]) == pytest.approx(1.0)
+    finding = table.attrs["finding"]
+    assert "efficientnet_lite0: shape bias 57 %" in finding and "humans 96 %" in finding and "leopard 50 %" in finding
+    assert "below 50 % for dog on efficientnet_lite0" not in finding  # exactly half reaches the goal
     # Summed instead of mean probabilities: the dog's 118 classes win the forced choice of cat × dog fur.
-    summed = cue_conflict(_known_cube(), aggregate="sum").sel(shape="all", model="efficientnet_lite0")
+    summed = cue_conflict(_known_cube(), aggregate="sum").sel(subset="all", model="efficientnet_lite0")
     assert float(summed["shape_bias_forced"]) == pytest.approx(4 / 8)
 
 
@@ -122,8 +131,8 @@ def test_pruned_study_runs_end_to_end(tmp_path):
     store = str(tmp_path / "s.zarr")
     table, files = runner.run("cue-conflict", store, models=["efficientnet_lite0"], prune=2, scheduler="synchronous",
                               progress=False, echo=lambda *_: None)
-    assert table.sizes == {"shape": 3, names.MODEL: 1}
-    assert table["conflict_images"].sel(shape="all").item() == 8 and table["control_images"].sel(shape="all").item() == 8
+    assert table.sizes == {"subset": 5, names.MODEL: 1}
+    assert table["conflict_images"].sel(subset="all").item() == 8 and table["control_images"].sel(subset="all").item() == 8
     assert table.attrs["categories"] == "dog, cat"
     stored = xr.open_zarr(store, group="studies/cue-conflict")
     assert set(stored.data_vars) >= {"shape_bias_top1", "shape_bias_forced", "control_top1"}

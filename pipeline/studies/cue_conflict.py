@@ -24,7 +24,8 @@ tabby fur: its own texture, through the same projection as every conflict).
   probability over its classes, among the study's categories; a shape or
   texture decision when it is the shape's or the texture's.
 
-*Metrics* per model and shape (and ``all`` shapes): ``shape_bias_*`` = shape
+*Metrics* per model, for all images and per subset (a shape in every texture,
+a texture on every shape): ``shape_bias_*`` = shape
 decisions / (shape + texture decisions) over the conflict images;
 ``control_*`` = the share of control images decided for the shape's category;
 ``decided_top1`` = the share of conflict images whose top-1 fell in either
@@ -38,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -146,11 +148,12 @@ def _forced_choice(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def per_view(cube: Cube, aggregate: str = "mean") -> tuple[xr.Dataset, Categories]:
-    """Decision counts per view, shape and model (:data:`COUNTS`, dims (view, shape, model),
-    computed; ``shape`` holds 'all' then each object), and the categories.
+    """Decision counts per view, subset and model (:data:`COUNTS`, dims (view, subset, model),
+    computed), and the categories. ``subset``: 'all', then 'shape:<object>' for each
+    shape (its images in every texture), then 'texture:<id>' for each texture (on every shape).
 
     Read out of core: the top-1 classes and logits go through dask, chunk by
-    chunk, and only the counts (views × shapes × models) are held.
+    chunk, and only the counts (views × subsets × models) are held.
     """
     if not {"object", "texture"} <= set(cube.axes):
         raise StudyError(f"cue-conflict needs a cube with the axes object and texture (shapes × textures); "
@@ -166,23 +169,25 @@ def per_view(cube: Cube, aggregate: str = "mean") -> tuple[xr.Dataset, Categorie
     tex_cat = xr.DataArray(cats.texture, dims=("texture",))
     computed = top_cat != NOT_COMPUTED
     conflict, control = computed & (shape_cat != tex_cat), computed & (shape_cat == tex_cat)
-    counts = xr.Dataset({
+    decisions = xr.Dataset({
         "conflict_n": conflict, "control_n": control,
         "shape_top1": conflict & (top_cat == shape_cat), "texture_top1": conflict & (top_cat == tex_cat),
         "shape_forced": conflict & (forced == shape_cat), "texture_forced": conflict & (forced == tex_cat),
         "control_top1": control & (top_cat == shape_cat), "control_forced": control & (forced == shape_cat),
-    }).sum("texture").astype(np.int64).compute()
+    }).drop_vars(["object", "texture"], errors="ignore")
+    by_shape, by_texture = dask.compute(decisions.sum("texture"), decisions.sum("object"))  # one pass over the cube
+    subsets = [by_shape.sum("object").expand_dims(subset=["all"]),
+               by_shape.rename(object="subset").assign_coords(subset=[f"shape:{o}" for o in cube.objects]),
+               by_texture.rename(texture="subset").assign_coords(subset=[f"texture:{_label(t)}" for t in texture_values])]
+    counts = xr.concat(subsets, dim="subset").astype(np.int64)
     view_axes = [a for a in cube.axes if a not in ("object", "texture")]
     if not view_axes:
         counts = counts.expand_dims(view=[0])
     else:
         counts = counts.stack(view=view_axes)
         counts = counts.drop_vars([*view_axes, "view"]).assign_coords(view=np.arange(counts.sizes["view"]))
-    counts = counts.rename(object="shape").assign_coords(shape=list(cube.objects))
-    every = counts.sum("shape").expand_dims(shape=["all"])
-    counts = xr.concat([every, counts], dim="shape")
     counts = counts.assign_coords(model=[str(m) for m in ds[names.MODEL].values])
-    return counts.transpose("view", "shape", names.MODEL)[list(COUNTS)], cats
+    return counts.transpose("view", "subset", names.MODEL)[list(COUNTS)], cats
 
 
 def _ratios(ds: xr.Dataset) -> xr.Dataset:
@@ -213,33 +218,42 @@ def _pct(v: float) -> str:
     return "–" if not np.isfinite(v) else f"{100 * v:.0f} %"
 
 
+def _rows(table: xr.Dataset, kind: str) -> list[str]:
+    return [str(s) for s in table["subset"].values if str(s).startswith(kind + ":")]
+
+
 def finding(table: xr.Dataset) -> str:
-    """Each model's shape bias (both decisions) and control, against the published values."""
-    parts = []
-    for model in table[names.MODEL].values:
-        row = table.sel(shape="all", model=model)
-        parts.append(f"{model}: shape bias {_pct(float(row['shape_bias_top1']))} "
-                     f"[{_pct(float(row['shape_bias_top1_lo']))}, {_pct(float(row['shape_bias_top1_hi']))}] by top-1, "
-                     f"{_pct(float(row['shape_bias_forced']))} by forced choice, with the own-texture control read as "
-                     f"its class in {_pct(float(row['control_top1']))} of its images "
-                     f"({_pct(float(row['decided_top1']))} of conflict images decided by top-1)")
-    forced = table["shape_bias_forced"].sel(shape="all")
-    nearest = {str(m): min(PUBLISHED, key=lambda k: abs(PUBLISHED[k] - float(forced.sel(model=m))))
-               for m in table[names.MODEL].values if np.isfinite(float(forced.sel(model=m)))}
+    """Each model's shape bias (both decisions) and control against the published values,
+    the shape bias per texture, and the shapes whose control fails."""
+    models = [str(m) for m in table[names.MODEL].values]
+    v = {var: table[var].sel(subset="all") for var in table.data_vars if "subset" in table[var].dims}
+    parts = [f"{m}: shape bias {_pct(float(v['shape_bias_top1'].sel(model=m)))} "
+             f"[{_pct(float(v['shape_bias_top1_lo'].sel(model=m)))}, {_pct(float(v['shape_bias_top1_hi'].sel(model=m)))}]"
+             f" by top-1 ({_pct(float(v['decided_top1'].sel(model=m)))} of conflict images decided), "
+             f"{_pct(float(v['shape_bias_forced'].sel(model=m)))} by forced choice; control "
+             f"{_pct(float(v['control_top1'].sel(model=m)))} by top-1, {_pct(float(v['control_forced'].sel(model=m)))} "
+             f"by forced choice" for m in models]
+    nearest = {m: min(PUBLISHED, key=lambda k: abs(PUBLISHED[k] - float(v["shape_bias_forced"].sel(model=m))))
+               for m in models if np.isfinite(float(v["shape_bias_forced"].sel(model=m)))}
     near = "; ".join(f"{m} is nearest {k}" for m, k in nearest.items())
-    weak = [f"{s} on {m} ({_pct(float(table['control_top1'].sel(shape=s, model=m)))})"
-            for m in table[names.MODEL].values for s in table["shape"].values[1:]
-            if not float(table["control_top1"].sel(shape=s, model=m)) >= CONTROL_GOAL]
-    control = (f" The control is below {_pct(CONTROL_GOAL)} for {', '.join(weak)}: there the bias reads a shape the "
-               f"model does not recognise even in its own texture." if weak else
-               f" The control reaches {_pct(CONTROL_GOAL)} for every shape and model.")
+    per_texture = ", ".join(f"{t.split(':', 1)[1]} " + "/".join(
+        _pct(float(table["shape_bias_top1"].sel(subset=t, model=m))).replace(" %", "") for m in models) + " %"
+        for t in _rows(table, "texture"))
+    weak = [f"{s.split(':', 1)[1]} on {m} ({_pct(float(table['control_top1'].sel(subset=s, model=m)))})"
+            for m in models for s in _rows(table, "shape")
+            if not float(table["control_top1"].sel(subset=s, model=m)) >= CONTROL_GOAL]
+    control = (f" The control (top-1) is below {_pct(CONTROL_GOAL)} for {', '.join(weak)}: there the shape is not read "
+               f"even in its own texture, and its share of the bias means little." if weak else
+               f" The control (top-1) reaches {_pct(CONTROL_GOAL)} for every shape and model.")
     return ("; ".join(parts) + ". Published (Geirhos et al. 2019, 16-class forced choice): "
-            + ", ".join(f"{k} {_pct(v)}" for k, v in PUBLISHED.items()) + f"; by forced choice {near}." + control)
+            + ", ".join(f"{k} {_pct(p)}" for k, p in PUBLISHED.items()) + f"; by forced choice {near}. "
+            + f"Shape bias (top-1) per texture, {'/'.join(models)}: {per_texture}." + control)
 
 
 def conflict_figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
     """(matplotlib Figure, HoloViews Layout): shape bias per model (top-1 and forced choice,
-    all shapes) against the published values, and the control and shape bias per shape."""
+    all images) against the published values; the control per shape; the shape bias per
+    shape and per texture. Bars with 95 % intervals, one colour per model."""
     import holoviews as hv
     import matplotlib
 
@@ -248,39 +262,36 @@ def conflict_figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
 
     hv.extension("bokeh", logo=False)
     models = [str(m) for m in ds[names.MODEL].values]
-    shapes = [str(s) for s in ds["shape"].values]
-    panels_spec = [("shape bias (all shapes)", [("shape_bias_top1", "top-1"), ("shape_bias_forced", "forced choice")],
-                    ["all"], PUBLISHED),
-                   ("control: own-category texture read as the shape (top-1)", [("control_top1", "")], shapes,
-                    {"goal": CONTROL_GOAL}),
-                   ("shape bias per shape (top-1)", [("shape_bias_top1", "")], shapes[1:], {})]
-    fig, axes = plt.subplots(len(panels_spec), 1, figsize=(9, 3.4 * len(panels_spec)))
+    shapes, textures_ = _rows(ds, "shape"), _rows(ds, "texture")
+    spec = [("shape bias, all images", [("shape_bias_top1", "all", "top-1"), ("shape_bias_forced", "all", "forced choice")],
+             PUBLISHED),
+            ("control: the shape in a texture of its own category, read as the shape (top-1)",
+             [("control_top1", s, s.split(":")[-1]) for s in ["all", *shapes]], {"goal": CONTROL_GOAL}),
+            ("shape bias (top-1) per shape and per texture",
+             [("shape_bias_top1", s, s.replace("shape:", "").replace("texture:", "in ")) for s in [*shapes, *textures_]], {})]
+    fig, axes = plt.subplots(len(spec), 1, figsize=(9, 3.3 * len(spec)))
     panels = []
-    for ax, (label, variables, rows, lines) in zip(axes, panels_spec):
-        groups = [(v, vl, s) for s in rows for v, vl in variables]
+    for ax, (label, groups, lines) in zip(axes, spec):
         width = 0.8 / len(models)
-        points, bars = [], []
+        bars = []
         for i, model in enumerate(models):
             x = np.arange(len(groups)) + (i - (len(models) - 1) / 2) * width
-            v, lo, hi = (np.array([float(ds[var + suf].sel(shape=s, model=model)) for var, _, s in groups])
-                         for suf in ("", "_lo", "_hi"))
+            v, lo, hi = (np.array([float(ds[var + suffix].sel(subset=s, model=model)) for var, s, _ in groups])
+                         for suffix in ("", "_lo", "_hi"))
             ax.bar(x, v, width, yerr=np.abs(np.nan_to_num(np.stack([v - lo, hi - v]))), capsize=2, label=model)
-            names_ = [" ".join(p for p in (s if s != "all" else "", vl) if p) or "all" for _, vl, s in groups]
-            bars += [(n, model, float(val)) for n, val in zip(names_, v)]
-            points += [(n, model, float(val), float(val - a), float(b - val)) for n, val, a, b in zip(names_, v, lo, hi)]
+            bars += [(name, model, float(value)) for (_, _, name), value in zip(groups, v)]
         for name, value in lines.items():
             ax.axhline(value, ls="--", lw=0.8, color="grey")
             ax.text(len(groups) - 0.5, value, f" {name}", fontsize=7, va="center", ha="left")
-        ax.set_xticks(range(len(groups)), [" ".join(p for p in (s if s != "all" else "", vl) if p) or "all"
-                                           for _, vl, s in groups], fontsize=8)
+        ax.set_xticks(range(len(groups)), [name for _, _, name in groups], fontsize=8, rotation=15)
         ax.set_ylim(0, 1.05)
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3, axis="y")
         overlay = [hv.Bars(bars, ["group", names.MODEL], "value").opts(tools=["hover", "tap"], multi_level=False)]
-        overlay += [hv.HLine(v).opts(line_dash="dashed", color="grey") for v in lines.values()]
-        panels.append(hv.Overlay(overlay).opts(title=label, width=720, height=300, ylim=(0, 1.05)))
+        overlay += [hv.HLine(value).opts(line_dash="dashed", color="grey") for value in lines.values()]
+        panels.append(hv.Overlay(overlay).opts(title=label, width=760, height=300, ylim=(0, 1.05)))
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{title}: 95 % bootstrap intervals over views; dashed: published shape bias (Geirhos et al.) or goal",
+    fig.suptitle(f"{title}: 95 % bootstrap intervals over views; dashed: published shape bias or the control's goal",
                  fontsize=9)
     fig.tight_layout()
     return fig, hv.Layout(panels).cols(1)
@@ -295,7 +306,8 @@ def conflict_figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
                    "aggregation): the category with the highest MEAN softmax probability over its classes, among the "
                    "study's categories. shape_bias = shape decisions / (shape + texture decisions) over the conflict "
                    "images; decided_top1 = share of conflict images whose top-1 is in either category. Per model, "
-                   "over all shapes ('all') and per shape."),
+                   "over all images ('all'), per shape ('shape:dog': the dog in every texture) and per texture "
+                   "('texture:leopard': the leopard pattern on every shape)."),
        unit="view: one yaw × pitch (every shape × texture of the view counted together; ratios of sums over views)",
        control=("Each shape in a texture of its own category (the dog in dog fur, the cat in tabby or Siamese fur, the "
                 "teddy bear in its burlap), through the same box projection: `control_top1` / `control_forced` = the "
@@ -307,12 +319,12 @@ def conflict_figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
        published_models=("resnet50", "resnet50_stylized"),
        figure=conflict_figure)
 def cue_conflict(cube: Cube, aggregate: str = "mean") -> xr.Dataset:
-    """Table, dims (shape, model), shape 'all' first: :data:`LONG_NAMES` with ``_lo``/``_hi``
-    over views, plus the image counts ``conflict_images`` and ``control_images``."""
+    """Table, dims (subset, model), subsets 'all', 'shape:<object>' and 'texture:<id>' (:func:`per_view`):
+    :data:`LONG_NAMES` with ``_lo``/``_hi`` over views, and the image counts ``conflict_images``, ``control_images``."""
     if aggregate not in ("mean", "sum"):
         raise StudyError(f"cue-conflict: aggregate must be 'mean' or 'sum', got {aggregate!r}")
     counts, cats = per_view(cube, aggregate)
-    table = bootstrap(counts, unit="view", statistic=_ratios).transpose("shape", names.MODEL)
+    table = bootstrap(counts, unit="view", statistic=_ratios).transpose("subset", names.MODEL)
     for var, long_name in LONG_NAMES.items():
         for suffix, extra in (("", ""), ("_lo", " (lower)"), ("_hi", " (upper)")):
             table[var + suffix].attrs.update({"long_name": long_name + extra, "units": "1"})
