@@ -192,6 +192,7 @@ def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
         if "adversarial" in conditions:  # the per-background rows, then the summaries over backgrounds
             ax.axvline(conditions.index("adversarial") - 0.5, color="grey", linestyle="--", linewidth=1)
         ax.set_ylim(min(0.0, float(np.nanmin(sub["accuracy_lo"].values)) - 0.05), 1.3)
+        ax.set_yticks([t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= 1.0 + 1e-9])  # the headroom is the legend's
         ax.legend(fontsize=7, ncol=len(models) + 1, loc="upper left")
         bars = hv.Bars(rows, ["condition", "model"], ["accuracy %", "lo %", "hi %"])
         panels.append(bars.opts(tools=["hover", "tap"], xrotation=45, width=900, height=360, title=part,
