@@ -193,3 +193,11 @@ def test_the_pruned_study_runs_end_to_end(tmp_path, dog_renders):
         runner.run("background", store, models=["efficientnet_lite0"], prune=2, compute=False,
                    params={"in9": str(tmp_path / "missing")}, progress=False, echo=lambda _: None)
     assert json.loads(again.attrs["params"]) == {"in9": None, "in9_limit": None}
+
+
+def test_a_bad_in9_folder_is_refused_before_any_cube_is_computed(tmp_path):
+    store = tmp_path / "never.zarr"
+    with pytest.raises(StudyError, match="is not a folder"):
+        runner.run("background", str(store), models=["efficientnet_lite0"], prune=2, scheduler="synchronous",
+                   params={"in9": str(tmp_path / "missing")}, progress=False, echo=lambda _: None)
+    assert not store.exists()

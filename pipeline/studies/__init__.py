@@ -62,7 +62,9 @@ class Study:
     - ``published_models``: registry entries a user with internet runs for the
       published comparison (``perturber study NAME --models a,b``);
     - ``figure``: the table → (matplotlib Figure, HoloViews object), or None
-      for the default (:func:`perturber.pipeline.studies.outputs.default_figure`).
+      for the default (:func:`perturber.pipeline.studies.outputs.default_figure`);
+    - ``check``: called with the parameters before any cube is computed; raises
+      a one-line :class:`StudyError` for a bad one (a missing folder, ...).
     """
 
     name: str
@@ -74,6 +76,7 @@ class Study:
     published: str = ""
     published_models: tuple[str, ...] = ()
     figure: Callable[[xr.Dataset], tuple[Any, Any]] | None = None
+    check: Callable[..., None] | None = None
 
     @property
     def cubes(self) -> tuple[str, ...]:
@@ -126,11 +129,14 @@ def get(name: str) -> Study:
 
 
 def check_params(s: Study, params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``params`` if the analysis takes each of them; else a one-line :class:`StudyError`."""
+    """``params`` if the analysis takes each of them and the study's ``check``
+    accepts them; else a one-line :class:`StudyError`."""
     params = dict(params or {})
     unknown = sorted(set(params) - set(s.params))
     if unknown:
         raise StudyError(f"study {s.name!r} has no parameter {unknown[0]!r} (it has: {', '.join(s.params) or 'none'})")
+    if s.check is not None:
+        s.check(**params)
     return params
 
 

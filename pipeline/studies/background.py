@@ -202,6 +202,13 @@ def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
     return fig, hv.Layout(panels).cols(1)
 
 
+def _folders(in9: Any, in9_limit: Any) -> list | None:
+    """The IN-9 folders to evaluate (None without ``in9``); a bad folder is a one-line error."""
+    if in9 in (None, ""):
+        return None
+    return in9_data.scan(in9, None if in9_limit in (None, "") else in9_limit)
+
+
 @study("background", cube="background_scenes",
        definition="In-scene: every object-view (object × yaw × pitch) on every background of the catalogue and on "
                   "'none' (transparent, black to the model). A sample is correct when its top-1 class among the 1000 "
@@ -225,11 +232,11 @@ def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
                  "adversarially trained ResNet-50 12.3 %, chance (always 'dog') 11.1 %. IN-9 table, ResNet-50: "
                  "original 95.6 %, mixed_same 86.2 %, mixed_rand 78.9 %, BG-gap 7.3 %.",
        published_models=("resnet50", "resnet50_robust_l2_eps3"),
-       figure=figure)
+       figure=figure, check=lambda in9=None, in9_limit=None: _folders(in9, in9_limit) and None)
 def background(cube: Cube, in9: Any = None, in9_limit: Any = None) -> xr.Dataset:
     """The study's table: dims (condition, model); conditions: each background, ``adversarial``,
     ``adversarial_given_none``, then ``in9_<variant>`` and ``in9_bg_gap`` with ``in9``."""
-    folders = in9_data.scan(in9, None if in9_limit in (None, "") else in9_limit) if in9 not in (None, "") else None
+    folders = _folders(in9, in9_limit)
     scenes = per_scene(cube)
     table = in_scene_table(scenes)
     n_scenes = int(table["units"].values[0])
