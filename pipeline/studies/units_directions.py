@@ -183,12 +183,17 @@ def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
     factors = [str(f) for f in ds["factor"].values]
     has_grid = bool(ds.attrs.get("topk_grid_jpeg"))
     rows = json.loads(ds.attrs.get("topk_grid_rows", "[]"))
-    fig = plt.figure(figsize=(4 * len(factors), 4 + (0.42 * len(rows) if has_grid else 0)))
-    spec = fig.add_gridspec(2 if has_grid else 1, len(factors), height_ratios=[4, 0.42 * len(rows)] if has_grid else [1])
+    blocks = list(dict.fromkeys(r.split(" ")[0] for r in rows))  # one grid block per model, side by side
+    per_block = max(1, len(rows) // max(len(blocks), 1))
+    height = 0.5 * per_block if has_grid else 0
+    fig = plt.figure(figsize=(max(4 * len(factors), 6 * len(blocks)), 4 + height))
+    spec = fig.add_gridspec(2 if has_grid else 1, len(factors) * len(blocks) if has_grid else len(factors),
+                            height_ratios=[4, height] if has_grid else [1])
+    span = len(blocks) if has_grid else 1
     x = np.arange(len(groups))
     hv_bars = []
     for i, f in enumerate(factors):
-        ax = fig.add_subplot(spec[0, i])
+        ax = fig.add_subplot(spec[0, i * span:(i + 1) * span])
         table = []
         for j, (kind, colour) in enumerate((("units", "#4c72b0"), ("directions", "#dd8452"))):
             v, lo, hi = (np.array([float(ds[kind + s].sel({names.MODEL: m, "layer": l, "factor": f})) for m, l in groups])
@@ -210,12 +215,15 @@ def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
     panels = hv_bars
     if has_grid:
         image = _decode(ds.attrs["topk_grid_jpeg"])
-        ax = fig.add_subplot(spec[1, :])
-        ax.imshow(image)
         h = image.shape[0] / max(len(rows), 1)
-        ax.set_yticks((np.arange(len(rows)) + 0.5) * h, rows, fontsize=7)
-        ax.set_xticks([])
-        ax.set_title(f"top-{ds.attrs.get('k')} model inputs of the first units and directions (highest score left)", fontsize=9)
+        for b, block in enumerate(blocks):
+            ax = fig.add_subplot(spec[1, b * len(factors):(b + 1) * len(factors)])
+            part = image[int(round(b * per_block * h)):int(round((b + 1) * per_block * h))]
+            ax.imshow(part)
+            ax.set_yticks((np.arange(per_block) + 0.5) * h, [r.split(" ", 1)[1] for r in rows[b * per_block:(b + 1) * per_block]],
+                          fontsize=7)
+            ax.set_xticks([])
+            ax.set_title(f"{block}: top-{ds.attrs.get('k')} inputs (highest score left)", fontsize=9)
         rgb = hv.RGB(image, bounds=(0, 0, image.shape[1], image.shape[0])).opts(
             width=image.shape[1], height=image.shape[0], xaxis=None, yaxis=None, title="top-k model inputs")
         labels = hv.Labels([(2, image.shape[0] - (n + 0.15) * h, r) for n, r in enumerate(rows)]).opts(
