@@ -197,14 +197,19 @@ def _statistic(d: xr.Dataset) -> xr.Dataset:
     return out
 
 
+def _span(v: xr.DataArray, fmt: str) -> str:
+    lo, hi = float(v.min()), float(v.max())
+    return format(lo, fmt) if format(lo, fmt) == format(hi, fmt) else f"{lo:{fmt}}–{hi:{fmt}}"
+
+
 def _finding(t: xr.Dataset) -> str:
     cells = t["ratio"].size
     above = int((t["ratio_lo"] > 1).sum())
+    beyond = int((t["share_lo"] > t["edge_share_hi"]).sum())
     text = (f"Over {t.attrs['bootstrap_units']} scenes, the share of |∂ logit/∂ x| on the object is "
-            f"{float(t['share'].min()):.0%}–{float(t['share'].max()):.0%} against an object area of "
-            f"{float(t['area'].min()):.0%}–{float(t['area'].max()):.0%} (ratio {float(t['ratio'].min()):.2f}–"
-            f"{float(t['ratio'].max()):.2f}; its interval lies above chance in {above} of {cells} model × background cells; "
-            f"a model-free edge map reaches {float(t['edge_share'].min()):.0%}–{float(t['edge_share'].max()):.0%}).")
+            f"{_span(t['share'], '.0%')} against an object area of {_span(t['area'], '.0%')} (ratio "
+            f"{_span(t['ratio'], '.2f')}; its interval lies above chance in {above} of {cells} model × background cells, "
+            f"and above the model-free edge map's share, {_span(t['edge_share'], '.0%')}, in {beyond}).")
     models_ = [str(m) for m in t[names.MODEL].values]
     if all(m in models_ for m in PUBLISHED_PAIR):
         std, rob = (float(t["ratio"].sel({names.MODEL: m}).mean()) for m in PUBLISHED_PAIR)
@@ -241,18 +246,19 @@ def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
             if var == "share":
                 bars += [(lab, model, float(x)) for lab, x in zip(labels, v)]
         if var == "share":
-            for name, colour, marker in (("area", "k", "_"), ("edge_share", "grey", "x")):
-                offset = (len(model_list) / 2 + (0.5 if name == "area" else 1.5)) * width
-                panel.errorbar(xs + offset - width, flat[name].values, yerr=np.abs([flat[name].values - flat[f"{name}_lo"].values,
-                               flat[f"{name}_hi"].values - flat[name].values]), fmt=marker, color=colour, markersize=10,
-                               label=VARIABLES[name][0])
-                bars += [(lab, CONTROLS[name], float(x)) for lab, x in zip(labels, flat[name].values)]
+            area, edge = flat["area"].values, flat["edge_share"].values
+            panel.hlines(area, xs - 0.45, xs + 0.45, colors="k", linestyles="--", label=VARIABLES["area"][0])
+            panel.errorbar(xs + (len(model_list) / 2 + 0.5) * width, edge, fmt="x", color="grey", markersize=9,
+                           yerr=np.abs([edge - flat["edge_share_lo"].values, flat["edge_share_hi"].values - edge]),
+                           label=VARIABLES["edge_share"][0])
+            bars += [(lab, CONTROLS[name], float(x)) for name in CONTROLS for lab, x in zip(labels, flat[name].values)]
+            panel.set_ylim(0, 1.15)
         else:
             panel.axhline(1.0, color="k", lw=0.8, ls="--")
         panel.set_xticks(xs, labels)
         panel.set_ylabel(VARIABLES[var][0], fontsize=8)
         panel.grid(alpha=0.3, axis="y")
-        panel.legend(fontsize=7)
+        panel.legend(fontsize=7, ncol=2, loc="upper right")
     fig.suptitle(title)
     fig.tight_layout()
     share = hv.Bars(bars, ["group", "series"], "share").opts(tools=["hover", "tap"], width=760, height=340,
