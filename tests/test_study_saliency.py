@@ -121,6 +121,13 @@ def test_bad_input_is_one_line(extra, params, message):
     assert "\n" not in str(info.value)
 
 
+def test_a_bad_parameter_is_refused_before_any_compute(tmp_path):
+    with pytest.raises(StudyError, match=r"^saliency-on-object: target must be object or top1, got 'best'$"):
+        runner.run("saliency-on-object", store=str(tmp_path / "s.zarr"), prune=1, params={"target": "best"},
+                   scheduler="synchronous", progress=False, echo=lambda *_: None)
+    assert not (tmp_path / "s.zarr").exists()
+
+
 @pytest.mark.slow
 def test_pruned_study_end_to_end(tmp_path):
     store = str(tmp_path / "s.zarr")

@@ -96,14 +96,19 @@ def edge_map(x: torch.Tensor) -> torch.Tensor:
     return g.pow(2).sum(2).sqrt().sum(1) / 255.0
 
 
-def _check(cube: Cube, target: str, batch: int) -> tuple[list[str], list[str]]:
-    """(scene axes, group axes) of a cube this study can read, or a one-line StudyError."""
-    ds = cube.ds
-    name = ds.attrs.get("cube", "the cube")
+def check_params(target: str = "object", batch: int = 16) -> None:
+    """A one-line StudyError for a bad parameter (before any cube is computed)."""
     if target not in TARGETS:
         raise StudyError(f"saliency-on-object: target must be {' or '.join(TARGETS)}, got {target!r}")
     if isinstance(batch, bool) or not (isinstance(batch, int) and batch >= 1):
         raise StudyError(f"saliency-on-object: batch must be a whole number >= 1, got {batch!r}")
+
+
+def _check(cube: Cube, target: str, batch: int) -> tuple[list[str], list[str]]:
+    """(scene axes, group axes) of a cube this study can read, or a one-line StudyError."""
+    ds = cube.ds
+    name = ds.attrs.get("cube", "the cube")
+    check_params(target, batch)
     for var, key in ((names.IMAGE, "images"), (names.MASK, "mask")):
         if var not in ds:
             raise StudyError(f"saliency-on-object needs the cube's {var} variable; cube {name!r} has none "
@@ -316,7 +321,7 @@ def maps_figure(cube: Cube, points: list[dict[str, Any]], target: str = "object"
        published="Tsipras et al. 2019 (Robustness May Be at Odds with Accuracy, Fig. 2): the loss gradients of "
                  "adversarially trained models align with perceptually relevant features (the object's outline and "
                  "parts); those of standard models look noisy, spread over the image. Qualitative: no share is published.",
-       published_models=PUBLISHED_PAIR, figure=figure)
+       published_models=PUBLISHED_PAIR, figure=figure, check=check_params)
 def saliency_on_object(cube: Cube, target: str = "object", batch: int = 16) -> xr.Dataset:
     values = per_sample(cube, target=target, batch=batch)
     table = bootstrap(values, unit="scene", statistic=_statistic)
