@@ -44,6 +44,7 @@ def test_template_has_the_mask_only_on_request():
     assert m.data.chunksize == (1, 1, 64, 64) and names.IMAGE not in ds
 
 
+@pytest.mark.slow
 def test_evaluate_returns_the_render_alpha_unaffected_by_image_factors(render):
     points = [{"object": "dog", "yaw": 30.0, "background": "white"},
               {"object": "dog", "yaw": 30.0, "background": "meadow", "hue": 120.0, "blur": 2.0},
