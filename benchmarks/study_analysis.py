@@ -39,6 +39,10 @@ AXES = {"patch-shuffle": "shuffle_seed", "yaw-fluctuation": "distance", "frequen
         "cue-conflict": "yaw"}
 
 
+#: Samples per chunk the scaled cube aims at.
+CHUNK = 20_000
+
+
 def scaled(cube, axis: str, samples: int):
     """``cube`` without images or layers, with ``axis`` given enough values for ``samples``."""
     others = math.prod(n for (name, _), n in zip(cube.axes, cube.shape) if name != axis)
@@ -51,9 +55,13 @@ def scaled(cube, axis: str, samples: int):
     axes = tuple((name, values if name == axis else v) for name, v in cube.axes)
     if axis not in dict(cube.axes):
         axes = axes + ((axis, values),)
-    chunks = {a: n for a, n in cube.chunks.items() if a in dict(axes)}
-    return dataclasses.replace(cube, axes=axes, images=False, layers=(), neurons={}, chunks=chunks,
-                               fixed={k: v for k, v in cube.fixed.items() if k != axis})
+    out = dataclasses.replace(cube, axes=axes, images=False, layers=(), neurons={},
+                              chunks={a: n for a, n in cube.chunks.items() if a in dict(axes)},
+                              fixed={k: v for k, v in cube.fixed.items() if k != axis})
+    # About CHUNK samples per chunk along the scaled axis (a scene axis defaults to one value per chunk:
+    # a million chunk files is the scale issue's business, not the analysis's).
+    rest = math.prod(c for (name, _), c in zip(out.axes, out.chunk_shape) if name != axis)
+    return dataclasses.replace(out, chunks={**out.chunks, axis: max(1, CHUNK // rest)})
 
 
 def logits_for(cube):
@@ -112,7 +120,7 @@ def main() -> None:
         "## Study analysis out of core (1M samples)",
         "",
         f"Machine: {report.cpu()}; {date.today().isoformat()}. `python benchmarks/study_analysis.py`: each study's",
-        "cube scaled to about a million samples along one axis and filled with generated logits (no rendering),",
+        "cube scaled to about a million samples along one axis (about 20k samples per chunk) and filled with generated logits (no rendering),",
         "then `perturber.pipeline.studies.analyse` from opening the store to the table in memory (dask's threaded",
         "scheduler, chunks as the precompute writes them). Goal: under 60 s per study on 2 cores.",
         "",
