@@ -106,6 +106,24 @@ def test_shape_bias_and_control_known_answers():
     assert float(summed["shape_bias_forced"]) == pytest.approx(4 / 8)
 
 
+def test_bootstrap_by_unit_counts_equals_resampling():
+    """bootstrap(sums=True), the weighted sums the study uses, gives the resampling's own draws and intervals."""
+    from perturber.pipeline.studies.bootstrap import bootstrap
+
+    rng = np.random.default_rng(1)
+    data = xr.Dataset({"a": (("view", "g"), rng.integers(0, 5, (40, 3))), "b": (("view", "g"), rng.integers(1, 9, (40, 3)))},
+                      coords={"g": ["x", "y", "z"]})
+
+    def ratio(d):
+        s = d.sum("view")
+        return (s["a"] / s["b"]).rename("r")
+
+    slow, fast = bootstrap(data, "view", ratio), bootstrap(data, "view", ratio, sums=True)
+    for var in ("r", "r_lo", "r_hi"):
+        np.testing.assert_allclose(fast[var].values, slow[var].values, rtol=1e-12)
+    assert fast["r"].dims == ("g",) and fast.attrs == slow.attrs
+
+
 def test_bad_cubes_and_parameters_are_one_line_errors():
     no_texture = Cube(cube_dataset(_cube({"object": ["dog"], "yaw": [0, 90]}), np.zeros((1, 2, 1, 1000))))
     with pytest.raises(StudyError, match="needs a cube with the axes object and texture"):

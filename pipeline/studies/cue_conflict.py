@@ -140,11 +140,12 @@ def _top_category(top1: np.ndarray, lookup: np.ndarray) -> np.ndarray:
 def _forced_choice(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(..., 1000) logits → (...) int16: the category with the highest aggregated softmax
     probability (the softmax's common denominator does not change the choice); NOT_COMPUTED for NaN."""
-    z = logits.astype(np.float64)
-    ok = np.isfinite(z).all(-1)
-    z = np.where(ok[..., None], z, 0.0)
-    score = np.exp(z - z.max(-1, keepdims=True)) @ weights
-    return np.where(ok, score.argmax(-1), NOT_COMPUTED).astype(np.int16)
+    z = logits.astype(np.float32)
+    top = z.max(-1, keepdims=True)
+    z -= top
+    np.exp(z, out=z)
+    choice = (z @ weights.astype(np.float32)).argmax(-1)
+    return np.where(np.isfinite(top[..., 0]), choice, NOT_COMPUTED).astype(np.int16)
 
 
 def per_view(cube: Cube, aggregate: str = "mean") -> tuple[xr.Dataset, Categories]:
@@ -324,7 +325,7 @@ def cue_conflict(cube: Cube, aggregate: str = "mean") -> xr.Dataset:
     if aggregate not in ("mean", "sum"):
         raise StudyError(f"cue-conflict: aggregate must be 'mean' or 'sum', got {aggregate!r}")
     counts, cats = per_view(cube, aggregate)
-    table = bootstrap(counts, unit="view", statistic=_ratios).transpose("subset", names.MODEL)
+    table = bootstrap(counts, unit="view", statistic=_ratios, sums=True).transpose("subset", names.MODEL)
     for var, long_name in LONG_NAMES.items():
         for suffix, extra in (("", ""), ("_lo", " (lower)"), ("_hi", " (upper)")):
             table[var + suffix].attrs.update({"long_name": long_name + extra, "units": "1"})
