@@ -67,7 +67,7 @@ def _known_cube():
 
 
 def test_decision_counts_per_view():
-    counts, cats = per_view(_known_cube())
+    counts, _ = per_view(_known_cube())
     assert counts.sizes == {"view": 2, "subset": 6, names.MODEL: 1}
     assert counts["subset"].values.tolist() == ["all", "shape:dog", "shape:cat", "texture:dog_fur", "texture:tabby_fur",
                                                 "texture:leopard"]

@@ -86,7 +86,7 @@ def bootstrap(data: xr.DataArray | xr.Dataset, unit: str, statistic: Callable[[x
         if sums:  # sum over unit of the resampled data = the data weighted by each unit's draw count
             flat = (idx + np.arange(len(idx))[:, None] * units).ravel()
             weights = np.bincount(flat, minlength=idx.size).reshape(idx.shape).astype(np.float64)
-            resampled = ds.map(lambda v: _weighted_sum(v, unit, weights) if unit in v.dims else v).expand_dims(unit)
+            resampled = ds.map(lambda v, w=weights: _weighted_sum(v, unit, w) if unit in v.dims else v).expand_dims(unit)
         else:
             resampled = ds.isel({unit: xr.DataArray(idx, dims=("draw", unit))})
         pieces.append(as_dataset(stat(resampled)))
