@@ -104,6 +104,7 @@ def test_yaw_reads_logits_lazily():
     assert views["fluctuation"].sel(model=MODELS[0]).values == pytest.approx(np.ones((2, 2)))
 
 
+@pytest.mark.slow  # imports HoloViews and Bokeh
 def test_yaw_figure_draws_the_table(tmp_path):
     cube, logits = _yaw_cube()
     table = yf.yaw_fluctuation(Cube(cube_dataset(cube, logits)))
@@ -185,6 +186,7 @@ def test_shuffle_bad_input():
         ps.per_scene(Cube(cube_dataset(flat, np.zeros(flat.shape + (2, 1000)))))
 
 
+@pytest.mark.slow  # imports HoloViews and Bokeh
 def test_shuffle_figure_facets_distance(tmp_path):
     cube, logits = _shuffle_cube()
     table = ps.patch_shuffle(Cube(cube_dataset(cube, logits)))
