@@ -3,12 +3,10 @@
 import numpy as np
 import pytest
 import xarray as xr
-
 from perturber.pipeline import spec
 from perturber.pipeline.analysis import Cube
-from perturber.pipeline.studies import STUDIES, StudyError, analyse
+from perturber.pipeline.studies import STUDIES, StudyError, analyse, runner
 from perturber.pipeline.studies import patch_shuffle as ps
-from perturber.pipeline.studies import runner
 from perturber.pipeline.studies import yaw_fluctuation as yf
 from perturber.pipeline.studies.synthetic import cube_dataset
 
@@ -152,7 +150,7 @@ def test_shuffle_metrics_known_answer():
     assert table["set_prob"].transpose("model", "distance", "shuffle").values == pytest.approx(share, abs=1e-6)
     assert table["k_keep"].transpose("model", "distance").values.tolist() == [[3, 1], [0, 0]]
     # every scene agrees far away: the interval is a point
-    far = dict(model=MODELS[0], distance=4.0)
+    far = {"model": MODELS[0], "distance": 4.0}
     assert float(table["k_keep_lo"].sel(far)) == float(table["k_keep_hi"].sel(far)) == 1
     assert float(table["share_lo"].sel(far | {"shuffle": 3})) == 0.0
     assert float(table["share_lo"].sel(model=MODELS[0], distance=2.2, shuffle=3)) == 0.5  # a draw of dog scenes only (p = 1/16)

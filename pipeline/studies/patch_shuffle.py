@@ -22,14 +22,13 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-
 from perturber.pipeline import names
 from perturber.pipeline.analysis import Cube
 from perturber.pipeline.studies import StudyError, study
 from perturber.pipeline.studies.bootstrap import bootstrap
 from perturber.pipeline.studies.samples import per_sample
 
-__all__ = ["patch_shuffle", "per_scene", "k_keep", "shuffle_figure"]
+__all__ = ["k_keep", "patch_shuffle", "per_scene", "shuffle_figure"]
 
 K = "shuffle"
 SEED = "shuffle_seed"

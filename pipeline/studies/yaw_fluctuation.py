@@ -29,13 +29,12 @@ from typing import Any
 import dask
 import numpy as np
 import xarray as xr
-
 from perturber.pipeline import names
 from perturber.pipeline.analysis import Cube
 from perturber.pipeline.studies import StudyError, study
 from perturber.pipeline.studies.bootstrap import bootstrap
 
-__all__ = ["yaw_fluctuation", "per_view", "bars_figure"]
+__all__ = ["bars_figure", "per_view", "yaw_fluctuation"]
 
 #: The grid yaw chosen as the prototype must lie this close to ``prototype_yaw`` (degrees).
 TOLERANCE = 0.5
