@@ -45,6 +45,21 @@ def _weighted_sum(v: xr.DataArray, unit: str, weights: np.ndarray) -> xr.DataArr
                         coords=rest.coords, attrs=v.attrs)
 
 
+def _mean_by_sums(ds: xr.Dataset, unit: str) -> tuple[xr.Dataset, Callable[[xr.Dataset], xr.Dataset], bool]:
+    """The NaN-aware mean over ``unit`` as a ratio of sums: (data with NaN as 0
+    and a count of values per variable, the statistic, ``sums=True``)."""
+    variables = [str(v) for v in ds.data_vars]
+    counts = {f"_count_{v}": ds[v].notnull().astype(np.float64) for v in variables}
+    data = ds.fillna(0).assign(counts)
+
+    def mean(d: xr.Dataset) -> xr.Dataset:
+        with np.errstate(all="ignore"):
+            return xr.Dataset({v: (d[v].sum(unit) / d[f"_count_{v}"].sum(unit)).assign_attrs(ds[v].attrs)
+                               for v in variables})
+
+    return data, mean, True
+
+
 def bootstrap(data: xr.DataArray | xr.Dataset, unit: str, statistic: Callable[[xr.Dataset], xr.Dataset | xr.DataArray] | None = None,
               n: int = DRAWS, level: float = LEVEL, seed: int = SEED, name: str = "value",
               sums: bool = False) -> xr.Dataset:
@@ -69,6 +84,8 @@ def bootstrap(data: xr.DataArray | xr.Dataset, unit: str, statistic: Callable[[x
         raise ValueError(f"bootstrap: {unit!r} is not a dimension of the data ({', '.join(map(str, ds.dims))})")
     ds = ds.load()
     stat = statistic or _mean(unit)
+    if statistic is None and all(unit in v.dims for v in ds.data_vars.values()):
+        ds, stat, sums = _mean_by_sums(ds, unit)  # the same NaN-aware mean, as sums: fast for many units
 
     def as_dataset(x: xr.Dataset | xr.DataArray) -> xr.Dataset:
         return x.to_dataset(name=x.name or name) if isinstance(x, xr.DataArray) else x

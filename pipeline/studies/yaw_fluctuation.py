@@ -17,9 +17,9 @@ same 23.3°). Per object, view and model:
 - ``top1_changes``: the number of neighbouring yaw pairs whose top-1 class
   (among 1000) differs (0 to steps).
 
-Logits are read lazily: the prototype's logits (one yaw of the cube) give
-``C`` and ``spread``; then one blockwise pass over the logits keeps only the
-``C`` logits of every yaw, so no whole-cube logits array is ever in memory.
+Logits are read lazily, in one blockwise pass over whole yaw sweeps: each
+block picks ``C`` at its prototype, keeps only those classes' logits along the
+sweep and reduces them, so no whole-cube logits array is ever in memory.
 """
 
 from __future__ import annotations
@@ -56,15 +56,21 @@ def _lazy(var: xr.DataArray) -> xr.DataArray:
     return var if var.chunks is not None else var.chunk()
 
 
-def _top_classes(logits: np.ndarray, top: int) -> np.ndarray:
-    """(..., 1000) logits → (..., top) class indices, highest first (ties: lower index first)."""
-    return np.argsort(-logits.astype(np.float32), axis=-1, kind="stable")[..., :top]
+def _sweep(logits: np.ndarray, proto: int, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """(..., yaw, 1000) logits of whole yaw sweeps → (fluctuation, spread), each (...) float32.
 
-
-def _take(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """(..., 1000) logits, (..., top) indices (broadcast) → (..., top) float32 logits of those classes."""
-    classes = np.broadcast_to(classes, logits.shape[:-1] + classes.shape[-1:])
-    return np.take_along_axis(logits, classes, axis=-1).astype(np.float32)
+    C = the ``top`` classes with the highest logits at yaw index ``proto``;
+    fluctuation = the mean over C of the mean |Δ logit| between neighbouring
+    yaws; spread = the std of the 1000 logits at the prototype. NaN when any
+    yaw of the sweep is not computed.
+    """
+    z = logits.astype(np.float32)
+    at_proto = z[..., proto, :]
+    chosen = np.argpartition(-np.nan_to_num(at_proto, nan=-np.inf), top - 1, axis=-1)[..., :top] if top < 1000 \
+        else np.broadcast_to(np.arange(1000), at_proto.shape)
+    traces = np.take_along_axis(z, chosen[..., None, :], axis=-1)  # (..., yaw, top)
+    fluctuation = np.abs(np.diff(traces, axis=-2)).mean(axis=(-2, -1))
+    return fluctuation.astype(np.float32), at_proto.std(-1).astype(np.float32)
 
 
 def per_view(cube: Cube, prototype_yaw: float = -23.3, top: int = 10) -> xr.Dataset:
@@ -84,21 +90,16 @@ def per_view(cube: Cube, prototype_yaw: float = -23.3, top: int = 10) -> xr.Data
     if abs(proto - float(prototype_yaw)) > TOLERANCE:
         raise StudyError(f"yaw-fluctuation: the prototype yaw {prototype_yaw:g}° is not on the cube's yaw grid "
                          f"(nearest {proto:g}°); set --param prototype_yaw=<a grid yaw>")
-    logits = _lazy(cube.ds[names.LOGITS]).sortby("yaw")
-    at_proto = logits.sel(yaw=proto, drop=True)
-    classes = xr.apply_ufunc(_top_classes, at_proto, input_core_dims=[[names.CLASS]], output_core_dims=[["top"]],
-                             kwargs={"top": int(top)}, dask="parallelized", output_dtypes=[np.int64],
-                             dask_gufunc_kwargs={"output_sizes": {"top": int(top)}})
-    spread = at_proto.astype(np.float32).std(names.CLASS)
-    classes, spread = dask.compute(classes, spread)  # one value (or ten) per object, view and model
-    traces = xr.apply_ufunc(_take, logits, classes, input_core_dims=[[names.CLASS], ["top"]],
-                            output_core_dims=[["top"]], dask="parallelized", output_dtypes=[np.float32])
-    fluctuation = abs(traces.diff("yaw")).mean("yaw", skipna=False).mean("top", skipna=False)
+    logits = _lazy(cube.ds[names.LOGITS]).sortby("yaw").chunk({"yaw": -1})  # each block holds whole yaw sweeps
+    fluctuation, spread = xr.apply_ufunc(
+        _sweep, logits, input_core_dims=[["yaw", names.CLASS]], output_core_dims=[[], []],
+        kwargs={"proto": int(np.flatnonzero(yaws == proto)[0]), "top": int(top)}, dask="parallelized",
+        output_dtypes=[np.float32, np.float32])
     top1 = _lazy(cube.ds[names.TOP_CLASS]).isel({names.RANK: 0}, drop=True).sortby("yaw").astype(np.float32)
     top1 = top1.where(top1 >= 0)
     step = top1.diff("yaw")
     changes = xr.where(step.notnull(), (step != 0).astype(np.float32), np.nan).sum("yaw", skipna=False)
-    fluctuation, changes = dask.compute(fluctuation, changes)
+    fluctuation, spread, changes = dask.compute(fluctuation, spread, changes)  # one pass over the logits
     out = xr.Dataset({"fluctuation": fluctuation, "spread": spread, "fluctuation_norm": fluctuation / spread,
                       "top1_changes": changes})
     out.attrs["prototype_yaw"] = proto
