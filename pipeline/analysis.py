@@ -42,7 +42,7 @@ import xarray as xr
 
 from perturber.pipeline import assets, factors, names
 
-__all__ = ["Cube", "SummaryRow", "softmax", "class_indices", "class_mask"]
+__all__ = ["Cube", "SummaryRow", "softmax", "class_indices", "class_mask", "lazy"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -83,7 +83,7 @@ class SummaryRow:
     reads_as_class: float = float("nan")
 
 
-def _dask(var: xr.DataArray) -> xr.DataArray:
+def lazy(var: xr.DataArray) -> xr.DataArray:
     """``var`` as a dask array in its stored chunks (as it is when opened with dask),
     without its non-index coordinates (class names and the like)."""
     var = var.reset_coords(drop=True)
@@ -165,7 +165,7 @@ class Cube:
         ones it is derived from the logits, chunk by chunk."""
         if names.EXPECTED_PROB in self.ds:
             return self.ds[names.EXPECTED_PROB].values
-        logits = _dask(self.ds[names.LOGITS]).astype("float32")
+        logits = lazy(self.ds[names.LOGITS]).astype("float32")
         p = np.exp(logits - logits.max(names.CLASS))
         p = p / p.sum(names.CLASS)
         masks = np.stack([class_mask(o) for o in self.objects]).astype(np.float32)
@@ -251,7 +251,7 @@ class Cube:
         per sample, NaN where not computed (one pass over the variable)."""
         if variable not in self._mean_activation:
             act = next(a for a in self.activations() if a.variable == variable)
-            values = _dask(self.ds[variable]).astype("float32")
+            values = lazy(self.ds[variable]).astype("float32")
             self._mean_activation[variable] = values.mean([act.ay, act.ax]).values
         return self._mean_activation[variable]
 

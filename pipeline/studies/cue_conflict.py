@@ -44,7 +44,7 @@ import numpy as np
 import xarray as xr
 
 from perturber.pipeline import names, textures
-from perturber.pipeline.analysis import Cube, class_mask
+from perturber.pipeline.analysis import Cube, class_mask, lazy
 from perturber.pipeline.studies import StudyError, study
 from perturber.pipeline.studies.bootstrap import bootstrap
 
@@ -123,14 +123,6 @@ def categories(objects: list[str], texture_values: list[str]) -> Categories:
     return Categories([items[r][0] for r in roots], masks, ids[: len(objects)], ids[len(objects):])
 
 
-def _dask(var: xr.DataArray) -> xr.DataArray:
-    var = var.reset_coords(drop=True)
-    if var.chunks is None:
-        chunks = var.encoding.get("preferred_chunks") or dict(zip(var.dims, var.encoding.get("chunks", ())))
-        var = var.chunk(chunks or "auto")
-    return var
-
-
 def _top_category(top1: np.ndarray, lookup: np.ndarray) -> np.ndarray:
     """Category of each top-1 class (int, -1: not computed) → int16, NOT_COMPUTED where not computed."""
     cls = top1.astype(np.int64)
@@ -162,9 +154,9 @@ def per_view(cube: Cube, aggregate: str = "mean") -> tuple[xr.Dataset, Categorie
     texture_values = [str(t) for t in cube.ds["texture"].values]
     cats = categories(cube.objects, texture_values)
     ds = cube.ds
-    top_cat = xr.apply_ufunc(_top_category, _dask(ds[names.TOP_CLASS]).isel({names.RANK: 0}, drop=True),
+    top_cat = xr.apply_ufunc(_top_category, lazy(ds[names.TOP_CLASS]).isel({names.RANK: 0}, drop=True),
                              kwargs={"lookup": cats.lookup()}, dask="parallelized", output_dtypes=[np.int16])
-    forced = xr.apply_ufunc(_forced_choice, _dask(ds[names.LOGITS]), input_core_dims=[[names.CLASS]],
+    forced = xr.apply_ufunc(_forced_choice, lazy(ds[names.LOGITS]), input_core_dims=[[names.CLASS]],
                             kwargs={"weights": cats.weights(aggregate)}, dask="parallelized", output_dtypes=[np.int16])
     shape_cat = xr.DataArray(cats.shape, dims=("object",))
     tex_cat = xr.DataArray(cats.texture, dims=("texture",))

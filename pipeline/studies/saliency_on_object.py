@@ -28,7 +28,6 @@ bootstrap intervals resampling scenes (ratio of means within each draw).
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np

@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 
 from perturber.pipeline import names
-from perturber.pipeline.analysis import Cube, class_mask
+from perturber.pipeline.analysis import Cube, class_mask, lazy
 
 __all__ = ["per_sample", "set_table", "in_sets"]
 
@@ -43,19 +43,11 @@ def in_sets(top1: np.ndarray, object_index: np.ndarray, table: np.ndarray) -> np
     return np.where(ok & has_classes, hit, np.nan).astype(np.float32)
 
 
-def _lazy(var: xr.DataArray) -> xr.DataArray:
-    var = var.reset_coords(drop=True)
-    if var.chunks is None:
-        chunks = var.encoding.get("preferred_chunks") or dict(zip(var.dims, var.encoding.get("chunks", ())))
-        var = var.chunk(chunks or "auto")
-    return var
-
-
 def per_sample(cube: Cube) -> xr.Dataset:
     """``top1``, ``top1_p``, ``in_set`` and ``set_prob`` of every sample, dims (*axes, model), dask-backed."""
     ds = cube.ds
-    top1 = _lazy(ds[names.TOP_CLASS]).isel({names.RANK: 0}, drop=True).astype("float32")
-    top1_p = _lazy(ds[names.TOP_PROB]).isel({names.RANK: 0}, drop=True).astype("float32")
+    top1 = lazy(ds[names.TOP_CLASS]).isel({names.RANK: 0}, drop=True).astype("float32")
+    top1_p = lazy(ds[names.TOP_PROB]).isel({names.RANK: 0}, drop=True).astype("float32")
     table = set_table(cube.objects)
     if "object" in cube.axes:
         obj = xr.DataArray(np.arange(len(cube.objects)), dims=("object",))
@@ -64,7 +56,7 @@ def per_sample(cube: Cube) -> xr.Dataset:
     in_set = xr.apply_ufunc(in_sets, top1, obj, kwargs={"table": table}, dask="parallelized",
                             output_dtypes=[np.float32])
     if names.EXPECTED_PROB in ds:
-        set_prob = _lazy(ds[names.EXPECTED_PROB]).astype("float32")
+        set_prob = lazy(ds[names.EXPECTED_PROB]).astype("float32")
     else:
         set_prob = xr.DataArray(cube.expected_probability, dims=(*cube.axes, names.MODEL))
     out = xr.Dataset({"top1": top1, "top1_p": top1_p, "in_set": in_set, "set_prob": set_prob})

@@ -30,7 +30,7 @@ import dask
 import numpy as np
 import xarray as xr
 from perturber.pipeline import names
-from perturber.pipeline.analysis import Cube
+from perturber.pipeline.analysis import Cube, lazy
 from perturber.pipeline.studies import StudyError, study
 from perturber.pipeline.studies.bootstrap import bootstrap
 
@@ -48,12 +48,6 @@ VARIABLES = {
     "fluctuation_norm": ("fluctuation / std of the 1000 logits at the prototype", "1", "fluctuation / logit spread"),
     "top1_changes": ("top-1 changes between neighbouring yaws", "count", "top-1 changes"),
 }
-
-
-def _lazy(var: xr.DataArray) -> xr.DataArray:
-    """``var`` dask-backed in its stored chunks (an in-memory Dataset: one chunk)."""
-    var = var.reset_coords(drop=True)
-    return var if var.chunks is not None else var.chunk()
 
 
 def _sweep(logits: np.ndarray, proto: int, top: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,12 +84,12 @@ def per_view(cube: Cube, prototype_yaw: float = -23.3, top: int = 10) -> xr.Data
     if abs(proto - float(prototype_yaw)) > TOLERANCE:
         raise StudyError(f"yaw-fluctuation: the prototype yaw {prototype_yaw:g}° is not on the cube's yaw grid "
                          f"(nearest {proto:g}°); set --param prototype_yaw=<a grid yaw>")
-    logits = _lazy(cube.ds[names.LOGITS]).sortby("yaw").chunk({"yaw": -1})  # each block holds whole yaw sweeps
+    logits = lazy(cube.ds[names.LOGITS]).sortby("yaw").chunk({"yaw": -1})  # each block holds whole yaw sweeps
     fluctuation, spread = xr.apply_ufunc(
         _sweep, logits, input_core_dims=[["yaw", names.CLASS]], output_core_dims=[[], []],
         kwargs={"proto": int(np.flatnonzero(yaws == proto)[0]), "top": int(top)}, dask="parallelized",
         output_dtypes=[np.float32, np.float32])
-    top1 = _lazy(cube.ds[names.TOP_CLASS]).isel({names.RANK: 0}, drop=True).sortby("yaw").astype(np.float32)
+    top1 = lazy(cube.ds[names.TOP_CLASS]).isel({names.RANK: 0}, drop=True).sortby("yaw").astype(np.float32)
     top1 = top1.where(top1 >= 0)
     step = top1.diff("yaw")
     changes = xr.where(step.notnull(), (step != 0).astype(np.float32), np.nan).sum("yaw", skipna=False)
