@@ -160,7 +160,8 @@ def _finding(table: xr.Dataset) -> str:
 def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
     """(matplotlib Figure, HoloViews Layout): class-set probability against each
     manipulation's level (one panel per manipulation, one line per model, shaded
-    interval), and ``low_minus_high`` against the gain."""
+    interval), ``low_minus_high`` against the gain, and each band's sensitivity
+    (its drop at gain 0) per model."""
     import holoviews as hv
     import matplotlib
 
@@ -193,7 +194,26 @@ def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
         ax.legend(fontsize=7)
         hv_panels.append(hv.Overlay(overlay).opts(title=f"{name}: {VARIABLES[var][0]}", width=420, height=300,
                                                   show_legend=True))
-    for ax in axes.ravel()[len(panels):]:
+    ax = axes.ravel()[len(panels)]
+    if 0.0 in ds["level"].values:  # the sensitivities: each band removed
+        models = [str(m) for m in ds[names.MODEL].values]
+        width = 0.8 / len(models)
+        rows = []
+        for j, m in enumerate(models):
+            v, lo, hi = (np.array([float(ds["drop" + s].sel({names.MODEL: m, "factor": b, "level": 0.0})) for b in BANDS])
+                         for s in ("", "_lo", "_hi"))
+            ax.bar(np.arange(len(BANDS)) + (j - (len(models) - 1) / 2) * width, v, width,
+                   yerr=np.abs(np.stack([v - lo, hi - v])), capsize=2, label=m)
+            rows += [(b, m, v[i], lo[i], hi[i]) for i, b in enumerate(BANDS)]
+        ax.set_xticks(range(len(BANDS)), BANDS)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_title("sensitivity: the band removed (gain 0)")
+        ax.set_ylabel(VARIABLES["drop"][0], fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+        hv_panels.append(hv.Bars(rows, ["band", "model"], ["drop", "lo", "hi"]).opts(
+            tools=["hover", "tap"], title="sensitivity: drop with the band removed (gain 0)", width=420, height=300))
+    else:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
