@@ -25,7 +25,7 @@ from perturber.pipeline import names
 __all__ = ["measured", "default_figure", "write_outputs", "markdown_table", "machine"]
 
 #: Rows of the table shown in the report (the CSV holds all).
-REPORT_ROWS = 48
+REPORT_ROWS = 64
 
 
 def measured(ds: xr.Dataset) -> list[str]:
@@ -117,12 +117,23 @@ def _cell(value: Any) -> str:
 
 
 def markdown_table(ds: xr.Dataset, rows: int = REPORT_ROWS) -> str:
-    """The table as Markdown: each measured variable as ``value [lo, hi]``; the first ``rows`` rows."""
+    """The table as Markdown: each measured variable as ``value [lo, hi]``; one
+    table per set of dimensions (a per-model summary is not repeated on every
+    row of a per-level table); at most ``rows`` rows each."""
     shown = measured(ds)
-    plain = [str(v) for v in ds.data_vars if str(v) not in shown and not str(v).endswith(("_lo", "_hi"))
-             and ds[v].ndim <= max((ds[s].ndim for s in shown), default=8)]
-    frame = ds[shown + plain].to_dataframe().reset_index() if shown + plain else ds.to_dataframe().reset_index()
-    columns = [c for c in frame.columns if c not in shown + plain] + shown + plain
+    others = [str(v) for v in ds.data_vars if str(v) not in shown and not str(v).endswith(("_lo", "_hi"))
+              and ds[v].ndim <= max((ds[s].ndim for s in shown), default=8)]
+    groups: dict[tuple, list[str]] = {}
+    for v in shown + others:
+        groups.setdefault(tuple(ds[v].dims), []).append(v)
+    if not groups:
+        return ""
+    return "\n\n".join(_one_table(ds, variables, shown, rows) for variables in groups.values())
+
+
+def _one_table(ds: xr.Dataset, variables: list[str], shown: list[str], rows: int) -> str:
+    frame = ds[variables].to_dataframe().reset_index()
+    columns = [c for c in frame.columns if c not in variables and c in ds[variables[0]].dims] + variables
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, row in frame.head(rows).iterrows():
         cells = []
