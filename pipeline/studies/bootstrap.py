@@ -17,6 +17,7 @@ ignored by the default NaN-aware mean.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -109,7 +110,8 @@ def bootstrap(data: xr.DataArray | xr.Dataset, unit: str, statistic: Callable[[x
         pieces.append(as_dataset(stat(resampled)))
     draws = xr.concat(pieces, dim="draw")
     q = [(1 - level) / 2, (1 + level) / 2]
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a quantity NaN in every draw (nothing computed) stays NaN
         bounds = draws.quantile(q, dim="draw", skipna=True)
     out = estimate.copy()
     for var in estimate.data_vars:
