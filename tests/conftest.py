@@ -38,3 +38,24 @@ def iou(a, b):
 def centroid(m):
     ys, xs = np.nonzero(m)
     return np.array([xs.mean(), ys.mean()])
+
+
+#: Playwright: every Bokeh plot frame on the page with its title, page position (left, top, width, height)
+#: and x range (x0, x1), for clicking a plot at a data coordinate.
+FRAMES_JS = """
+() => {
+  const out = [], seen = new Set();
+  function walk(v) {
+    if (!v || seen.has(v)) return;
+    seen.add(v);
+    if (v.frame && v.model && v.model.title) {
+      const r = (v.canvas_view ? v.canvas_view.el : v.el).getBoundingClientRect(), b = v.frame.bbox;
+      out.push({title: v.model.title.text || "", left: r.left + b.left, top: r.top + b.top, width: b.width,
+                height: b.height, x0: v.frame.x_range.start, x1: v.frame.x_range.end});
+    }
+    for (const k of v.child_views || []) walk(k);
+  }
+  for (const v of Object.values(Bokeh.index)) walk(v);
+  return out;
+}
+"""

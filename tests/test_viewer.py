@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import FRAMES_JS
 
 from perturber.featureviz import precompute as fv
 from perturber.pipeline import run, spec, store
@@ -149,22 +150,6 @@ def test_page_loads_and_yaw_changes_image_and_predictions(stores, page):
         assert _top5(page, "model_b") != right
 
 
-FRAMES_JS = """
-() => {
-  const out = [], seen = new Set();
-  function walk(v) {
-    if (!v || seen.has(v)) return;
-    seen.add(v);
-    if (v.frame && v.model && v.model.title) {
-      const r = (v.canvas_view ? v.canvas_view.el : v.el).getBoundingClientRect(), b = v.frame.bbox;
-      out.push({title: v.model.title.text || "", left: r.left + b.left, top: r.top + b.top, width: b.width, height: b.height});
-    }
-    for (const k of v.child_views || []) walk(k);
-  }
-  for (const v of Object.values(Bokeh.index)) walk(v);
-  return out;
-}
-"""
 
 
 @pytest.mark.browser

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import FRAMES_JS
 
 from perturber.pipeline import spec, studies
 from perturber.pipeline.studies import synthetic, write_table
@@ -158,23 +159,6 @@ def test_a_study_s_own_figure_is_used(stores, monkeypatch):
 
 CHROMIUM = "/usr/bin/chromium"
 
-FRAMES_JS = """
-() => {
-  const out = [], seen = new Set();
-  function walk(v) {
-    if (!v || seen.has(v)) return;
-    seen.add(v);
-    if (v.frame && v.model && v.model.title) {
-      const r = (v.canvas_view ? v.canvas_view.el : v.el).getBoundingClientRect(), b = v.frame.bbox;
-      out.push({title: v.model.title.text || "", left: r.left + b.left, top: r.top + b.top, width: b.width,
-                height: b.height, x0: v.frame.x_range.start, x1: v.frame.x_range.end});
-    }
-    for (const k of v.child_views || []) walk(k);
-  }
-  for (const v of Object.values(Bokeh.index)) walk(v);
-  return out;
-}
-"""
 
 
 def _free_port() -> int:
