@@ -344,7 +344,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         params[key.strip()] = _cli_number(value.strip())
     if args.scheduler and args.cluster:
         raise CLIError("give --scheduler or --cluster, not both")
-    store = args.store or runner.default_store()
+    store = args.store or runner.DEFAULT_STORE
     runner.load(args.name, args.models, args.prune, args.force)  # a bad study file or model: before any cluster starts
     if args.scheduler not in (None, "synchronous"):
         tasks.check_scheduler(args.scheduler)

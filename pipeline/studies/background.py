@@ -42,7 +42,7 @@ import xarray as xr
 
 from perturber.pipeline import names
 from perturber.pipeline.analysis import Cube
-from perturber.pipeline.studies import StudyError, study
+from perturber.pipeline.studies import StudyError, outputs, study
 from perturber.pipeline.studies import in9 as in9_data
 from perturber.pipeline.studies.bootstrap import bootstrap
 from perturber.pipeline.studies.samples import per_sample, set_table
@@ -160,13 +160,7 @@ def _finding(ds: xr.Dataset) -> str:
 def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
     """(matplotlib Figure, HoloViews Layout): accuracy per condition, one bar per model with its
     interval and the constant-classifier chance as a black tick; in-scene and IN-9 rows in separate panels."""
-    import holoviews as hv
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hv.extension("bokeh", logo=False)
+    plt, hv = outputs.plotting()
     parts = [p for p in ("in-scene", "IN-9") if p in set(ds["part"].values)]
     models = [str(m) for m in ds[names.MODEL].values]
     fig, axes = plt.subplots(len(parts), 1, figsize=(max(8, 0.9 * ds.sizes["condition"]), 3.8 * len(parts)), squeeze=False)

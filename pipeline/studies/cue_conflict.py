@@ -45,7 +45,7 @@ import xarray as xr
 
 from perturber.pipeline import names, textures
 from perturber.pipeline.analysis import Cube, class_mask, lazy
-from perturber.pipeline.studies import StudyError, study
+from perturber.pipeline.studies import StudyError, outputs, study
 from perturber.pipeline.studies.bootstrap import bootstrap
 
 __all__ = ["Categories", "categories", "per_view", "cue_conflict", "conflict_figure", "PUBLISHED"]
@@ -247,13 +247,7 @@ def conflict_figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
     """(matplotlib Figure, HoloViews Layout): shape bias per model (top-1 and forced choice,
     all images) against the published values; the control per shape; the shape bias per
     shape and per texture. Bars with 95 % intervals, one colour per model."""
-    import holoviews as hv
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hv.extension("bokeh", logo=False)
+    plt, hv = outputs.plotting()
     models = [str(m) for m in ds[names.MODEL].values]
     shapes, textures_ = _rows(ds, "shape"), _rows(ds, "texture")
     spec = [("shape bias, all images", [("shape_bias_top1", "all", "top-1"), ("shape_bias_forced", "all", "forced choice")],

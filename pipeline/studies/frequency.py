@@ -37,7 +37,7 @@ import xarray as xr
 
 from perturber.pipeline import names
 from perturber.pipeline.analysis import Cube
-from perturber.pipeline.studies import StudyError, study
+from perturber.pipeline.studies import StudyError, outputs, study
 from perturber.pipeline.studies.bootstrap import bootstrap
 from perturber.pipeline.studies.samples import per_sample
 
@@ -162,13 +162,7 @@ def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
     manipulation's level (one panel per manipulation, one line per model, shaded
     interval), ``low_minus_high`` against the gain, and each band's sensitivity
     (its drop at gain 0) per model."""
-    import holoviews as hv
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hv.extension("bokeh", logo=False)
+    plt, hv = outputs.plotting()
     panels = [("set_prob", f) for f in ds["factor"].values] + [("low_minus_high", None)]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
     hv_panels = []

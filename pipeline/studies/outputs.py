@@ -22,10 +22,23 @@ import xarray as xr
 
 from perturber.pipeline import names
 
-__all__ = ["measured", "default_figure", "write_outputs", "markdown_table", "machine"]
+__all__ = ["plotting", "measured", "default_figure", "write_outputs", "markdown_table", "machine"]
 
 #: Rows of the table shown in the report (the CSV holds all).
 REPORT_ROWS = 64
+
+
+def plotting() -> tuple[Any, Any]:
+    """(matplotlib.pyplot on the Agg backend, holoviews with Bokeh loaded): what every study figure draws with,
+    imported only when a figure is drawn."""
+    import holoviews as hv
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hv.extension("bokeh", logo=False)
+    return plt, hv
 
 
 def measured(ds: xr.Dataset) -> list[str]:
@@ -66,13 +79,7 @@ def _series(ds: xr.Dataset, var: str, x: str | None):
 
 def default_figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
     """(matplotlib Figure, HoloViews Layout) of every measured variable of ``ds``."""
-    import holoviews as hv
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hv.extension("bokeh", logo=False)
+    plt, hv = plotting()
     variables = measured(ds) or [str(v) for v in ds.data_vars][:1]
     fig, axes = plt.subplots(len(variables), 1, figsize=(8, 3.6 * len(variables)), squeeze=False)
     panels = []

@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 from perturber.pipeline import names
 from perturber.pipeline.analysis import Cube
-from perturber.pipeline.studies import StudyError, study
+from perturber.pipeline.studies import StudyError, outputs, study
 from perturber.pipeline.studies.bootstrap import bootstrap
 from perturber.pipeline.studies.samples import per_sample
 
@@ -82,13 +82,7 @@ def _statistic(threshold: float):
 def shuffle_figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
     """(matplotlib Figure, HoloViews Layout): share and set_prob against k, a line per model with its
     interval band, one column per distance; the threshold as a dashed line."""
-    import holoviews as hv
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hv.extension("bokeh", logo=False)
+    plt, hv = outputs.plotting()
     distances = ds["distance"].values.tolist() if "distance" in ds.dims else [None]
     variables = [("share", "share of top-1 in the object's class set"), ("set_prob", "class-set probability")]
     fig, axes = plt.subplots(len(variables), len(distances), figsize=(4.2 * len(distances), 3.4 * len(variables)),

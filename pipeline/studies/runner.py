@@ -30,7 +30,7 @@ from perturber.pipeline import yamlsafe
 from perturber.pipeline.fields import Fields
 from perturber.pipeline.studies import STUDIES, StudyError, analyse, check_params, get, load_builtin, outputs, write_table
 
-__all__ = ["StudyFile", "study_files", "load", "run", "default_store", "report_dir", "listing"]
+__all__ = ["StudyFile", "study_files", "load", "run", "report_dir", "DEFAULT_STORE", "listing"]
 
 #: Where the built-in studies' YAML files are (a source checkout's workflows/studies).
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "workflows" / "studies"
@@ -92,10 +92,6 @@ def load(name: str, models: list[str] | None = None, prune: int | None = None, f
     if prune:
         sweep = sweep.prune(prune)
     return StudyFile(study_name, path, params, sweep)
-
-
-def default_store() -> str:
-    return DEFAULT_STORE
 
 
 def report_dir(store: str, name: str) -> Path:

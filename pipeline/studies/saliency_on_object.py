@@ -36,7 +36,7 @@ import xarray as xr
 
 from perturber.pipeline import factors, inference, models, names
 from perturber.pipeline.analysis import Cube
-from perturber.pipeline.studies import StudyError, study
+from perturber.pipeline.studies import StudyError, outputs, study
 from perturber.pipeline.studies.bootstrap import bootstrap
 from perturber.pipeline.studies.samples import set_table
 
@@ -228,13 +228,7 @@ def _finding(t: xr.Dataset) -> str:
 def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
     """(matplotlib Figure, HoloViews Layout): per background, the share per model (bars with intervals)
     beside the area (chance) and the edge map's share; below, the ratio share / area."""
-    import holoviews as hv
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hv.extension("bokeh", logo=False)
+    plt, hv = outputs.plotting()
     groups = [d for d in ds["area"].dims]
     flat = ds.stack(group=groups) if groups else ds.expand_dims(group=[0])
     labels = [", ".join(map(str, k)) if isinstance(k, tuple) else str(k) for k in flat["group"].values] if groups else [""]

@@ -33,7 +33,7 @@ import xarray as xr
 from perturber.pipeline import imageops, inference, models, names
 from perturber.pipeline.analysis import Cube, softmax
 from perturber.pipeline.attack import NORMS, Attack, AttackError, pgd
-from perturber.pipeline.studies import StudyError, study
+from perturber.pipeline.studies import StudyError, outputs, study
 from perturber.pipeline.studies.bootstrap import bootstrap
 from perturber.pipeline.studies.samples import set_table
 
@@ -255,13 +255,7 @@ def _short(model: str) -> str:
 def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
     """(matplotlib Figure, HoloViews Layout): a flip-rate heatmap (source rows plus the noise control,
     target columns) per ε, and flip rate and class-set probability drop against ε per (source, target)."""
-    import holoviews as hv
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hv.extension("bokeh", logo=False)
+    plt, hv = outputs.plotting()
     norm = ds.attrs.get("norm", "linf")
     eps = [float(e) for e in ds["eps"].values]
     xs = np.array(eps) * (255 if norm == "linf" else 1)

@@ -40,7 +40,7 @@ import xarray as xr
 
 from perturber.pipeline import names
 from perturber.pipeline.analysis import Cube
-from perturber.pipeline.studies import StudyError, study
+from perturber.pipeline.studies import StudyError, outputs, study
 from perturber.pipeline.studies.bootstrap import bootstrap
 
 __all__ = ["units_vs_directions", "top_k", "coherence", "chance_coherence", "random_directions", "grid", "figure"]
@@ -172,13 +172,7 @@ def figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
     """(matplotlib Figure, HoloViews Layout): units' and directions' mean coherence
     per factor (bars with intervals) against chance (black ticks), and the image
     grid of the top-k sets (when the cube stored images)."""
-    import holoviews as hv
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hv.extension("bokeh", logo=False)
+    plt, hv = outputs.plotting()
     groups = [(str(m), str(l)) for m in ds[names.MODEL].values for l in ds["layer"].values]
     factors = [str(f) for f in ds["factor"].values]
     has_grid = bool(ds.attrs.get("topk_grid_jpeg"))

@@ -31,7 +31,7 @@ import numpy as np
 import xarray as xr
 from perturber.pipeline import names
 from perturber.pipeline.analysis import Cube, lazy
-from perturber.pipeline.studies import StudyError, study
+from perturber.pipeline.studies import StudyError, outputs, study
 from perturber.pipeline.studies.bootstrap import bootstrap
 
 __all__ = ["bars_figure", "per_view", "yaw_fluctuation"]
@@ -110,13 +110,7 @@ def _units(values: xr.Dataset, views: list[str]) -> xr.Dataset:
 
 def bars_figure(ds: xr.Dataset, title: str = "") -> tuple[Any, Any]:
     """(matplotlib Figure, HoloViews Layout): per variable, bars per object grouped by model, with intervals."""
-    import holoviews as hv
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hv.extension("bokeh", logo=False)
+    plt, hv = outputs.plotting()
     variables = [v for v in VARIABLES if v in ds]
     objects = [str(o) for o in ds["object"].values]
     models = [str(m) for m in ds[names.MODEL].values]
