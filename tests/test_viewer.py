@@ -232,9 +232,22 @@ STATUS_SAYS_JS = """
 """
 
 
+@pytest.fixture
+def busy_engine():
+    """A real Dask scheduler for ``--engine ADDRESS`` (one worker, one thread),
+    and a function that occupies its worker for ``seconds``: a request sent
+    meanwhile is certainly still pending when the next one arrives."""
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        yield cluster.scheduler_address, lambda seconds: client.submit(time.sleep, seconds, pure=False)
+
+
 @pytest.mark.browser
-def test_live_compute_off_the_grid(stores, page):
-    with _viewer(page, stores[0], "--engine", "local"):
+def test_live_compute_off_the_grid(stores, page, busy_engine):
+    address, occupy = busy_engine
+    with _viewer(page, stores[0], "--engine", address):
         grid_image = page.get_attribute("img.pt-input", "src")
         page.locator(".pt-live-toggle input[type=checkbox]").check()
         expect(page.locator(".pt-live")).to_contain_text("yaw = 0", timeout=60_000)
@@ -245,11 +258,13 @@ def test_live_compute_off_the_grid(stores, page):
             page.keyboard.press("ArrowRight")
         expect(page.locator(".pt-live")).to_contain_text("yaw = 1.08", timeout=60_000)
         expect(page.locator(".pt-live-status")).to_contain_text("yaw = 1.08, computed in", timeout=60_000)
-        # a second step while the first is still computing: the first is stale, and is cancelled
+        # a second step while the first is still pending (the worker is busy): the first is stale, and is cancelled
+        busy = occupy(5)
         page.keyboard.press("ArrowRight")
         page.wait_for_function(STATUS_SAYS_JS, arg="computing yaw = 1.44", polling="raf", timeout=30_000)
         page.keyboard.press("ArrowRight")
         expect(page.locator(".pt-live-status")).to_contain_text("yaw = 1.8, computed in", timeout=60_000)
+        assert busy.done()  # the answer came after the worker was free again
         expect(page.locator(".pt-live-status")).to_contain_text("1 stale request cancelled")
         expect(page.locator(".pt-live")).to_contain_text("yaw = 1.8")
         expect(page.locator("img.pt-input")).not_to_have_attribute("src", grid_image, timeout=30_000)
