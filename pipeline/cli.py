@@ -182,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="folder for the CSV, figures and report (default: <store>-studies/NAME)")
     p.add_argument("--no-compute", action="store_true", help="analyse only what the store holds; a missing cube is an error")
 
+    from perturber.pipeline.searches import fool_cli, search_cli  # argparse only: no torch at parse time
+
+    fool_cli.add_parser(sub, [registries, compute])
+    search_cli.add_parser(sub, [registries, compute])
+
     p = sub.add_parser("assets", help="list built-in assets with status and licence")
     p.add_argument("--fetch", action="store_true", help="install missing assets (apt) or say exactly what to install")
     return parser
@@ -225,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _use_registries(getattr(args, "models_file", []))
         from perturber.pipeline import commands  # torch and the rest: only once the options are read
 
+        if hasattr(args, "run"):  # a command that lives beside its own module (fool, search)
+            return args.run(args)
         return getattr(commands, f"cmd_{args.command}")(args)
     except PerturberError as exc:
         return _error(str(exc))
