@@ -49,6 +49,24 @@ The analyses run out of core with dask (docs/benchmarks.md, "Study analysis
 out of core").
 """
 
+#: The searches' sections (``perturber fool``, ``perturber search``), after the studies.
+SEARCHES = ("fooling-gradient", "fooling-evolution", "search")
+
+SEARCHES_INTRO = """\
+# Searches
+
+Two commands search for inputs that break a model rather than measure a fixed
+grid. `perturber fool` looks in pixel space for fooling images (Nguyen et al.
+2015): gradient ascent with Yosinski et al.'s regularisers, and evolution with
+a direct or a CPPN encoding inside MAP-Elites with one archive cell per
+ImageNet class; results go to the store's `fooling/<run>` group. `perturber
+search` looks in factor space, off the grid: the smallest change of a scene's
+continuous factors that flips a model away from the object's class set
+(CMA-ES), and failure maps over two factors (MAP-Elites); results go to
+`search/<run>`. Both groups open with plain `xarray.open_zarr`, and the viewer
+shows them (Searches section).
+"""
+
 
 def main() -> None:
     names = {module: module.replace("_", "-") for module in studies.BUILTIN}
@@ -57,6 +75,10 @@ def main() -> None:
     for module in studies.BUILTIN:
         section = DOCS / "studies" / f"{names[module]}.md"
         parts.append(section.read_text() if section.exists() else f"## {names[module]}\n\nNot run here yet.\n")
+    parts.append(SEARCHES_INTRO)
+    for name in SEARCHES:
+        section = DOCS / "studies" / f"{name}.md"
+        parts.append(section.read_text() if section.exists() else f"## {name}\n\nNot run here yet.\n")
     (DOCS / "studies.md").write_text("\n".join(p.rstrip() + "\n" for p in parts))
     print(f"wrote {DOCS / 'studies.md'}")
 
