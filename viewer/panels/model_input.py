@@ -18,7 +18,7 @@ class InputPanel(html.HTMLPanel):
         image = state.image()
         credits = f"<div class='pt-credits'>{'<br>'.join(state.attributions())}</div>"
         if state.live_on:
-            badge = f"<div class='pt-live'>LIVE · {state.live_factor} = {state.live_value:g}</div>"
+            badge = f"<div class='pt-live'>LIVE · {state.live_where()}</div>"
             if image is None:
                 return f"{badge}<div class='pt-missing pt-live-waiting'>{state.live_status or 'computing…'}</div>"
             return f"{badge}<br><img class='pt-input' src='{html.png(image)}' width='{image.shape[1]}'>{credits}"

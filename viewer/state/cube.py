@@ -43,6 +43,9 @@ class CubeState(param.Parameterized):
     live_on = param.Boolean(default=False, doc="Compute the point live (off the grid) instead of reading the store")
     live_factor = param.Selector(doc="The factor set off the grid")
     live_value = param.Number(default=0.0, doc="Its value")
+    live_point = param.Dict(default=None, allow_None=True,
+                            doc="Several factors set off the grid at once (a search's failing scene); while set, it "
+                                "replaces live_factor = live_value, and moving a grid or live control clears it")
     live_status = param.String(default="", doc="What live compute did last")
     live_result = param.Parameter(default=None, doc="The last live result (perturber.viewer.live.LiveResult)")
     live_cancelled = param.Integer(default=0, doc="Stale live requests cancelled in this session")
@@ -84,7 +87,9 @@ class CubeState(param.Parameterized):
         # A new live factor starts from its value at the current point; then
         # the live request (if any) and the one 'changed' event.
         self.param.watch(self._factor_changed, ["live_factor"])
-        self.param.watch(self._on_change, ["live_on", "live_factor", "live_value", "model_a", "model_b", "score", *self.axes])
+        self._live_before = False  # live_on before a live point was loaded (restored when a grid control clears it)
+        self.param.watch(self._on_change, ["live_on", "live_factor", "live_value", "live_point", "model_a", "model_b",
+                                           "score", *self.axes])
 
     # ------------------------------------------------------------------ where
 
@@ -94,11 +99,22 @@ class CubeState(param.Parameterized):
 
     def point(self) -> dict[str, Any]:
         """Every factor's value at the current point (axes from the state, the rest
-        fixed, and the live factor's value when live compute is on)."""
+        fixed, and when live compute is on the live point or the live factor's value)."""
         out = {**self.fixed, **{axis: getattr(self, axis) for axis in self.axes}}
-        if self.live_on:
+        if self.live_on and self.live_point:
+            out.update(self.live_point)
+        elif self.live_on:
             out[self.live_factor] = self.live_value
         return out
+
+    def live_where(self) -> str:
+        """What live compute sets off the grid: ``yaw = 1.08``, or a live point's
+        factors that differ from the grid point (``yaw = 37.5, pitch = 12``)."""
+        if not self.live_point:
+            return f"{self.live_factor} = {self.live_value:g}"
+        grid = {**self.fixed, **{axis: getattr(self, axis) for axis in self.axes}}
+        moved = [(k, v) for k, v in self.live_point.items() if grid.get(k) != v]
+        return ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in moved) or "the grid point"
 
     def image_key(self) -> tuple:
         """Identifies the model input shown: the grid index, or the live result."""
@@ -228,7 +244,22 @@ class CubeState(param.Parameterized):
             self.live_value = float(self.point()[event.new])  # its value on the grid
             self.live_on = on
 
+    def load_point(self, values: dict[str, Any], **params: Any) -> None:
+        """Compute ``values`` (every factor, or some over the grid point) live, in one
+        change (``params``: other parameters set with it, e.g. ``model_a``). Moving a
+        grid control clears it (live compute goes back to as it was before), as
+        does moving a live control (live compute stays on)."""
+        if self.live_point is None:
+            self._live_before = self.live_on
+        self.param.update(live_point=dict(values), live_on=True, **params)
+
     def _on_change(self, *events):
+        moved = {event.name for event in events}
+        live_controls = {"live_factor", "live_value", "live_on"}
+        if self.live_point is not None and "live_point" not in moved and moved & {*self.axes, *live_controls}:
+            live = self.live_on if moved & live_controls else self._live_before
+            self.param.update(live_point=None, live_on=live)  # that change makes the request and the one 'changed' event
+            return
         if any(event.name != "score" for event in events):  # the score only changes how the top-5 reads
             self._damage = ""
             self.notice = ""
@@ -266,7 +297,7 @@ class CubeState(param.Parameterized):
         self._latest, self._latest_pending = key, True
         doc = pn.state.curdoc
         if doc is not None and doc.session_context is not None:
-            self.live_status = f"computing {self.live_factor} = {self.live_value:g}…"
+            self.live_status = f"computing {self.live_where()}…"
             future.add_done_callback(lambda _f: doc.add_next_tick_callback(lambda: self._deliver(key, future, True)))
         else:
             self._deliver(key, future, False)
@@ -288,7 +319,7 @@ class CubeState(param.Parameterized):
 
     def _show(self, result: Any, hit: bool) -> None:
         stale = f"; {self.live_cancelled} stale request{'s' if self.live_cancelled != 1 else ''} cancelled" if self.live_cancelled else ""
-        status = (f"live: {self.live_factor} = {self.live_value:g}, "
+        status = (f"live: {self.live_where()}, "
                   + ("from the cache" if hit else f"computed in {result.seconds * 1000:.0f} ms") + stale)
         self.param.update(live_status=status, live_result=result)
 
