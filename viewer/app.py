@@ -27,6 +27,7 @@ from perturber.viewer.panels.model_input import InputPanel
 from perturber.viewer.panels.neurons import NeuronPanel
 from perturber.viewer.panels.saliency import SaliencyPanel
 from perturber.viewer.panels.scatter import ScatterPanel
+from perturber.viewer.panels.searches import SearchesPanel
 from perturber.viewer.panels.sensitivity import SensitivityPanel
 from perturber.viewer.panels.studies import StudiesPanel
 from perturber.viewer.panels.top5 import Top5Panel
@@ -62,6 +63,8 @@ SECTIONS: list[Section] = [
     Section("Sensitivity: how much each axis moves each model", lambda v: SensitivityPanel(v.state)),
     Section("Model against model (datashader, every sample)", lambda v: ScatterPanel(v.state, v.settled)),
     Section("Studies: findings computed into this store (`perturber study`)", lambda v: StudiesPanel(v.path, v.state)),
+    Section("Searches: fooling images (`perturber fool`) and failures off the grid (`perturber search`)",
+            lambda v: SearchesPanel(v.path, v.state)),
 ]
 
 
