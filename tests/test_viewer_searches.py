@@ -1,10 +1,12 @@
 """The viewer's Searches section on a small real store: one precomputed cube (the dog
-at two yaws, Lite0 and Lite1, images stored), a fooling run written with
+at two yaws, Lite0, images stored), a fooling run written with
 ``fooling.write`` (the cube's renders and noise as elites, their real Lite0
 confidence, Lite1's real verdicts), and a ``search/<run>`` group written with
 plain xarray per its layout (failures around the cube's own grid point with yaw
 off the grid, their top-1 and class-set probability evaluated by the real engine)."""
 
+import base64
+import io
 import json
 import os
 import shutil
@@ -19,6 +21,7 @@ import numpy as np
 import param
 import pytest
 import xarray as xr
+from PIL import Image
 
 from perturber.pipeline import assets, classes, engine, factors, run, spec
 from perturber.pipeline.searches import fooling, scoring
@@ -34,7 +37,7 @@ pytestmark = pytest.mark.slow  # the store takes ~15 s to write
 ROOT = Path(__file__).resolve().parents[1]
 LITE0, LITE1 = "efficientnet_lite0", "efficientnet_lite1"
 CUBE = {"name": "searches", "cubes": {"views": {"axes": {"object": ["dog"], "yaw": [0.0, 90.0]},
-                                                "models": [LITE0, LITE1], "images": True}}}
+                                                "models": [LITE0], "images": True}}}
 #: The elites: golden retriever and Labrador on the two renders, tabby and goldfish on noise.
 ELITE_CLASSES = [207, 208, 281, 1]
 START_YAW = 12.5  # off the cube's yaw grid (0, 90)
@@ -144,6 +147,10 @@ def test_the_gallery_shows_a_bounded_number_read_lazily(stores):
     assert panel.runs.view.objects[0] is not panel.runs.select  # one run: no select
     assert "2 of 4 shown" in panel.gallery.object and panel.gallery.object.count("<figure") == 2
     assert len(panel.fooling._png) == 2  # only the shown elites' images were read
+    # A 224 px elite is sent as its every other pixel (what the 112 px tile shows of it, pixelated).
+    first = int(panel.fooling.matches()[0])
+    sent = np.asarray(Image.open(io.BytesIO(base64.b64decode(panel.fooling.image_png(first).split(",")[1]))))
+    assert np.array_equal(sent, np.asarray(panel.fooling.elites[first].values)[::2, ::2])
     panel.filter.value = "retriever"
     assert panel.gallery.object.count("<figure") == 2 and "2 shown of 4 elites" in panel.gallery.object
     with param.edit_constant(panel.least):  # what the browser sets when the slider is let go
@@ -216,3 +223,55 @@ def test_no_searches_is_one_line_and_damaged_groups_are_one_line_each(stores):
     assert line.object.startswith("<p class='pt-failed'>search run &#x27;dog-lite0&#x27; cannot be read (")
     gallery.runs.select.value = "lite0-gradient"  # the other run still shows
     assert gallery.gallery.object.count("<figure") == 4
+
+
+# ------------------------------------------------------------------ in a browser
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.browser
+def test_the_gallery_and_a_failure_computed_live_in_a_browser(stores):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (the README's set-up installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    expect = sync_api.expect
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "perturber", "view", str(stores[1]), "--port", str(port), "--engine", "local"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, "the viewer did not start"
+                time.sleep(0.3)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{port}/")
+            expect(page.locator(".pt-fool-gallery figure")).to_have_count(4, timeout=120_000)  # the last section
+            expect(page.locator(".pt-fool-gallery")).to_contain_text(f"{LITE1}: ")  # the other model's verdicts
+            failure = page.locator(".pt-search-failure button").nth(1)  # yaw 12.5 (the start's), pitch 60
+            expect(failure).to_contain_text("yaw = 12.5, pitch = 60 · distance")
+            failure.click()
+            expect(page.locator(".pt-search-note")).to_contain_text("loaded into live compute", timeout=30_000)
+            expect(page.locator(".pt-live-status")).to_contain_text("live: pitch = 60, yaw = 12.5, computed in",
+                                                                    timeout=60_000)
+            expect(page.locator(".pt-live")).to_contain_text("LIVE · pitch = 60, yaw = 12.5")
+            expect(page.locator("img.pt-input")).to_be_visible()
+            assert not errors, errors
+            browser.close()
+    finally:
+        proc.kill()

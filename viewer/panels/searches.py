@@ -17,12 +17,12 @@ from perturber.pipeline.errors import PerturberError
 from perturber.viewer import html, sessions
 from perturber.viewer.panels import bokeh_plots
 from perturber.viewer.state import CubeState
-from perturber.viewer.state.searches import FAILURES, SHOWN, FoolingView, SearchView, runs
+from perturber.viewer.state.searches import FAILURES, SHOWN, THUMB, FoolingView, SearchView, runs
 
 __all__ = ["SearchesPanel", "FoolingPanel", "FailuresPanel", "NONE", "TILE"]
 
 NONE = "no searches in this store: `perturber fool` and `perturber search` add them"
-TILE = 112  # px an elite is shown at (pixelated: the model's own pixels, not a smoothed copy)
+TILE = THUMB  # px an elite is shown at (pixelated: the model's own pixels, not a smoothed copy)
 STYLE = ("<style>figure.pt-elite{display:inline-block;vertical-align:top;width:150px;margin:3px;font-size:10px}"
          f"figure.pt-elite img{{image-rendering:pixelated;width:{TILE}px;height:{TILE}px}}"
          ".pt-verdict{color:#555}</style>")
@@ -85,6 +85,7 @@ class FoolingPanel:
         view = self.fooling
         shown, total = view.shown(self.limit)
         count = f"{len(shown)} of {total} shown" if total > len(shown) else f"{total} shown"
+        view.read_images(shown)
         tiles = []
         for i in shown:
             verdicts = "".join(f"<br><span class='pt-verdict'>{escape(v)}</span>" for v in view.verdicts(i))

@@ -30,11 +30,14 @@ from perturber.pipeline.errors import one_line
 from perturber.pipeline.searches import SearchError
 from perturber.viewer import html
 
-__all__ = ["SHOWN", "FAILURES", "runs", "FoolingView", "SearchView", "values_text"]
+__all__ = ["SHOWN", "FAILURES", "THUMB", "runs", "FoolingView", "SearchView", "values_text"]
 
 #: Elites shown at once (after filtering), and failures listed: a page stays light whatever the run's size.
 SHOWN = 48
 FAILURES = 40
+#: Side (px) an elite is shown at: a larger elite is sent as every n-th pixel (what the browser
+#: shows of it at that side, pixelated, anyway); 48 noise elites at 224 px are ~9 MB, at 112 px ~2.4 MB.
+THUMB = 112
 
 HISTORY = ("mean_confidence", "median_confidence", "classes_above_099")
 FAILURE_VARIABLES = ("value", "distance_from_start", "top1_name", "set_prob")
@@ -145,10 +148,21 @@ class FoolingView(param.Parameterized):
         return out
 
     def image_png(self, i: int) -> str:
-        """Elite ``i`` as a PNG data URI, read from the store the first time it is shown."""
-        if i not in self._png:
-            self._png[i] = html.png(np.asarray(self.elites.isel({"class": int(i)}).values, dtype=np.uint8))
-        return self._png[i]
+        """Elite ``i`` as a PNG data URI (every n-th pixel, n = side // :data:`THUMB`),
+        read from the store the first time it is shown."""
+        self.read_images([i])
+        return self._png[int(i)]
+
+    def read_images(self, positions: Any) -> None:
+        """Read the elites at ``positions`` not read yet, in one read: a chunk of the
+        store may hold many classes (zarr's default chunks of a 1000-class run
+        hold 250), and one read decodes each chunk once."""
+        new = sorted({int(i) for i in positions} - set(self._png))
+        if new:
+            images = np.asarray(self.elites.isel({"class": new}).values, dtype=np.uint8)
+            step = max(1, images.shape[1] // THUMB)
+            images = images[:, ::step, ::step]
+            self._png.update({i: html.png(image) for i, image in zip(new, images)})
 
     def history_frame(self) -> pd.DataFrame | None:
         """Per generation: mean and median confidence (over 1000 classes), classes ≥ 0.99; None when not stored."""
