@@ -9,7 +9,6 @@ from html import escape
 from typing import Any, Callable
 
 import holoviews as hv
-import numpy as np
 import panel as pn
 
 from perturber.pipeline import names
@@ -148,6 +147,7 @@ class FailuresPanel:
         rows = [("method", a.get("method")), ("model", a.get("model")), ("object", a.get("object")),
                 ("factors", ", ".join(view.factors)), ("evaluations", f"{a.get('evaluations', '?')} of budget "
                                                                       f"{a.get('budget', '?')}, seed {a.get('seed', '?')}"),
+                ("render size", f"{a['size']} px (live compute renders at the cube's size)" if "size" in a else ""),
                 ("definition", a.get("definition"))]
         items = "".join(f"<dt>{k}</dt><dd>{escape(str(v))}</dd>" for k, v in rows if v)
         return f"<dl class='pt-study'>{items}</dl>"
