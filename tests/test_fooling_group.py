@@ -48,6 +48,7 @@ def test_the_group_round_trips_through_plain_xarray_with_transfer(tmp_path):
     assert np.allclose(ds.transfer.sel(model="efficientnet_lite1").values, p[[0, 1, 2], [1, 207, 999]], atol=1e-6)
     assert list(ds.transfer_top1.sel(model="efficientnet_lite1").values) == list(p.argmax(1))
     assert fooling.runs(store) == ["cppn-run"]
+    assert ds.elite.encoding["chunks"] == (1, 64, 64, 3)  # one elite per chunk: a gallery reads only what it shows
 
 
 @pytest.mark.parametrize("run", ["", "a/b", ".hidden"])

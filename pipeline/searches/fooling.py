@@ -104,6 +104,7 @@ def write(store: Any, run: str, e: Elites, transfer: Mapping[str, tuple[np.ndarr
     from perturber.pipeline.store import consolidated_ok
 
     ds = to_dataset(e, transfer)
+    ds.elite.encoding["chunks"] = (1, *ds.elite.shape[1:])  # one file per elite: the gallery reads only what it shows
     with consolidated_ok():
         ds.to_zarr(store, group=group(run), mode="w", zarr_format=3, consolidated=True)
     return ds
