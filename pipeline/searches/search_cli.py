@@ -46,7 +46,7 @@ def add_parser(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
                    help="a failure's margin kappa: log p(best other class) - log p(best class-set class) > kappa (default: 0.1)")
     p.add_argument("--keep", type=whole_option(1, 100_000), default=32, help="CMA-ES: failures kept, nearest first (default: 32)")
     p.add_argument("--seed", type=whole_option(0, 2**31 - 2), default=0, help="random seed (default: 0)")
-    p.add_argument("--size", type=int, default=128, help="render side in pixels (default: 128)")
+    p.add_argument("--size", type=int, default=224, help="render side in pixels (default: 224, as precompute and the viewer's live compute)")
     p.add_argument("--scheduler", type=text_option, help="address of a running Dask scheduler, or 'synchronous' (no Dask)")
     p.add_argument("--cluster", metavar="YAML", type=text_option, help="a cluster recipe (workflows/clusters/*.yaml) to start and use")
     p.add_argument("--workers", type=whole_option(1, MAX_WORKERS), help="start a LocalCluster of this many worker processes")
