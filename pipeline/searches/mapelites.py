@@ -136,7 +136,7 @@ def evolve(model: str, encoding: str = "cppn", generations: int = 100, populatio
            size: int | None = None, store: Any = None, run: str | None = None, checkpoint_every: int = 10,
            overwrite: bool = False, client: Any = None, batch: int | None = None, transfer_to: Sequence[str] = (),
            progress: bool = False, threads: int | None = None, encoding_options: dict | None = None,
-           on_generation: Callable[[int], None] | None = None) -> fooling.Elites:
+           classes: Sequence[int] | None = None, on_generation: Callable[[int], None] | None = None) -> fooling.Elites:
     """MAP-Elites with ``encoding`` ('cppn' or 'direct') against ``model``; returns the elites.
 
     ``generations`` after the initial one (generation 0), ``population``
@@ -146,7 +146,9 @@ def evolve(model: str, encoding: str = "cppn", generations: int = 100, populatio
     generations beside it. ``client``: a Dask client that scores batches of
     ``batch`` offspring (default: the model's tuned batch size here) on its
     workers (``threads`` torch threads each); the archive stays here.
-    ``on_generation(g)`` is called after each generation is done.
+    ``classes``: keep elites of these ImageNet indices only (default: all
+    1000; the history still counts the others as 0). ``on_generation(g)`` is
+    called after each generation is done.
     """
     spec = models.spec(model)  # errors first, before any model is loaded
     for other in transfer_to:
@@ -156,13 +158,21 @@ def evolve(model: str, encoding: str = "cppn", generations: int = 100, populatio
         raise SearchError(f"size {size}: use 16..1024 px")
     if generations < 0 or population < 1 or checkpoint_every < 1:
         raise SearchError("generations ≥ 0, population ≥ 1 and checkpoint_every ≥ 1, please")
+    cells = np.ones(CLASSES, dtype=bool)
+    if classes is not None:
+        wanted = np.asarray(classes, dtype=np.int64).ravel()
+        if len(wanted) == 0 or wanted.min() < 0 or wanted.max() >= CLASSES:
+            raise SearchError(f"classes {list(classes)[:5]}: give ImageNet indices in 0..{CLASSES - 1}")
+        cells[:] = False
+        cells[wanted] = True
     run = run or f"{encoding}-{model}-{seed}"
     fooling.group(run)
     enc = encodings.make(encoding, size, **(encoding_options or {}))
     device = models.best_device()
     batch = int(batch or inference.tuned_batch_size(model, str(device)))
     settings = {"method": encoding, "model": model, "seed": int(seed), "size": size, "population": int(population),
-                "batch": batch, "encoding": enc.settings()}
+                "batch": batch, "classes": None if classes is None else np.flatnonzero(cells).tolist(),
+                "encoding": enc.settings()}
     path = checkpoint_path(store, run) if store is not None else None
     state = None if path is None or overwrite else _load(path, settings)
     if state is not None and state["generation"] > generations:
@@ -197,7 +207,7 @@ def evolve(model: str, encoding: str = "cppn", generations: int = 100, populatio
         genomes = enc.initial(population, rng) if g == 0 else enc.mutate(archive.sample_elites(population)["solution"], rng)
         best, which = evaluate(genomes)
         current = _objectives(archive)
-        new = best > current
+        new = (best > current) & cells
         if new.any():
             archive.add(genomes[which[new]], best[new], MEASURES[new], found_at=np.full(int(new.sum()), g, np.int32))
         row = fooling.history_row(np.maximum(_objectives(archive), 0))
