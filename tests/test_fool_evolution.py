@@ -10,7 +10,7 @@ from perturber.pipeline import cli, tasks
 from perturber.pipeline.searches import SearchError, encodings, mapelites, scoring
 
 MODEL = "efficientnet_lite0"
-SMALL = dict(generations=3, population=12, size=64, batch=6, checkpoint_every=2)
+SMALL = dict(generations=3, population=8, size=64, batch=4, checkpoint_every=2)
 
 
 def test_polynomial_mutation_keeps_bounds_steps_as_deb_says_and_is_seeded():
@@ -112,8 +112,8 @@ def test_a_resumed_run_equals_an_uninterrupted_one(cppn_run, tmp_path):
     assert np.array_equal(resumed.images, whole.images) and np.array_equal(resumed.found_at, whole.found_at)
     assert all(np.array_equal(resumed.history[k], whole.history[k]) for k in whole.history)
     assert resumed.evaluations == whole.evaluations
-    with pytest.raises(SearchError, match=r"other settings \(population 12 ≠ 13\).*--overwrite"):
-        mapelites.evolve(MODEL, "cppn", seed=0, store=store, run="a", **{**SMALL, "population": 13})
+    with pytest.raises(SearchError, match=r"other settings \(population 8 ≠ 9\).*--overwrite"):
+        mapelites.evolve(MODEL, "cppn", seed=0, store=store, run="a", **{**SMALL, "population": 9})
 
 
 @pytest.mark.slow
@@ -146,6 +146,17 @@ def test_perturber_fool_writes_a_group_with_transfer(tmp_path, capsys):
     assert ds.transfer.dims == ("model", "class") and list(ds.model.values) == ["efficientnet_lite1"]
     assert ((ds.transfer.values > 0) & (ds.transfer.values < 1)).all() and ds.transfer_top1.shape == (1, 2)
     assert (store.parent / "s.zarr-checkpoints" / "fooling-d.pkl").exists()
+
+
+@pytest.mark.slow
+def test_perturber_fool_gradient_branch(tmp_path, capsys):
+    store = tmp_path / "s.zarr"
+    argv = ["fool", "--model", MODEL, "--method", "gradient", "--classes", "goldfish", "--steps", "2", "--size", "64",
+            "--store", str(store), "--quiet"]
+    assert cli.main(argv) == 0
+    assert "gradient on efficientnet_lite0" in capsys.readouterr().out
+    ds = xr.open_zarr(store, group="fooling/gradient-efficientnet_lite0-0")
+    assert list(ds["class"].values) == [1] and ds.elite.shape == (1, 64, 64, 3) and str(ds.method.values[0]).startswith("gradient")
 
 
 @pytest.mark.parametrize("extra, message", [
