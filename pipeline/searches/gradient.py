@@ -67,9 +67,9 @@ class Regularisers:
     of their third, the blur of their first and fourth (0.5 px every 4 steps),
     the norm clipping of their second (20th percentile) and a 4-px jitter; on
     Lite0 (docs/studies/fooling-gradient.md) they still reach 0.99 within the
-    stated budget, and the images lose most of their high-frequency energy.
-    A 1-px blur, the third setting's, slowed the ascent too much (2 of 5
-    classes at 0.99 after 60 steps).
+    stated budget, and the images lose half or more of their high-frequency
+    energy. A 1-px blur, the third setting's, slowed the ascent too much (3 of
+    5 classes at 0.99 after 60 steps).
     """
 
     decay: float = 1e-4
