@@ -52,7 +52,7 @@ from perturber.pipeline.errors import PerturberError, one_line
 from perturber.pipeline.spec import CubeSpec
 
 __all__ = ["StoreError", "Layout", "layout", "default_options", "create_or_check", "write_chunk", "done_mask", "chunk_slices",
-           "open_cube", "consolidate", "consolidated_ok", "is_absent", "check_writable", "group_state", "write_template",
+           "open_cube", "consolidate", "consolidated_ok", "local_path", "is_absent", "check_writable", "group_state", "write_template",
            "checksummed", "clean_partials", "MARK"]
 
 FORMAT_VERSION = 1
@@ -201,7 +201,7 @@ def default_options(out: Any, storage_options: Mapping | None = None) -> dict | 
     return options or None
 
 
-def _local_path(out: Any) -> Path | None:
+def local_path(out: Any) -> Path | None:
     """The folder of a local store (a path or a ``file://`` URL); None for other URLs and store objects."""
     if not isinstance(out, (str, os.PathLike)) or "://" in str(out) and not str(out).startswith("file://"):
         return None
@@ -211,7 +211,7 @@ def _local_path(out: Any) -> Path | None:
 def check_writable(out: Any) -> None:
     """Fail at once, in one line, if the local store ``out`` cannot be written:
     a file in its place, or a read-only folder. (URLs are checked on writing.)"""
-    path = _local_path(out)
+    path = local_path(out)
     if path is None:
         return
     if path.exists() and not path.is_dir():
@@ -227,7 +227,7 @@ def check_writable(out: Any) -> None:
 def clean_partials(out: Any) -> int:
     """Remove the temporary ``*.partial`` files that a write killed mid-file left
     in a local store (Zarr writes each file to one, then renames it); returns how many."""
-    path = _local_path(out)
+    path = local_path(out)
     removed = 0
     for leftover in path.rglob("*.partial") if path is not None and path.is_dir() else ():
         leftover.unlink(missing_ok=True)

@@ -5,7 +5,9 @@ import pytest
 import xarray as xr
 
 from perturber.pipeline import classes
-from perturber.pipeline.searches import SearchError, fooling, scoring
+from perturber.pipeline import groups
+from perturber.pipeline.errors import PerturberError
+from perturber.pipeline.searches import fooling, scoring
 
 MODEL = "efficientnet_lite0"
 
@@ -53,10 +55,31 @@ def test_the_group_round_trips_through_plain_xarray_with_transfer(tmp_path):
 
 @pytest.mark.parametrize("run", ["", "a/b", ".hidden"])
 def test_bad_run_names_are_refused(run):
-    with pytest.raises(SearchError, match="run name"):
+    with pytest.raises(PerturberError, match="for a fooling group"):
         fooling.group(run)
 
 
 def test_reading_a_missing_run_names_the_runs_there(tmp_path):
-    with pytest.raises(SearchError, match="no fooling run 'x' .*none"):
+    with pytest.raises(PerturberError, match="no fooling group 'x' .*none"):
         fooling.read(tmp_path / "none.zarr", "x")
+
+
+def test_a_write_that_fails_part_way_leaves_the_earlier_group_whole(tmp_path):
+    import dask.array as da
+
+    store = tmp_path / "s.zarr"
+    groups.write(store, "fooling", "run", xr.Dataset({"v": ("i", np.arange(4.0))}))
+
+    def fails_on_the_second_block(block, block_info=None):
+        if block_info[0]["chunk-location"][0] == 1:
+            raise RuntimeError("out of memory while computing")
+        return block
+
+    lazy = da.arange(4.0, chunks=2).map_blocks(fails_on_the_second_block, dtype=float) + 10
+    with pytest.raises(RuntimeError, match="out of memory"):
+        groups.write(store, "fooling", "run", xr.Dataset({"v": ("i", lazy)}))
+    assert list(xr.open_zarr(store, group="fooling/run").v.values) == [0, 1, 2, 3]
+    assert groups.names(store, "fooling") == ["run"]  # the half-written one is never listed
+    groups.write(store, "fooling", "run", xr.Dataset({"v": ("i", np.arange(4.0) + 10)}))
+    assert list(xr.open_zarr(store, group="fooling/run").v.values) == [10, 11, 12, 13]
+    assert sorted(p.name for p in (store / "fooling").iterdir()) == ["run", "zarr.json"]

@@ -173,7 +173,7 @@ def test_the_dask_path_on_a_local_cluster_finds_what_in_process_evaluation_confi
     (["--map", "yaw"], "--map yaw: name two different factors"),
     (["--map", "yaw,pitch", "--cells", "8by8"], "--cells '8by8': expected AxB"),
     (["--model", "resnet9000"], "resnet9000"),
-    (["--object", "dog", "--run", "a/b"], "run name 'a/b'"),
+    (["--object", "dog", "--run", "a/b"], "name 'a/b' for a search group"),
 ])
 def test_bad_input_is_one_line_before_any_render(argv, message, tmp_path, capsys):
     started = time.perf_counter()

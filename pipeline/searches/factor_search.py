@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from perturber.pipeline import analysis, classes, factors, models, names
+from perturber.pipeline import analysis, classes, factors, groups, models, names
 from perturber.pipeline.searches import SearchError
 
 __all__ = ["PENALTY", "DEFINITION", "Problem", "problem", "Scores", "score", "Failures", "Result", "Evaluator",
@@ -267,9 +267,8 @@ def cmaes(p: Problem, evaluate: Evaluate, budget: int, seed: int = 0, popsize: i
 
 
 def group(run: str) -> str:
-    if not run or "/" in run or run.startswith(".") or not all(c.isalnum() or c in "-_." for c in run):
-        raise SearchError(f"run name {run!r}: use letters, digits, '-', '_' or '.'")
-    return f"{names.SEARCH}/{run}"
+    """``search/<run>``; a one-line error for a bad run name."""
+    return groups.path(names.SEARCH, run)
 
 
 def to_dataset(r: Result) -> xr.Dataset:
@@ -309,31 +308,16 @@ def to_dataset(r: Result) -> xr.Dataset:
 
 
 def write(store: Any, run: str, r: Result) -> xr.Dataset:
-    """Write (replace) ``search/<run>`` once the search is done; returns the dataset."""
-    from perturber.pipeline.store import consolidated_ok
-
+    """Write (replace, once complete) ``search/<run>``; returns the dataset."""
     ds = to_dataset(r)
-    with consolidated_ok():
-        ds.to_zarr(store, group=group(run), mode="w", zarr_format=3, consolidated=True)
+    groups.write(store, names.SEARCH, run, ds)
     return ds
 
 
 def read(store: Any, run: str) -> xr.Dataset:
-    from perturber.pipeline.store import consolidated_ok
-
-    try:
-        with consolidated_ok():
-            return xr.open_zarr(store, group=group(run))
-    except (FileNotFoundError, KeyError):
-        raise SearchError(f"{store}: no search run {run!r} (runs there: {', '.join(runs(store)) or 'none'})") from None
+    return groups.read(store, names.SEARCH, run)
 
 
 def runs(store: Any) -> list[str]:
     """The search runs in a store (names of ``search/*`` groups)."""
-    import zarr
-
-    try:
-        root = zarr.open_group(str(store), mode="r")
-        return sorted(k for k, _ in root[names.SEARCH].groups()) if names.SEARCH in root else []
-    except (FileNotFoundError, KeyError, ValueError):
-        return []
+    return groups.names(store, names.SEARCH)

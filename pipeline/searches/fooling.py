@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import xarray as xr
 
-from perturber.pipeline import classes, names
-from perturber.pipeline.searches import SearchError
+from perturber.pipeline import classes, groups, names
 
 __all__ = ["Elites", "history_row", "to_dataset", "write", "read", "runs", "group"]
 
@@ -64,9 +63,8 @@ def history_row(confidence_per_class: np.ndarray) -> dict[str, float]:
 
 
 def group(run: str) -> str:
-    if not run or "/" in run or run.startswith("."):
-        raise SearchError(f"run name {run!r}: use letters, digits, '-' or '_'")
-    return f"{names.FOOLING}/{run}"
+    """``fooling/<run>``; a one-line error for a bad run name."""
+    return groups.path(names.FOOLING, run)
 
 
 def to_dataset(e: Elites, transfer: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> xr.Dataset:
@@ -100,32 +98,17 @@ def to_dataset(e: Elites, transfer: Mapping[str, tuple[np.ndarray, np.ndarray]] 
 
 
 def write(store: Any, run: str, e: Elites, transfer: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> xr.Dataset:
-    """Write (replace) ``fooling/<run>``; returns the dataset written."""
-    from perturber.pipeline.store import consolidated_ok
-
+    """Write (replace, once complete) ``fooling/<run>``; returns the dataset written."""
     ds = to_dataset(e, transfer)
     ds.elite.encoding["chunks"] = (1, *ds.elite.shape[1:])  # one file per elite: the gallery reads only what it shows
-    with consolidated_ok():
-        ds.to_zarr(store, group=group(run), mode="w", zarr_format=3, consolidated=True)
+    groups.write(store, names.FOOLING, run, ds)
     return ds
 
 
 def read(store: Any, run: str) -> xr.Dataset:
-    from perturber.pipeline.store import consolidated_ok
-
-    try:
-        with consolidated_ok():
-            return xr.open_zarr(store, group=group(run))
-    except (FileNotFoundError, KeyError):
-        raise SearchError(f"{store}: no fooling run {run!r} (runs there: {', '.join(runs(store)) or 'none'})") from None
+    return groups.read(store, names.FOOLING, run)
 
 
 def runs(store: Any) -> list[str]:
     """The fooling runs in a store (names of ``fooling/*`` groups)."""
-    import zarr
-
-    try:
-        root = zarr.open_group(str(store), mode="r")
-        return sorted(k for k, _ in root[names.FOOLING].groups()) if names.FOOLING in root else []
-    except (FileNotFoundError, KeyError, ValueError):
-        return []
+    return groups.names(store, names.FOOLING)

@@ -37,7 +37,7 @@ import perturber
 from perturber.pipeline import names
 from perturber.pipeline.analysis import Cube
 from perturber.pipeline.errors import PerturberError
-from perturber.pipeline.store import StoreError, consolidated_ok, group_state, open_cube
+from perturber.pipeline.store import StoreError, group_state, open_cube
 
 __all__ = ["Study", "StudyError", "study", "get", "run_study", "analyse", "check_params", "STUDIES", "load_builtin"]
 
@@ -180,11 +180,11 @@ def run_study(name: str, store: Any, storage_options: Mapping | None = None,
 
 
 def write_table(result: xr.Dataset, store: Any, name: str, storage_options: Mapping | None = None) -> None:
-    """Write a study's table to the store's group ``studies/<name>`` (replacing an earlier one)."""
+    """Write a study's table to the store's group ``studies/<name>`` (replacing an earlier one once complete)."""
+    from perturber.pipeline import groups
+
     result = result.copy()
     for var in list(result.variables):  # text as variable-length strings (Zarr v3 has no fixed-width unicode)
         if result[var].dtype.kind == "U":
             result[var] = result[var].astype(object)
-    with consolidated_ok():
-        result.to_zarr(store, group=names.study_group(name), mode="w", zarr_format=3, consolidated=True,
-                       storage_options=storage_options)
+    groups.write(store, names.STUDIES, name, result, storage_options)
