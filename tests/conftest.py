@@ -1,6 +1,12 @@
 """Shared fixtures: the real renderer, on real catalogue meshes."""
 
+import contextlib
 import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
@@ -59,3 +65,75 @@ FRAMES_JS = """
   return out;
 }
 """
+
+
+# ------------------------------------------------------------------ the served viewer, in a real browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_viewer(path, *extra: str, address: str = "127.0.0.1", env: dict | None = None, log: Path | None = None):
+    """Start ``perturber view`` (its output to ``log``); (process, page URL) once it listens."""
+    port = free_port()
+    out = open(log, "w") if log else subprocess.DEVNULL
+    args = ["--address", address, "--allow-remote"] if address != "127.0.0.1" else []
+    proc = subprocess.Popen([sys.executable, "-m", "perturber", "view", str(path), "--port", str(port), *args, *extra], cwd=ROOT,
+                            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            socket.create_connection((address, port), timeout=1).close()
+            return proc, f"http://{address}:{port}/"
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("the viewer did not start" + (f": {log.read_text()}" if log else ""))
+
+
+@contextlib.contextmanager
+def open_viewer(page, path, *extra: str, ready: str = "img.pt-input"):
+    """Serve ``path`` (extra ``perturber view`` options), open it, wait for
+    ``ready``; afterwards, no JavaScript error may have happened."""
+    proc, url = serve_viewer(path, *extra)
+    try:
+        page.goto(url)
+        page.wait_for_selector(ready, timeout=60_000)
+        yield
+        assert not page.errors, page.errors
+    finally:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright, one for the whole session."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (the README's set-up installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                                             "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page (1300 x 900); ``page.errors`` collects JavaScript errors and console errors."""
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    pg = context.new_page()
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
+    yield pg
+    context.close()

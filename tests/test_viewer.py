@@ -2,7 +2,6 @@
 and the viewer in a real browser, Debian's Chromium driven by Playwright."""
 
 import base64
-import contextlib
 import os
 import shutil
 import socket
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import FRAMES_JS
+from conftest import FRAMES_JS, ROOT, free_port, open_viewer, serve_viewer
 
 from perturber.featureviz import precompute as fv
 from perturber.pipeline import run, spec, store
@@ -22,8 +21,6 @@ expect = pytest.importorskip("playwright.sync_api").expect
 
 pytestmark = pytest.mark.slow  # a server each; browser tests are marked browser too
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 SPEC = {
     "name": "viewer",
     "cubes": {
@@ -43,12 +40,6 @@ FEATUREVIZ = {"size": 48, "steps": 4, "batch": 2, "parameterisations": ["fourier
               "models": {"efficientnet_lite0": {"layers": {"head": [0, 2]}}}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     folder = tmp_path_factory.mktemp("viewer")
@@ -61,64 +52,6 @@ def stores(tmp_path_factory):
     store.create_or_check(cube, str(partial))
     run.compute_chunk(cube, (0, 0, 0), str(partial))  # dog at yaw 0 only
     return full, partial
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (the README's set-up installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                                             "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
-
-
-def _serve(path: Path, *extra: str, address: str = "127.0.0.1", env: dict | None = None, log: Path | None = None):
-    """Start ``perturber view`` (its output to ``log``); (process, page URL) once it listens."""
-    port = _free_port()
-    out = open(log, "w") if log else subprocess.DEVNULL
-    args = ["--address", address, "--allow-remote"] if address != "127.0.0.1" else []
-    proc = subprocess.Popen([sys.executable, "-m", "perturber", "view", str(path), "--port", str(port), *args, *extra], cwd=ROOT,
-                            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            socket.create_connection((address, port), timeout=1).close()
-            return proc, f"http://{address}:{port}/"
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("the viewer did not start" + (f": {log.read_text()}" if log else ""))
-
-
-@contextlib.contextmanager
-def _viewer(page, path: Path, *extra: str):
-    """Serve ``path`` (extra ``perturber view`` options), open it, wait for the
-    model input; afterwards, no JavaScript error may have happened."""
-    proc, url = _serve(path, *extra)
-    try:
-        page.goto(url)
-        page.wait_for_selector("img.pt-input", timeout=60_000)
-        yield
-        assert not page.errors, page.errors
-    finally:
-        proc.kill()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1300, "height": 900})
-    pg = context.new_page()
-    pg.errors = []
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
-    yield pg
-    context.close()
 
 
 def _top5(page, which):
@@ -134,7 +67,7 @@ def _step_slider(page, index=0):
 
 @pytest.mark.browser
 def test_page_loads_and_yaw_changes_image_and_predictions(stores, page):
-    with _viewer(page, stores[0]):
+    with open_viewer(page, stores[0]):
         image = page.get_attribute("img.pt-input", "src")
         left = _top5(page, "model_a")
         assert "efficientnet_lite0" in left and "1" in left
@@ -154,7 +87,7 @@ def test_page_loads_and_yaw_changes_image_and_predictions(stores, page):
 
 @pytest.mark.browser
 def test_clicking_a_landscape_cell_moves_the_sliders(stores, page):
-    with _viewer(page, stores[0]):
+    with open_viewer(page, stores[0]):
         expect(page.get_by_text("yaw: 0", exact=True)).to_be_visible()
         page.wait_for_selector(".pt-heatmap", timeout=60_000)  # built after the first paint
         page.wait_for_timeout(1000)  # let Bokeh lay the plots out
@@ -167,7 +100,7 @@ def test_clicking_a_landscape_cell_moves_the_sliders(stores, page):
 
 @pytest.mark.browser
 def test_failure_finder_and_neuron_view(stores, page):
-    with _viewer(page, stores[0]):
+    with open_viewer(page, stores[0]):
         expect(page.locator(".pt-neurons").first).to_be_visible(timeout=30_000)
         # Neurons 0 and 2 of Lite0 have feature visualisations beside their maps; Lite1's have none.
         left = page.locator(".pt-neurons").first
@@ -194,7 +127,7 @@ def test_failure_finder_and_neuron_view(stores, page):
 
 @pytest.mark.browser
 def test_missing_chunks_show_not_computed(stores, page):
-    with _viewer(page, stores[1]):  # dog, yaw 0: computed
+    with open_viewer(page, stores[1]):  # dog, yaw 0: computed
         expect(page.get_by_text("1 of 6 chunks computed")).to_be_visible()
         _step_slider(page)
         page.wait_for_selector(".pt-missing", timeout=30_000)
@@ -208,7 +141,7 @@ def test_foreign_store_gets_a_message(tmp_path, page):
 
     foreign = tmp_path / "foreign.zarr"
     xr.Dataset({"a": ("x", np.arange(3))}).to_zarr(foreign, group="views", zarr_format=3, consolidated=False)
-    proc, url = _serve(foreign)
+    proc, url = serve_viewer(foreign)
     try:
         page.goto(url)
         page.wait_for_selector("text=Cannot show this store", timeout=60_000)
@@ -247,7 +180,7 @@ def busy_engine():
 @pytest.mark.browser
 def test_live_compute_off_the_grid(stores, page, busy_engine):
     address, occupy = busy_engine
-    with _viewer(page, stores[0], "--engine", address):
+    with open_viewer(page, stores[0], "--engine", address):
         grid_image = page.get_attribute("img.pt-input", "src")
         page.locator(".pt-live-toggle input[type=checkbox]").check()
         expect(page.locator(".pt-live")).to_contain_text("yaw = 0", timeout=60_000)
@@ -274,13 +207,13 @@ def test_live_compute_off_the_grid(stores, page, busy_engine):
 
 @pytest.mark.browser
 def test_without_an_engine_live_compute_says_why(stores, page):
-    with _viewer(page, stores[0]):
+    with open_viewer(page, stores[0]):
         expect(page.locator(".pt-live-off")).to_contain_text("Live compute is off", timeout=30_000)  # built after the first paint
 
 
 @pytest.mark.browser
 def test_pgd_in_the_viewer_fools_the_attacked_model_and_alpha_fades_it(stores, page):
-    with _viewer(page, stores[0], "--engine", "local"):
+    with open_viewer(page, stores[0], "--engine", "local"):
         page.locator(".pt-pgd-run button").click()  # 10 steps of eps/8 at eps = 8/255, L-infinity, on Lite0
         expect(page.locator(".pt-attack-status")).to_contain_text("10 step(s) on the engine", timeout=120_000)
         row = page.locator(".pt-transfer-efficientnet_lite0 td")
@@ -329,7 +262,7 @@ TOKEN = "a-token-for-the-tests-0123456789"
 
 def test_an_exposed_viewer_needs_its_token_and_its_own_origin(tmp_path):
     log = tmp_path / "server.log"
-    proc, url = _serve(_foreign_store(tmp_path), address="127.0.0.2", env={"PERTURBER_TOKEN": TOKEN}, log=log)
+    proc, url = serve_viewer(_foreign_store(tmp_path), address="127.0.0.2", env={"PERTURBER_TOKEN": TOKEN}, log=log)
     try:
         origin = url.rstrip("/")
         assert requests.get(url, timeout=60).status_code == 403
@@ -349,7 +282,7 @@ def test_an_exposed_viewer_needs_its_token_and_its_own_origin(tmp_path):
 
 def test_a_local_viewer_refuses_other_origins_and_imports_no_module_a_url_names(tmp_path):
     log = tmp_path / "server.log"
-    proc, url = _serve(_foreign_store(tmp_path), log=log)
+    proc, url = serve_viewer(_foreign_store(tmp_path), log=log)
     try:
         origin = url.rstrip("/")
         assert requests.get(url, timeout=60).status_code == 200  # local: no token
@@ -373,7 +306,7 @@ def test_a_local_viewer_refuses_other_origins_and_imports_no_module_a_url_names(
 ])
 def test_what_the_viewer_cannot_serve_is_refused_in_one_line(tmp_path, address, env, message):
     done = subprocess.run([sys.executable, "-m", "perturber", "view", str(_foreign_store(tmp_path)), "--address", address,
-                           "--allow-remote", "--port", str(_free_port())], cwd=ROOT, capture_output=True, text=True,
+                           "--allow-remote", "--port", str(free_port())], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=120)
     assert done.returncode == 2 and done.stderr.strip() == f"perturber: error: {message}"
 
@@ -394,7 +327,7 @@ def _damaged_copy(full: Path, tmp_path: Path) -> Path:
 @pytest.mark.browser
 def test_a_damaged_chunk_at_the_first_point_is_one_line_not_a_traceback(stores, page, tmp_path):
     damaged = _damaged_copy(stores[0], tmp_path)
-    proc, url = _serve(damaged)
+    proc, url = serve_viewer(damaged)
     try:
         page.goto(url)
         notice = page.locator(".pt-notice")
@@ -417,7 +350,7 @@ def test_a_damaged_chunk_at_the_first_point_is_one_line_not_a_traceback(stores, 
 def test_a_long_pgd_run_does_not_hold_up_other_sessions(stores, page):
     """500 PGD steps in the viewer's process (seconds); meanwhile another
     client's page load is served, and the attacked session keeps running."""
-    with _viewer(page, stores[0]):
+    with open_viewer(page, stores[0]):
         steps = page.locator(".pt-pgd-n input")
         steps.fill("500")
         steps.press("Enter")

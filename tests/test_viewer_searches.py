@@ -8,12 +8,7 @@ off the grid, their top-1 and class-set probability evaluated by the real engine
 import base64
 import io
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import holoviews as hv
@@ -22,6 +17,8 @@ import param
 import pytest
 import xarray as xr
 from PIL import Image
+
+from conftest import open_viewer
 
 from perturber.pipeline import assets, classes, engine, factors, run, spec
 from perturber.pipeline.searches import fooling, scoring
@@ -34,7 +31,6 @@ from perturber.viewer.state.searches import FoolingView, SearchView, runs
 
 pytestmark = pytest.mark.slow  # the store takes ~15 s to write
 
-ROOT = Path(__file__).resolve().parents[1]
 LITE0, LITE1 = "efficientnet_lite0", "efficientnet_lite1"
 CUBE = {"name": "searches", "cubes": {"views": {"axes": {"object": ["dog"], "yaw": [0.0, 90.0]},
                                                 "models": [LITE0], "images": True}}}
@@ -227,51 +223,16 @@ def test_no_searches_is_one_line_and_damaged_groups_are_one_line_each(stores):
 
 # ------------------------------------------------------------------ in a browser
 
-CHROMIUM = "/usr/bin/chromium"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.browser
-def test_the_gallery_and_a_failure_computed_live_in_a_browser(stores):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (the README's set-up installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    expect = sync_api.expect
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "perturber", "view", str(stores[1]), "--port", str(port), "--engine", "local"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, "the viewer did not start"
-                time.sleep(0.3)
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"http://127.0.0.1:{port}/")
-            expect(page.locator(".pt-fool-gallery figure")).to_have_count(4, timeout=120_000)  # the last section
-            expect(page.locator(".pt-fool-gallery")).to_contain_text(f"{LITE1}: ")  # the other model's verdicts
-            failure = page.locator(".pt-search-failure button").nth(1)  # yaw 12.5 (the start's), pitch 60
-            expect(failure).to_contain_text("yaw = 12.5, pitch = 60 · distance")
-            failure.click()
-            expect(page.locator(".pt-search-note")).to_contain_text("loaded into live compute", timeout=30_000)
-            expect(page.locator(".pt-live-status")).to_contain_text("live: pitch = 60, yaw = 12.5, computed in",
-                                                                    timeout=60_000)
-            expect(page.locator(".pt-live")).to_contain_text("LIVE · pitch = 60, yaw = 12.5")
-            expect(page.locator("img.pt-input")).to_be_visible()
-            assert not errors, errors
-            browser.close()
-    finally:
-        proc.kill()
+def test_the_gallery_and_a_failure_computed_live_in_a_browser(stores, page):
+    expect = pytest.importorskip("playwright.sync_api").expect
+    with open_viewer(page, stores[1], "--engine", "local", ready=".pt-fool-gallery"):  # the last section
+        expect(page.locator(".pt-fool-gallery figure")).to_have_count(4, timeout=120_000)
+        expect(page.locator(".pt-fool-gallery")).to_contain_text(f"{LITE1}: ")  # the other model's verdicts
+        failure = page.locator(".pt-search-failure button").nth(1)  # yaw 12.5 (the start's), pitch 60
+        expect(failure).to_contain_text("yaw = 12.5, pitch = 60 · distance")
+        failure.click()
+        expect(page.locator(".pt-search-note")).to_contain_text("loaded into live compute", timeout=30_000)
+        expect(page.locator(".pt-live-status")).to_contain_text("live: pitch = 60, yaw = 12.5, computed in", timeout=60_000)
+        expect(page.locator(".pt-live")).to_contain_text("LIVE · pitch = 60, yaw = 12.5")
+        expect(page.locator("img.pt-input")).to_be_visible()

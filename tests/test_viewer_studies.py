@@ -2,18 +2,12 @@
 study tables written directly): the list, the figure and the table, clicks
 that move the explorer, and what a store without studies or a damaged study shows."""
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import FRAMES_JS
+from conftest import FRAMES_JS, open_viewer
 
 from perturber.pipeline import spec, studies
 from perturber.pipeline.studies import synthetic, write_table
@@ -25,7 +19,6 @@ from perturber.viewer.state.studies import read_table, study_names
 
 pytestmark = pytest.mark.slow  # the store takes a few seconds to write
 
-ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["efficientnet_lite0", "efficientnet_lite1"]
 CUBE = {"cubes": {"views": {"axes": {"object": ["dog", "cat"], "yaw": [-70.0, -23.3, 0.0, 70.0], "shuffle": [1, 2, 4]},
                             "models": MODELS, "images": False}}}
@@ -157,54 +150,20 @@ def test_a_study_s_own_figure_is_used(stores, monkeypatch):
 
 # ------------------------------------------------------------------ in a browser
 
-CHROMIUM = "/usr/bin/chromium"
-
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.browser
-def test_the_studies_section_shows_the_figure_and_table_and_a_click_moves_the_explorer(stores):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (the README's set-up installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    expect = sync_api.expect
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "perturber", "view", str(stores[1]), "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, "the viewer did not start"
-                time.sleep(0.3)
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"http://127.0.0.1:{port}/")
-            choose = page.locator(".pt-study-select select")
-            expect(choose).to_be_visible(timeout=120_000)  # the last section, built after the first paint
-            choose.select_option("yaw-test")
-            table = page.locator(".pt-study-table")
-            expect(table).to_contain_text("efficientnet_lite1", timeout=60_000)
-            expect(table).to_contain_text("[")  # values with their intervals
-            page.locator(".pt-study-figure").scroll_into_view_if_needed()
-            page.wait_for_timeout(1000)  # let Bokeh lay the plot out
-            frame = next(f for f in page.evaluate(FRAMES_JS) if f["title"] == "share read as its class")
-            x = frame["left"] + frame["width"] * (-23.3 - frame["x0"]) / (frame["x1"] - frame["x0"])
-            page.mouse.click(x, frame["top"] + frame["height"] / 2)
-            expect(page.get_by_text("yaw: -23.3", exact=True)).to_be_visible(timeout=30_000)
-            expect(page.locator(".pt-study-note").last).to_contain_text("explorer moved to yaw = -23.3")
-            assert not errors, errors
-            browser.close()
-    finally:
-        proc.kill()
+def test_the_studies_section_shows_the_figure_and_table_and_a_click_moves_the_explorer(stores, page):
+    expect = pytest.importorskip("playwright.sync_api").expect
+    # the Studies section is the last one, built after the first paint
+    with open_viewer(page, stores[1], ready=".pt-study-select select"):
+        choose = page.locator(".pt-study-select select")
+        choose.select_option("yaw-test")
+        table = page.locator(".pt-study-table")
+        expect(table).to_contain_text("efficientnet_lite1", timeout=60_000)
+        expect(table).to_contain_text("[")  # values with their intervals
+        page.locator(".pt-study-figure").scroll_into_view_if_needed()
+        page.wait_for_timeout(1000)  # let Bokeh lay the plot out
+        frame = next(f for f in page.evaluate(FRAMES_JS) if f["title"] == "share read as its class")
+        x = frame["left"] + frame["width"] * (-23.3 - frame["x0"]) / (frame["x1"] - frame["x0"])
+        page.mouse.click(x, frame["top"] + frame["height"] / 2)
+        expect(page.get_by_text("yaw: -23.3", exact=True)).to_be_visible(timeout=30_000)
+        expect(page.locator(".pt-study-note").last).to_contain_text("explorer moved to yaw = -23.3")
