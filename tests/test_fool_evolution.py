@@ -49,6 +49,8 @@ def test_cppn_decodes_known_networks():
     assert torch.allclose(bump[1], ramp, atol=1e-6)
     g = c.initial(5, np.random.default_rng(0))
     assert g.shape == (5, c.solution_dim) and np.array_equal(g, c.initial(5, np.random.default_rng(0)))
+    many = c.initial(200, np.random.default_rng(1))  # 1,600 rows a layer: the gather-and-scatter path a GPU takes
+    assert torch.allclose(c.decode(many), torch.cat([c.decode(many[i:i + 1]) for i in range(200)]), atol=1e-6)
     m = c.mutate(g, np.random.default_rng(1))
     assert m.shape == g.shape and 0 < (m != g).mean() < 0.3 and np.abs(m[:, :-sum(c.hidden)]).max() <= c.limit
 
@@ -166,7 +168,7 @@ def test_perturber_fool_gradient_branch(tmp_path, capsys):
     (["--method", "gradient", "--classes", "notaclass"], "'notaclass' is not an ImageNet class name"),
     (["--classes", "1000"], "an ImageNet index is 0..999"),
     (["--workers", "1", "--scheduler", "tcp://127.0.0.1:1"], "give one of --scheduler, --cluster or --workers"),
-    (["--run", "a/b"], "run name 'a/b'"),
+    (["--run", "a/b"], "name 'a/b'"),
     (["--transfer", "nope"], "unknown model 'nope'"),
     (["--method", "gradient", "--classes", "1", "--generations", "3"], "--generations does not apply to --method gradient"),
 ])

@@ -59,8 +59,8 @@ def new_archive(solution_dim: int, seed: int) -> GridArchive:
 
 
 def quantised(images: torch.Tensor) -> torch.Tensor:
-    """Images rounded to the 256 levels a uint8 store keeps."""
-    return torch.round(images.clamp(0, 1) * 255) / 255
+    """Images rounded to the 256 levels a uint8 store keeps (in place: ``images`` is a fresh decode)."""
+    return images.clamp_(0, 1).mul_(255).round_().div_(255)
 
 
 def best_per_class(scorer: scoring.Scorer, encoding: encodings.Encoding, genomes: np.ndarray,
