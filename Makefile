@@ -36,3 +36,4 @@ benchmark: setup
 	.venv/bin/python benchmarks/kill_loop.py --write docs/reliability.md
 	.venv/bin/python benchmarks/bad_inputs.py --write docs/reliability.md
 	.venv/bin/python benchmarks/study_analysis.py --write docs/benchmarks.md
+	.venv/bin/python benchmarks/fooling.py --write docs/benchmarks.md
