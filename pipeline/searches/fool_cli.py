@@ -26,7 +26,7 @@ GRADIENT = ("steps", "parameterisation", "objective")
 
 
 def add_parser(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
-    from perturber.pipeline.searches.search_cli import MAX_WORKERS
+    from perturber.pipeline.searches import dask_options
 
     p = sub.add_parser("fool", parents=list(parents[:1]), help="fooling images: gradient ascent or MAP-Elites evolution (direct, CPPN)",
                        description="Search pixel space for images a model reads as a class with high confidence "
@@ -46,9 +46,7 @@ def add_parser(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     evolution.add_argument("--checkpoint-every", type=whole_option(1, 1_000_000), help="generations between checkpoints (default: 10)")
     evolution.add_argument("--batch", type=whole_option(1, 65536), help="offspring per model call / Dask task (default: tuned)")
     evolution.add_argument("--overwrite", action="store_true", help="start over instead of resuming from a checkpoint")
-    evolution.add_argument("--scheduler", type=text_option, help="address of a running Dask scheduler, or 'synchronous' (in this process)")
-    evolution.add_argument("--cluster", metavar="YAML", type=text_option, help="a cluster recipe (workflows/clusters/*.yaml) to start and use")
-    evolution.add_argument("--workers", type=whole_option(1, MAX_WORKERS), help="start a LocalCluster of this many worker processes")
+    dask_options.add_options(evolution)
     gradient = p.add_argument_group("gradient ascent")
     p.add_argument("--classes", type=names_option, help="names or ImageNet indices, comma-separated: the classes to ascend "
                                                       "(gradient), or the only archive cells kept (evolution; default: all 1000)")
@@ -78,8 +76,6 @@ def _check(args: argparse.Namespace) -> list[int]:
     if wrong:
         flag = "--" + wrong[0].replace("_", "-")
         raise SearchError(f"{flag} does not apply to --method {args.method}")
-    if sum(x is not None for x in (args.scheduler, args.cluster, args.workers)) > 1:
-        raise SearchError("give one of --scheduler, --cluster or --workers")
     fooling.group(args.run_name or f"{args.method}-{args.model}-{args.seed}")
     if not evolving and not args.classes:
         raise SearchError("--method gradient needs --classes (names or ImageNet indices)")
@@ -97,9 +93,8 @@ def _check(args: argparse.Namespace) -> list[int]:
 def cmd_fool(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from perturber.pipeline import tasks
     from perturber.pipeline.searches import fooling, mapelites, scoring
-    from perturber.pipeline.searches.search_cli import _client
+    from perturber.pipeline.searches import dask_options
 
     wanted = _check(args)
     run = args.run_name or f"{args.method}-{args.model}-{args.seed}"
@@ -113,9 +108,8 @@ def cmd_fool(args: argparse.Namespace) -> int:
         transfer = scoring.transfer(elites.images, elites.classes, args.transfer) if args.transfer else None
         fooling.write(args.store, run, elites, transfer)
     else:
-        if args.scheduler not in (None, "synchronous"):
-            tasks.check_scheduler(args.scheduler)
-        with _client(args) as (client, threads):
+        dask_options.check(args)
+        with dask_options.client(args) as (client, threads):
             elites = mapelites.evolve(args.model, args.method, generations=100 if args.generations is None else args.generations,
                                       population=args.population or 100, seed=args.seed, size=args.size, store=args.store,
                                       run=run, checkpoint_every=args.checkpoint_every or 10, overwrite=args.overwrite,

@@ -11,17 +11,13 @@ result goes to the store's ``search/<run>`` group (see
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from perturber.pipeline.options import names_option, text_option, whole_option
 
-MAX_WORKERS = 256
-
-
 def add_parser(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     from perturber.pipeline import cli
+    from perturber.pipeline.searches import dask_options
 
     registries = parents[:1]  # --models-file; the compute options that fit a search are below
     p = sub.add_parser("search", parents=list(registries), help="the smallest change of a scene's factors that flips a model; failure maps",
@@ -47,9 +43,7 @@ def add_parser(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     p.add_argument("--keep", type=whole_option(1, 100_000), default=32, help="CMA-ES: failures kept, nearest first (default: 32)")
     p.add_argument("--seed", type=whole_option(0, 2**31 - 2), default=0, help="random seed (default: 0)")
     p.add_argument("--size", type=int, default=224, help="render side in pixels (default: 224, as precompute and the viewer's live compute)")
-    p.add_argument("--scheduler", type=text_option, help="address of a running Dask scheduler, or 'synchronous' (no Dask)")
-    p.add_argument("--cluster", metavar="YAML", type=text_option, help="a cluster recipe (workflows/clusters/*.yaml) to start and use")
-    p.add_argument("--workers", type=whole_option(1, MAX_WORKERS), help="start a LocalCluster of this many worker processes")
+    dask_options.add_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     cli._add_factor_options(p)
     p.set_defaults(run=cmd_search)
@@ -62,8 +56,6 @@ def _prepare(args: argparse.Namespace):
     from perturber.pipeline.commands import factor_values
     from perturber.pipeline.searches import SearchError, factor_search, failure_map
 
-    if sum(x is not None for x in (args.scheduler, args.cluster, args.workers)) > 1:
-        raise SearchError("give one of --scheduler, --cluster or --workers")
     if not (math.isfinite(args.sigma) and args.sigma > 0):
         raise SearchError(f"--sigma {args.sigma}: use a number > 0")
     problem = factor_search.problem(factor_values(args), args.factors, args.model, size=args.size, margin=args.margin)
@@ -77,48 +69,15 @@ def _prepare(args: argparse.Namespace):
     return problem, cells, run
 
 
-@contextlib.contextmanager
-def _client(args: argparse.Namespace) -> Iterator[tuple[object, int | None]]:
-    """(Dask client or None, torch threads per task) for the options given."""
-    if args.scheduler in (None, "synchronous") and not args.cluster and not args.workers:
-        yield None, None
-        return
-    import dask
-    from distributed import Client
-
-    from perturber.pipeline import clusters, tasks
-
-    cluster, threads = None, None
-    if args.scheduler:
-        client = tasks.connect(args.scheduler)
-    else:
-        if args.cluster:
-            cluster = clusters.build(args.cluster)
-        else:
-            threads = max(1, (os.cpu_count() or 1) // args.workers)
-            with dask.config.set({"distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": str(threads),
-                                  "distributed.nanny.pre-spawn-environ.PYOPENGL_PLATFORM": "egl"}):
-                cluster = tasks.start_local_cluster(n_workers=args.workers, threads_per_worker=1)
-        client = Client(cluster)
-    try:
-        print(f"dask dashboard: {client.dashboard_link}")
-        yield client, threads
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
 def cmd_search(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from perturber.pipeline import classes, tasks
-    from perturber.pipeline.searches import factor_search, failure_map
+    from perturber.pipeline import classes
+    from perturber.pipeline.searches import dask_options, factor_search, failure_map
 
     problem, cells, run = _prepare(args)
-    if args.scheduler not in (None, "synchronous"):
-        tasks.check_scheduler(args.scheduler)
-    with _client(args) as (client, threads), tqdm(total=args.budget, unit="scene", disable=args.quiet) as bar:
+    dask_options.check(args)
+    with dask_options.client(args) as (client, threads), tqdm(total=args.budget, unit="scene", disable=args.quiet) as bar:
         evaluate = factor_search.Evaluator(problem.model, problem.size, client, threads)
         if cells:
             result = failure_map.map_elites(problem, evaluate, args.map, cells, args.budget, seed=args.seed,
