@@ -8,9 +8,11 @@ setup:
 # into a resumable Zarr store, a summary of top-1 classes across the cube,
 # feature visualisations of the stored neurons (lucent, batched), two
 # studies on the demo's models (yaw fluctuation and patch shuffle: their
-# cubes, the metric with bootstrap intervals, a figure and a report each),
-# then the viewer on it at http://127.0.0.1:5006/ (Ctrl-C stops it). A second
-# run finds every chunk done and goes straight to the analyses and the viewer.
+# cubes, the metric with bootstrap intervals, a figure and a report each), a
+# short CPPN fooling run and a search for the dog's nearest failure (the
+# viewer's Searches section), then the viewer on it at http://127.0.0.1:5006/
+# (Ctrl-C stops it). A second run finds every chunk done and goes straight to
+# the analyses and the viewer.
 DEMO_MODELS = efficientnet_lite0,efficientnet_lite2
 
 demo: setup
@@ -18,6 +20,9 @@ demo: setup
 	.venv/bin/perturber featureviz workflows/featureviz.yaml --out data/generated/demo.zarr
 	.venv/bin/perturber study yaw-fluctuation --store data/generated/demo.zarr --models $(DEMO_MODELS)
 	.venv/bin/perturber study patch-shuffle --store data/generated/demo.zarr --models $(DEMO_MODELS)
+	.venv/bin/perturber fool --model efficientnet_lite0 --method cppn --generations 10 --population 50 \
+		--transfer efficientnet_lite2 --store data/generated/demo.zarr
+	.venv/bin/perturber search --object dog --yaw 120 --factors yaw,pitch,distance --budget 40 --store data/generated/demo.zarr
 	.venv/bin/perturber view data/generated/demo.zarr --engine local
 
 # Tests: everything but the GPU tests (slow and browser tests included).
