@@ -161,6 +161,24 @@ def test_perturber_fool_gradient_branch(tmp_path, capsys):
     assert list(ds["class"].values) == [1] and ds.elite.shape == (1, 64, 64, 3) and str(ds.method.values[0]).startswith("gradient")
 
 
+@pytest.mark.slow
+def test_perturber_fool_gradient_from_a_render(render, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    dog = np.ascontiguousarray(render(size=64, object="dog", yaw=30.0).rgba[..., :3])
+    Image.fromarray(dog).save(tmp_path / "dog.png")
+    store = tmp_path / "s.zarr"
+    argv = ["fool", "--model", MODEL, "--method", "gradient", "--classes", "goldfish", "--steps", "2", "--size", "64",
+            "--start", str(tmp_path / "dog.png"), "--store", str(store), "--quiet"]
+    assert cli.main(argv) == 0
+    ds = xr.open_zarr(store, group="fooling/gradient-efficientnet_lite0-0")
+    assert json.loads(ds.attrs["settings"])["start"] == "image"
+    moved = np.abs(ds.elite.values[0].astype(float) - dog.astype(float)).mean()
+    assert moved < 20  # two steps from the render: still the render (uniform noise is ~85 grey levels away)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--model", "nope"], "unknown model 'nope'"),
     (["--steps", "3"], "--steps does not apply to --method cppn"),
@@ -171,6 +189,8 @@ def test_perturber_fool_gradient_branch(tmp_path, capsys):
     (["--run", "a/b"], "name 'a/b'"),
     (["--transfer", "nope"], "unknown model 'nope'"),
     (["--method", "gradient", "--classes", "1", "--generations", "3"], "--generations does not apply to --method gradient"),
+    (["--start", "x.png"], "--start does not apply to --method cppn"),
+    (["--method", "gradient", "--classes", "1", "--start", "/nonexistent.png"], "--start /nonexistent.png: not a readable image"),
 ])
 def test_bad_options_are_one_line_errors(extra, message, tmp_path, capsys):
     argv = ["fool", "--store", str(tmp_path / "s.zarr"), *(["--model", MODEL] if "--model" not in extra else []), *extra]

@@ -55,6 +55,8 @@ def add_parser(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
                           help="no L2 decay, blur, jitter or small-norm clipping (Yosinski et al. 2015)")
     gradient.add_argument("--parameterisation", choices=["pixel", "fourier"], help="the image's parameterisation (default: pixel)")
     gradient.add_argument("--objective", choices=["logit", "logprob"], help="ascend the class logit or its log-probability (default: logprob)")
+    gradient.add_argument("--start", metavar="IMAGE", type=text_option,
+                          help="start from this image (e.g. a `perturber render` PNG, resized to --size) instead of uniform noise")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_fool)
 
@@ -69,6 +71,8 @@ def _check(args: argparse.Namespace) -> list[int]:
         models.spec(name)
     evolving = args.method != "gradient"
     wrong = [o for o in (GRADIENT if evolving else EVOLUTION) if getattr(args, o) is not None]
+    if evolving and args.start:
+        wrong.append("start")
     if not evolving and (args.overwrite or args.batch or args.scheduler or args.cluster or args.workers):
         wrong.append("overwrite/batch/scheduler/cluster/workers")
     if evolving and not args.regularise:
@@ -90,6 +94,20 @@ def _check(args: argparse.Namespace) -> list[int]:
     return out
 
 
+def _start_image(path: str, size: int):
+    """(size, size, 3) uint8: the image at ``path``, RGB, resized (bilinear) to ``size``; one line if unreadable."""
+    import numpy as np
+    from PIL import Image
+
+    from perturber.pipeline.searches import SearchError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise SearchError(f"--start {path}: not a readable image ({type(exc).__name__})") from None
+
+
 def cmd_fool(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -103,8 +121,10 @@ def cmd_fool(args: argparse.Namespace) -> int:
         from perturber.pipeline.searches import gradient
 
         given = {k: getattr(args, k) for k in ("steps", "objective", "parameterisation") if getattr(args, k) is not None}
-        elites = gradient.ascend(args.model, wanted, start="noise", regularise=args.regularise, seed=args.seed,
-                                 size=args.size or models.spec(args.model).input_size, progress=not args.quiet, **given)
+        size = args.size or models.spec(args.model).input_size
+        start = _start_image(args.start, size) if args.start else "noise"
+        elites = gradient.ascend(args.model, wanted, start=start, regularise=args.regularise, seed=args.seed,
+                                 size=size, progress=not args.quiet, **given)
         transfer = scoring.transfer(elites.images, elites.classes, args.transfer) if args.transfer else None
         fooling.write(args.store, run, elites, transfer)
     else:
