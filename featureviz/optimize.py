@@ -87,7 +87,8 @@ def _numpy_seed(seed: int):
         np.random.set_state(state)
 
 
-def _lucent():
+def lucent_modules():
+    """lucent's ``param`` and ``transform`` modules, imported without their deprecation warnings."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lucent and kornia 0.4 warn about deprecated torch APIs on import
         from lucent.optvis import param, transform
@@ -121,7 +122,7 @@ def visualise(model: str, target: str, units: Sequence[int], kind: str = "channe
         raise ValueError("class-logit visualisations take target 'logits', and only they do")
     if kind == "direction" and directions is None:
         raise ValueError("direction visualisations need the directions")
-    param, transform = _lucent()
+    param, transform = lucent_modules()
     spec = models.spec(model)
     path = None if kind == "logit" else spec.layer_path(target)
     n, s = len(units), settings.size

@@ -27,13 +27,10 @@ from typing import Sequence
 import perturber
 from perturber.pipeline import config, factors, plugins
 from perturber.pipeline.errors import PerturberError
-from perturber.pipeline.options import names_option, output_option, text_option, whole_option
+from perturber.pipeline.options import MAX_WORKERS, add_dask_options, names_option, output_option, text_option, whole_option
+from perturber.pipeline.searches import fool_cli, search_cli
 
 __all__ = ["main", "build_parser"]
-
-#: LocalCluster worker processes a command may start.
-MAX_WORKERS = 256
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in one line like every other error (no usage block)."""
@@ -103,11 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_factor_options(p)
 
     compute = _Parser(add_help=False)  # how precompute and study compute cubes
-    compute.add_argument("--scheduler", type=text_option, help="address of a running Dask scheduler, or 'synchronous' (no Dask)")
-    compute.add_argument("--cluster", metavar="YAML", type=text_option,
-                         help="a cluster recipe (workflows/clusters/*.yaml) to start and use")
-    compute.add_argument("--workers", type=whole_option(1, MAX_WORKERS),
-                         help="LocalCluster worker processes (default: one per core; not with --scheduler or --cluster)")
+    add_dask_options(compute)
     compute.add_argument("--overwrite", action="store_true", help="replace cubes written from a different spec")
     compute.add_argument("--force", action="store_true", help="allow cubes above the spec's sample budget")
     compute.add_argument("--prune", type=whole_option(1, 1_000_000), metavar="N",
@@ -182,10 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="folder for the CSV, figures and report (default: <store>-studies/NAME)")
     p.add_argument("--no-compute", action="store_true", help="analyse only what the store holds; a missing cube is an error")
 
-    from perturber.pipeline.searches import fool_cli, search_cli  # argparse only: no torch at parse time
-
-    fool_cli.add_parser(sub, [registries, compute])
-    search_cli.add_parser(sub, [registries, compute])
+    fool_cli.add_parser(sub, [registries])
+    _add_factor_options(search_cli.add_parser(sub, [registries]))  # the start scene
 
     p = sub.add_parser("assets", help="list built-in assets with status and licence")
     p.add_argument("--fetch", action="store_true", help="install missing assets (apt) or say exactly what to install")

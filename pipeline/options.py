@@ -17,7 +17,7 @@ from typing import Callable
 
 from perturber.pipeline.errors import PerturberError
 
-__all__ = ["OptionError", "check_output", "nearest_existing", "cannot_create_in", "output_option", "whole_option", "names_option", "text_option",
+__all__ = ["OptionError", "MAX_WORKERS", "add_dask_options", "check_output", "nearest_existing", "cannot_create_in", "output_option", "whole_option", "names_option", "text_option",
            "split_names", "number", "check_port"]
 
 
@@ -166,3 +166,17 @@ def check_port(address: str, port: int) -> None:
         except OSError as exc:
             raise OptionError(f"--port {port}: cannot listen on {address}:{port} ({exc.strerror or exc})") from None
 
+
+#: LocalCluster worker processes a command may start.
+MAX_WORKERS = 256
+
+
+def add_dask_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                     default: str = "one per core; not with --scheduler or --cluster") -> None:
+    """``--scheduler``, ``--cluster`` and ``--workers``: where a command's Dask
+    tasks run; ``default`` says what happens without ``--workers``."""
+    parser.add_argument("--scheduler", type=text_option, help="address of a running Dask scheduler, or 'synchronous' (no Dask)")
+    parser.add_argument("--cluster", metavar="YAML", type=text_option,
+                        help="a cluster recipe (workflows/clusters/*.yaml) to start and use")
+    parser.add_argument("--workers", type=whole_option(1, MAX_WORKERS),
+                        help=f"LocalCluster worker processes (default: {default})")

@@ -1,7 +1,8 @@
-"""Dask for ``perturber fool`` and ``perturber search``: the options and the client they ask for.
+"""Dask for ``perturber fool`` and ``perturber search``: the client their options ask for.
 
 The searches keep their state (an archive, a CMA-ES) in the command's
-process and send batches of candidates as tasks; ``--scheduler ADDRESS``
+process and send batches of candidates as tasks (the options are
+:func:`perturber.pipeline.options.add_dask_options`); ``--scheduler ADDRESS``
 uses a running cluster, ``--cluster YAML`` starts one from a recipe, and
 ``--workers N`` starts a LocalCluster. Without any of them (or with
 ``--scheduler synchronous``) everything runs in the command's process.
@@ -14,24 +15,17 @@ import contextlib
 import os
 from typing import Iterator
 
-from perturber.pipeline.options import text_option, whole_option
+import dask
+from distributed import Client
+
+from perturber.pipeline import clusters, tasks
 from perturber.pipeline.searches import SearchError
 
-__all__ = ["add_options", "check", "client"]
-
-
-def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    from perturber.pipeline.cli import MAX_WORKERS
-
-    parser.add_argument("--scheduler", type=text_option, help="address of a running Dask scheduler, or 'synchronous' (in this process)")
-    parser.add_argument("--cluster", metavar="YAML", type=text_option, help="a cluster recipe (workflows/clusters/*.yaml) to start and use")
-    parser.add_argument("--workers", type=whole_option(1, MAX_WORKERS), help="start a LocalCluster of this many worker processes")
+__all__ = ["check", "client"]
 
 
 def check(args: argparse.Namespace) -> None:
     """One of the options at most; a scheduler that answers (before any work)."""
-    from perturber.pipeline import tasks
-
     if sum(x is not None for x in (args.scheduler, args.cluster, args.workers)) > 1:
         raise SearchError("give one of --scheduler, --cluster or --workers")
     if args.scheduler not in (None, "synchronous"):
@@ -44,11 +38,6 @@ def client(args: argparse.Namespace) -> Iterator[tuple[object, int | None]]:
     if args.scheduler in (None, "synchronous") and not args.cluster and not args.workers:
         yield None, None
         return
-    import dask
-    from distributed import Client
-
-    from perturber.pipeline import clusters, tasks
-
     cluster, threads = None, None
     if args.scheduler:
         dask_client = tasks.connect(args.scheduler)

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from perturber.pipeline import analysis, classes, factors, groups, models, names
+from perturber.pipeline import analysis, classes, factors, groups, models, names, tasks
 from perturber.pipeline.searches import SearchError
 
 __all__ = ["PENALTY", "DEFINITION", "Problem", "problem", "Scores", "score", "Failures", "Result", "Evaluator",
@@ -207,7 +207,7 @@ def evaluate_batch(points: Sequence[Mapping[str, Any]], model: str, size: int, t
     """(N, 1000) float32 softmax of ``model`` on N scenes rendered at ``size``
     through the one engine; also the Dask task (the model and renderer stay
     loaded in the worker's process between tasks)."""
-    from perturber.pipeline import engine, tasks
+    from perturber.pipeline import engine  # the submitting process need not load the renderer: the workers do
 
     tasks.use_threads(threads)
     ev = engine.evaluate(list(points), [model], size=size)

@@ -19,16 +19,14 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from perturber.pipeline.options import names_option, text_option, whole_option
+from perturber.pipeline.options import add_dask_options, names_option, text_option, whole_option
 
 EVOLUTION = ("generations", "population", "checkpoint_every")
 GRADIENT = ("steps", "parameterisation", "objective")
 
 
 def add_parser(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
-    from perturber.pipeline.searches import dask_options
-
-    p = sub.add_parser("fool", parents=list(parents[:1]), help="fooling images: gradient ascent or MAP-Elites evolution (direct, CPPN)",
+    p = sub.add_parser("fool", parents=list(parents), help="fooling images: gradient ascent or MAP-Elites evolution (direct, CPPN)",
                        description="Search pixel space for images a model reads as a class with high confidence "
                                    "(Nguyen et al. 2015); written to the store's fooling/<run> group.")
     p.add_argument("--model", required=True, type=text_option, help="the model to fool (see data/models.yaml)")
@@ -46,7 +44,7 @@ def add_parser(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     evolution.add_argument("--checkpoint-every", type=whole_option(1, 1_000_000), help="generations between checkpoints (default: 10)")
     evolution.add_argument("--batch", type=whole_option(1, 65536), help="offspring per model call / Dask task (default: tuned)")
     evolution.add_argument("--overwrite", action="store_true", help="start over instead of resuming from a checkpoint")
-    dask_options.add_options(evolution)
+    add_dask_options(evolution, default="none: everything in this process")
     gradient = p.add_argument_group("gradient ascent")
     p.add_argument("--classes", type=names_option, help="names or ImageNet indices, comma-separated: the classes to ascend "
                                                       "(gradient), or the only archive cells kept (evolution; default: all 1000)")

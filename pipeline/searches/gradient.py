@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from perturber.featureviz.optimize import lucent_modules
 from perturber.pipeline import inference, models
 from perturber.pipeline.searches import SearchError, fooling, scoring
 
@@ -149,9 +150,7 @@ def _regularise(x: torch.Tensor, mean: torch.Tensor, r: Regularisers, step: int)
 def _fourier(n: int, size: int, seeds: Sequence[int], start: torch.Tensor | None):
     """lucent's Fourier image, as featureviz: (params, image_f); the spectrum
     seeded per class (as lucent: N(0, 0.01)), or set so image_f() is ``start``."""
-    from perturber.featureviz.optimize import _lucent
-
-    param, _ = _lucent()
+    param, _ = lucent_modules()
     params, image_f = param.image(size, batch=n, fft=True, decorrelate=True)
     spectrum = params[0]
     with torch.no_grad():

@@ -40,8 +40,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from ribs.archives import GridArchive
+from tqdm.auto import tqdm
 
-from perturber.pipeline import config, inference, models
+from perturber.pipeline import config, inference, models, tasks
 from perturber.pipeline.searches import SearchError, encodings, fooling, scoring
 
 __all__ = ["evolve", "new_archive", "best_per_class", "checkpoint_path", "CLASSES"]
@@ -86,8 +87,6 @@ _SCORERS: dict[tuple[str, int], scoring.Scorer] = {}
 def score_task(model: str, encoding: encodings.Encoding, genomes: np.ndarray, batch: int,
                threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A Dask task: :func:`best_per_class` with the model kept warm in the worker's process."""
-    from perturber.pipeline import tasks
-
     tasks.use_threads(threads)
     key = (model, batch)
     if key not in _SCORERS:
@@ -197,8 +196,6 @@ def evolve(model: str, encoding: str = "cppn", generations: int = 100, populatio
             better = top > best
             best[better], which[better] = top[better], arg[better] + i * batch
         return best, which
-
-    from tqdm.auto import tqdm
 
     start = state["generation"] + 1
     bar = tqdm(total=generations + 1, initial=start, desc=f"fooling {model} ({encoding})", unit="gen", disable=not progress)

@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from perturber.pipeline.options import names_option, text_option, whole_option
+from perturber.pipeline.options import add_dask_options, names_option, text_option, whole_option
 
-def add_parser(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
-    from perturber.pipeline import cli
-    from perturber.pipeline.searches import dask_options
-
-    registries = parents[:1]  # --models-file; the compute options that fit a search are below
-    p = sub.add_parser("search", parents=list(registries), help="the smallest change of a scene's factors that flips a model; failure maps",
+def add_parser(sub, parents: Sequence[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """The ``search`` parser (the caller adds the factor options of the start scene)."""
+    p = sub.add_parser("search", parents=list(parents), help="the smallest change of a scene's factors that flips a model; failure maps",
                        description="Search the continuous factors around a scene (the factor options) for the nearest "
                                    "change that flips a model away from the object's class set (CMA-ES), or map the "
                                    "failures over two factors (--map, MAP-Elites); written to the store's search/<run> group.")
@@ -43,10 +40,10 @@ def add_parser(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     p.add_argument("--keep", type=whole_option(1, 100_000), default=32, help="CMA-ES: failures kept, nearest first (default: 32)")
     p.add_argument("--seed", type=whole_option(0, 2**31 - 2), default=0, help="random seed (default: 0)")
     p.add_argument("--size", type=int, default=224, help="render side in pixels (default: 224, as precompute and the viewer's live compute)")
-    dask_options.add_options(p)
+    add_dask_options(p, default="none: everything in this process")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    cli._add_factor_options(p)
     p.set_defaults(run=cmd_search)
+    return p
 
 
 def _prepare(args: argparse.Namespace):

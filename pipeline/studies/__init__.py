@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 import xarray as xr
 
 import perturber
-from perturber.pipeline import names
+from perturber.pipeline import groups, names
 from perturber.pipeline.analysis import Cube
 from perturber.pipeline.errors import PerturberError
 from perturber.pipeline.store import StoreError, group_state, open_cube
@@ -181,8 +181,6 @@ def run_study(name: str, store: Any, storage_options: Mapping | None = None,
 
 def write_table(result: xr.Dataset, store: Any, name: str, storage_options: Mapping | None = None) -> None:
     """Write a study's table to the store's group ``studies/<name>`` (replacing an earlier one once complete)."""
-    from perturber.pipeline import groups
-
     result = result.copy()
     for var in list(result.variables):  # text as variable-length strings (Zarr v3 has no fixed-width unicode)
         if result[var].dtype.kind == "U":
