@@ -200,6 +200,14 @@ def test_a_click_without_an_engine_says_why_and_load_point_sets_the_full_scene(s
 
 # ------------------------------------------------------------------ the section
 
+def test_a_run_still_being_written_is_not_listed(stores, tmp_path):
+    full = stores[1]
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(full, copy)
+    shutil.copytree(copy / "fooling" / "lite0-gradient", copy / "fooling" / ".lite0-gradient.staged")  # as pipeline.groups stages it
+    assert runs(str(copy), "fooling") == runs(str(full), "fooling") == ["lite0-gradient"]
+
+
 def test_no_searches_is_one_line_and_damaged_groups_are_one_line_each(stores):
     plain, full, broken, _, _, _ = stores
     assert runs(str(plain), "fooling") == [] and runs(str(plain), "search") == []

@@ -47,14 +47,17 @@ def runs(path: str, kind: str) -> list[str]:
     """The runs under ``kind`` (``names.FOOLING`` or ``names.SEARCH``) in the store at ``path``, sorted; [] when none.
 
     Listed from the store's keys, not the root's consolidated metadata (which
-    may predate a run written since): a damaged run is listed, and says so when read.
+    may predate a run written since): a damaged run is listed, and says so when
+    read; a run still being written (hidden, staged) is not.
     """
     from zarr.core.sync import collect_aiterator, sync
 
     try:
         store = zarr.open_group(path, mode="r", use_consolidated=False).store
         children = collect_aiterator(store.list_dir(kind))
-        return sorted(str(c).strip("/") for c in children if sync(store.exists(f"{kind}/{str(c).strip('/')}/zarr.json")))
+        found = [str(c).strip("/") for c in children]
+        return sorted(c for c in found if not c.startswith(".")  # a run being written (pipeline.groups stages it hidden)
+                      and sync(store.exists(f"{kind}/{c}/zarr.json")))
     except Exception as exc:
         raise SearchError(f"{path}: cannot list its {kind} runs ({type(exc).__name__})") from None
 
