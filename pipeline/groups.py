@@ -14,6 +14,7 @@ import shutil
 from typing import Any, Mapping
 
 import xarray as xr
+import zarr
 
 from perturber.pipeline.errors import PerturberError
 from perturber.pipeline.store import consolidate, consolidated_ok, local_path
@@ -56,11 +57,17 @@ def read(store: Any, kind: str, name: str) -> xr.Dataset:
 
 
 def names(store: Any, kind: str) -> list[str]:
-    """The complete groups under ``kind/`` in a store (none when the store or ``kind`` is absent)."""
-    import zarr
+    """The groups under ``kind/`` in a store, sorted ([] when the store is absent).
+
+    Listed from the store's keys, not the root's consolidated metadata (which
+    may predate a group written since): a damaged group is listed (and says so
+    when read); a group still being written (hidden, staged) is not.
+    """
+    from zarr.core.sync import collect_aiterator, sync
 
     try:
-        root = zarr.open_group(str(store), mode="r")
-        return sorted(k for k, _ in root[kind].groups() if not k.startswith(".")) if kind in root else []
-    except (FileNotFoundError, KeyError, ValueError):
+        keys = zarr.open_group(str(store), mode="r", use_consolidated=False).store
+    except FileNotFoundError:
         return []
+    found = [str(c).strip("/") for c in collect_aiterator(keys.list_dir(kind))]
+    return sorted(c for c in found if not c.startswith(".") and sync(keys.exists(f"{kind}/{c}/zarr.json")))

@@ -67,6 +67,24 @@ FRAMES_JS = """
 """
 
 
+def refuse(argv, capsys, within: float = 5.0) -> str:
+    """Run the command line in this process; it must exit 2 with one line on
+    stderr within ``within`` seconds (before any render, model load or batch
+    tuning). Returns the message."""
+    from perturber.pipeline import cli
+
+    start = time.perf_counter()
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse's errors
+        code = exc.code
+    seconds = time.perf_counter() - start
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("perturber: error: ") and "\n" not in err, (code, err)
+    assert seconds < within, seconds
+    return err.removeprefix("perturber: error: ")
+
+
 # ------------------------------------------------------------------ the served viewer, in a real browser
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import refuse
 from PIL import Image
 
 from perturber.pipeline import cli, commands, factors
@@ -104,20 +105,6 @@ def test_sweeps_are_counted_before_they_are_made(text, message):
     with pytest.raises(commands.CLIError, match=re.escape(message)):
         commands.parse_sweep(text)
     assert time.perf_counter() - start < 1.0
-
-
-def refuse(argv, capsys) -> str:
-    """Run the command line in this process; it must exit 2 with one line on stderr, at once."""
-    start = time.perf_counter()
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:  # argparse's errors
-        code = exc.code
-    seconds = time.perf_counter() - start
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("perturber: error: ") and "\n" not in err, (code, err)
-    assert seconds < 5, seconds  # before any render, model load or batch tuning
-    return err.removeprefix("perturber: error: ")
 
 
 @pytest.fixture

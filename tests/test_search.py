@@ -12,8 +12,9 @@ import time
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import refuse
 
-from perturber.pipeline import analysis, cli, engine, factors
+from perturber.pipeline import analysis, cli, engine
 from perturber.pipeline.searches import factor_search as fs
 
 LITE0 = "efficientnet_lite0"
@@ -176,12 +177,5 @@ def test_the_dask_path_on_a_local_cluster_finds_what_in_process_evaluation_confi
     (["--object", "dog", "--run", "a/b"], "name 'a/b' for a search group"),
 ])
 def test_bad_input_is_one_line_before_any_render(argv, message, tmp_path, capsys):
-    started = time.perf_counter()
-    try:
-        code = cli.main(["search", "--store", str(tmp_path / "s.zarr"), *argv])
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and message in err, err
-    assert time.perf_counter() - started < 10
+    assert message in refuse(["search", "--store", str(tmp_path / "s.zarr"), *argv], capsys, within=10)
     assert not (tmp_path / "s.zarr").exists()

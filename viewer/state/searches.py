@@ -23,9 +23,8 @@ import numpy as np
 import pandas as pd
 import param
 import xarray as xr
-import zarr
 
-from perturber.pipeline import classes, factors, names
+from perturber.pipeline import classes, factors, groups, names
 from perturber.pipeline.errors import one_line
 from perturber.pipeline.searches import SearchError
 from perturber.viewer import html
@@ -44,20 +43,10 @@ FAILURE_VARIABLES = ("value", "distance_from_start", "top1_name", "set_prob")
 
 
 def runs(path: str, kind: str) -> list[str]:
-    """The runs under ``kind`` (``names.FOOLING`` or ``names.SEARCH``) in the store at ``path``, sorted; [] when none.
-
-    Listed from the store's keys, not the root's consolidated metadata (which
-    may predate a run written since): a damaged run is listed, and says so when
-    read; a run still being written (hidden, staged) is not.
-    """
-    from zarr.core.sync import collect_aiterator, sync
-
+    """The runs under ``kind`` (``names.FOOLING`` or ``names.SEARCH``) in the store at ``path``
+    (:func:`perturber.pipeline.groups.names`); a store that cannot be listed is one line."""
     try:
-        store = zarr.open_group(path, mode="r", use_consolidated=False).store
-        children = collect_aiterator(store.list_dir(kind))
-        found = [str(c).strip("/") for c in children]
-        return sorted(c for c in found if not c.startswith(".")  # a run being written (pipeline.groups stages it hidden)
-                      and sync(store.exists(f"{kind}/{c}/zarr.json")))
+        return groups.names(path, kind)
     except Exception as exc:
         raise SearchError(f"{path}: cannot list its {kind} runs ({type(exc).__name__})") from None
 

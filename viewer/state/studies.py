@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 import param
 import xarray as xr
-import zarr
 
-from perturber.pipeline import factors, names
+from perturber.pipeline import factors, groups, names
 from perturber.pipeline.studies import StudyError
 
 __all__ = ["ALIASES", "study_names", "read_table", "StudyView"]
@@ -34,19 +33,10 @@ ALIASES = {"k": "shuffle", "scene": "object", "objects": "object"}
 
 
 def study_names(path: str) -> list[str]:
-    """The studies in the store at ``path`` (the groups under ``studies/``), sorted; [] when none.
-
-    Listed from the store's keys, not the groups' metadata: a damaged study is
-    listed (and says so when chosen) without hiding the others. A store that
-    cannot be listed is a one-line :class:`StudyError`.
-    """
-    from zarr.core.sync import collect_aiterator, sync
-
-    try:  # not the root's consolidated metadata: it may predate a study written since
-        store = zarr.open_group(path, mode="r", use_consolidated=False).store
-        children = collect_aiterator(store.list_dir(names.STUDIES))
-        return sorted(str(c).strip("/") for c in children
-                      if sync(store.exists(f"{names.study_group(str(c).strip('/'))}/zarr.json")))
+    """The studies in the store at ``path`` (:func:`perturber.pipeline.groups.names`
+    under ``studies/``); a store that cannot be listed is a one-line :class:`StudyError`."""
+    try:
+        return groups.names(path, names.STUDIES)
     except Exception as exc:
         raise StudyError(f"{path}: cannot list its studies ({type(exc).__name__})") from None
 
