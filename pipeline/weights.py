@@ -132,7 +132,7 @@ def download(url: str, name: str) -> Path:
     return target
 
 
-def weights_file(s: ModelSpec) -> Path:
+def weights_file(s: ModelSpec, fetch: bool = True) -> Path:
     """The verified local weights file of ``s`` (downloading it when it comes from a URL);
     how each source is verified: the module docstring."""
     w = s.weights

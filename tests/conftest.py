@@ -5,10 +5,14 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+# The user's own settings (their model registry, pinned digests, fine-tuned
+# checkpoints) never leak into a test run: a fresh settings folder per session.
+os.environ["PERTURBER_CONFIG"] = tempfile.mkdtemp(prefix="perturber-config-")
 
 import numpy as np
 import pytest
