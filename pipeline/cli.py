@@ -25,7 +25,7 @@ import sys
 from typing import Sequence
 
 import perturber
-from perturber.pipeline import config, factors, plugins
+from perturber.pipeline import config, factors, models_cli, plugins
 from perturber.pipeline.errors import PerturberError
 from perturber.pipeline.options import MAX_WORKERS, add_dask_options, names_option, output_option, text_option, whole_option
 from perturber.pipeline.searches import fool_cli, search_cli
@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compute", action="store_true", help="analyse only what the store holds; a missing cube is an error")
 
     fool_cli.add_parser(sub, [registries])
+    models_cli.add_parser(sub, [registries])
     _add_factor_options(search_cli.add_parser(sub, [registries]))  # the start scene
 
     p = sub.add_parser("assets", help="list built-in assets with status and licence")

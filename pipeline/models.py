@@ -174,6 +174,16 @@ def _parse_entry(name: str, entry: Mapping[str, Any], origin: str) -> ModelSpec:
     )
 
 
+def _pinned(name: str, entry: Mapping[str, Any], pins: Mapping[tuple[str, str], str]) -> Mapping[str, Any]:
+    """``entry`` with the sha256 the user pinned (``perturber models fetch
+    --trust``) for its URL, when it gives none itself: a registry read after
+    the user's (``PERTURBER_MODELS``) keeps the pin for the same name and URL."""
+    w = entry.get("weights")
+    if isinstance(w, Mapping) and "url" in w and "sha256" not in w and (name, str(w["url"])) in pins:
+        return {**entry, "weights": {**w, "sha256": pins[(name, str(w["url"]))]}}
+    return entry
+
+
 def registry(extra: Sequence[str] | None = None) -> dict[str, ModelSpec]:
     """Built-in entries plus those of ``extra`` files (default: ``PERTURBER_MODELS``).
 
@@ -189,6 +199,8 @@ def _keys(files: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
 @functools.lru_cache(maxsize=8)
 def _registry(keys: tuple[tuple[str, int, int], ...]) -> dict[str, ModelSpec]:
     out: dict[str, ModelSpec] = {}
+    pins: dict[tuple[str, str], str] = {}  # (name, url) → sha256 pinned in the user's registry
+    user = str(config.user_registry())
     for path, _, _ in keys:
         try:
             data = yamlsafe.load_file(path, ModelError) or {}  # UTF-8, at most 1 MiB, aliases bounded
@@ -199,7 +211,9 @@ def _registry(keys: tuple[tuple[str, int, int], ...]) -> dict[str, ModelSpec]:
         for name, entry in data.items():
             if not isinstance(entry, Mapping):
                 raise ModelError(f"model {name!r} ({path}): entry must be a mapping")
-            out[str(name)] = _parse_entry(str(name), entry, str(path))
+            out[str(name)] = s = _parse_entry(str(name), _pinned(str(name), entry, pins), str(path))
+            if path == user and "url" in s.weights and s.weights.get("sha256"):
+                pins[(s.name, str(s.weights["url"]))] = s.weights["sha256"]
     return out
 
 
