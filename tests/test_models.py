@@ -839,3 +839,14 @@ def test_an_unknown_architecture_is_refused_when_the_registry_is_read(user_regis
     with pytest.raises(models.ModelError, match=f"unknown architecture '{architecture}'") as err:
         models.spec("m")
     assert "\n" not in str(err.value)
+
+
+def test_docs_models_table_is_current():
+    # docs/models.md lists every built-in entry's source, verification, licence and provenance
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "scripts/models_doc.py", "--check"], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
