@@ -58,6 +58,15 @@ ARCHITECTURES: dict[str, Callable[[], torch.nn.Module]] = {
     "lucent_inceptionv1": _lucent_inceptionv1,
 }
 
+#: Inception networks without their auxiliary heads: their forward then returns
+#: logits in training too (fine-tuning), and no parameter sits outside the loss
+#: (DDP). Their pretrained files carry the heads: an entry drops them
+#: (``drop_prefixes: [aux1., aux2.]``). No initialisation either: weights follow.
+_TORCHVISION_OPTIONS = {
+    "googlenet": {"aux_logits": False, "init_weights": False},
+    "inception_v3": {"aux_logits": False, "init_weights": False},
+}
+
 _KNOWN = f"known: {', '.join(ARCHITECTURES)}, torchvision:<name>, timm:<name>"
 
 
@@ -76,7 +85,7 @@ def build_architecture(name: str) -> torch.nn.Module:
         model = name.split(":", 1)[1]
         if model not in torchvision.models.list_models():
             raise ModelError(f"unknown torchvision architecture {model!r}")
-        return torchvision.models.get_model(model, weights=None)
+        return torchvision.models.get_model(model, weights=None, **_TORCHVISION_OPTIONS.get(model, {}))
     if name.startswith("timm:"):
         from perturber.pipeline import timm_models  # timm is heavy: only for timm architectures
 

@@ -42,9 +42,12 @@ def build(architecture: str) -> torch.nn.Module:
 
 def pretrained_config(tag: str) -> Any:
     """timm's pretrained config of ``<model>.<tag>`` (or a model's default weights)."""
-    cfg = timm.models.get_pretrained_cfg(tag, allow_unregistered=False) if "." in tag else None
-    if cfg is None and timm.is_model(tag.split(".")[0]):
-        cfg = timm.models.get_pretrained_cfg(timm.models.get_arch_name(tag) if "." in tag else tag)
+    try:
+        cfg = timm.models.get_pretrained_cfg(tag, allow_unregistered=False) if "." in tag else None
+        if cfg is None and "." not in tag and timm.is_model(tag):
+            cfg = timm.models.get_pretrained_cfg(tag)
+    except RuntimeError:  # timm's answer to an unknown tag or a model without pretrained weights
+        cfg = None
     if cfg is None:
         raise _unknown(tag)
     return cfg
@@ -53,6 +56,8 @@ def pretrained_config(tag: str) -> Any:
 def hub_file(tag: str, name: str = "") -> tuple[str, str]:
     """(Hugging Face repository, file) of timm's weights ``tag``."""
     cfg = pretrained_config(tag)
+    if cfg.num_classes != 1000:
+        raise ModelError(f"model {name!r}: timm's {tag} has {cfg.num_classes} classes, not ImageNet-1k's 1000")
     if not cfg.hf_hub_id:
         raise ModelError(f"model {name!r}: timm's weights {tag!r} are not on the Hugging Face hub; give a url with a sha256")
     return cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors"

@@ -175,6 +175,16 @@ CASES = [
     Case("models-unknown-architecture", "models", registry(registry_entry(X_SHA256).replace("architecture: efficientnet_lite0", "architecture: nope"), files={"w.pt": b"x"}), ("nope", "architecture")),
     Case("models-file-missing", "models", cli("predict", "--models-file", "{tmp}/missing.yaml"), ("no such", "not found", "missing.yaml")),
     Case("models-env-file-missing", "models", cli(*PREDICT, env={"PERTURBER_MODELS": "/nonexistent/models.yaml"}), ("no such", "not found", "models.yaml")),
+    Case("models-url-without-digest", "models", registry("bad:\n  architecture: efficientnet_lite0\n  weights: {url: 'http://127.0.0.1:1/w.pt'}\n"
+                                                         "  input_size: 224\n  mean: [0, 0, 0]\n  std: [1, 1, 1]\n"), ("--trust",)),
+    Case("models-hub-refused-port", "models", cli(*PREDICT[:1], "--models-file", "{tmp}/models.yaml", "--models", "bad", "--size", "32",
+                                                 prepare=write("models.yaml", "bad:\n  architecture: torchvision:resnet18\n  weights: {huggingface: a/b, filename: w.ckpt}\n"
+                                                               "  input_size: 224\n  mean: [0, 0, 0]\n  std: [1, 1, 1]\n"),
+                                                 env={"HF_ENDPOINT": "http://127.0.0.1:1"}), ("127.0.0.1", "hub")),
+    Case("models-unknown-class-list", "models", registry(registry_entry(HEX).replace("classes: imagenet", "classes: cifar10")), ("class list", "cifar10")),
+    Case("models-unknown-timm-architecture", "models", registry(registry_entry(X_SHA256).replace("architecture: efficientnet_lite0", "architecture: timm:resnet9000"),
+                                                                files={"w.pt": b"x"}), ("resnet9000",)),
+    Case("models-fetch-unknown", "models", cli("models", "fetch", "nope"), ("nope",)),
     # Meshes: render --object FILE; the PNG must not appear.
     Case("mesh-obj-latin1-byte", "meshes", mesh("caf\u00e9.obj", "# mod\u00e8le\n".encode("latin-1") + TRI.encode()), (), code=(0, 2)),
     Case("mesh-obj-coordinates-1e308", "meshes", mesh("huge.obj", "v 0 0 0\nv 1e308 0 0\nv 0 1e308 0\nf 1 2 3\n"), ("1e+308", "coordinates", "finite")),
