@@ -117,8 +117,9 @@ def fetch(url: str, target: Path, name: str, verify: Callable[[Path], None], pro
     except ModelError:
         raise
     except Exception as exc:  # URL errors, HTTP errors, bad schemes, truncated reads: the part file stays to resume
-        raise ModelError(f"model {name!r}: cannot download {url} ({one_line(exc)}); "
-                         "the same command resumes it") from None
+        kept = part.stat().st_size if part.is_file() else 0
+        hint = f"; {kept} bytes kept, the same command resumes" if kept else ""
+        raise ModelError(f"model {name!r}: cannot download {url} ({one_line(exc)}){hint}") from None
     try:
         verify(part)
     except ModelError:
