@@ -274,3 +274,14 @@ def test_models_lists_every_entry_with_its_status(hub, registry, madry, tmp_path
     assert "unknown model 'no_such_model'" in capsys.readouterr().err
     assert main(["models", "fetch"]) == 2
     assert "name the models to fetch" in capsys.readouterr().err
+
+
+def test_a_download_shows_a_progress_bar(hub, madry, tmp_path, capsys):
+    from perturber.pipeline import downloads
+
+    hub.files["w.ckpt"] = madry[0]
+    target = downloads.fetch(f"{hub.url}/plain/w.ckpt", tmp_path / "w.ckpt", "m", lambda path: None, progress=True)
+    err = capsys.readouterr().err
+    assert target.read_bytes() == madry[0]
+    total = f"/{len(madry[0]) / 2**20:.1f}M"  # tqdm's bar on stderr, sized from Content-Length (cleared when done)
+    assert "m: w.ckpt" in err and total in err and "B/s" in err
