@@ -18,6 +18,8 @@ classes, so the network's logits are (B, 1000) in index order everywhere.
 from __future__ import annotations
 
 import functools
+import importlib
+import types
 from pathlib import Path
 from typing import Callable
 
@@ -37,16 +39,50 @@ def _efficientnet_lite(variant: str) -> Callable[[], torch.nn.Module]:
     return build
 
 
+class _GlobalPoolFunctional:
+    """``torch.nn.functional`` as lucent's InceptionV1 forward sees it, except
+    that its head's fixed 7×7 average pool is a global average pool. At 224 px
+    the two are the same (the map is 7×7); at other sizes lucent's pool fails
+    (below 224) or silently makes several outputs per image (above), while the
+    global pool gives the network's logits at any size, as Lucid's graph gives
+    its hidden layers at any size and torchvision's GoogLeNet pools adaptively."""
+
+    def __getattr__(self, name: str):
+        return getattr(torch.nn.functional, name)
+
+    @staticmethod
+    def avg_pool2d(x: torch.Tensor, kernel_size, *args, **kwargs) -> torch.Tensor:
+        if tuple(kernel_size) == (7, 7):
+            return torch.nn.functional.adaptive_avg_pool2d(x, 1)
+        return torch.nn.functional.avg_pool2d(x, kernel_size, *args, **kwargs)
+
+
+@functools.lru_cache(maxsize=1)
+def _lucent_inceptionv1_class() -> type:
+    module = importlib.import_module("lucent.modelzoo.inceptionv1.InceptionV1")  # only for this architecture
+    base = module.InceptionV1
+    # lucent's forward, its own code, reading F from a namespace where only the head's pool differs
+    forward = types.FunctionType(base.forward.__code__, {**base.forward.__globals__, "F": _GlobalPoolFunctional()},
+                                 "forward", base.forward.__defaults__, base.forward.__closure__)
+    return type("LucidInceptionV1", (base,), {"forward": forward, "__module__": __name__, "__qualname__": "LucidInceptionV1"})
+
+
+def __getattr__(name: str):
+    """``LucidInceptionV1`` is made on first use (lucent loads then); pickle finds it here."""
+    if name == "LucidInceptionV1":
+        return _lucent_inceptionv1_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _lucent_inceptionv1() -> torch.nn.Module:
     """Lucid's InceptionV1 ("inception5h", Szegedy et al.'s GoogLeNet as
     converted by ProGamerGov) through torch-lucent's module: 1008 logits.
 
     lucent's forward ends in a softmax; it is replaced by the identity so the
     network returns logits, as every other architecture does. Plain ReLUs
-    (lucent's "redirected" ReLUs change gradients, not outputs)."""
-    from lucent.modelzoo.inceptionv1.InceptionV1 import InceptionV1  # only for this architecture
-
-    net = InceptionV1(pretrained=False, redirected_ReLU=False)
+    (lucent's "redirected" ReLUs change gradients, not outputs). Any input
+    size: :class:`_GlobalPoolFunctional`."""
+    net = _lucent_inceptionv1_class()(pretrained=False, redirected_ReLU=False)
     net.softmax2 = torch.nn.Identity()
     return net
 

@@ -233,6 +233,26 @@ def test_lucent_inceptionv1_upstream_layout(user_registry, tmp_path):
     assert acts["conv2d0"].shape[-1] == 112 and acts["mixed5b"].shape[-1] == 7
 
 
+def test_lucent_inceptionv1_takes_any_input_size(user_registry, tmp_path):
+    # feature visualisation shows the network its own image size (96 px in the demo): lucent's head pools a
+    # fixed 7x7 map, which failed below 224 px and silently multiplied the batch above it
+    from lucent.modelzoo.inceptionv1 import InceptionV1
+
+    torch.manual_seed(1)
+    path = _save(tmp_path, InceptionV1(pretrained=False).state_dict(), "inception5h.pth")
+    entry = {**spec("inceptionv1").entry, "weights": {"file": str(path), "sha256": sha256_of(path)}}
+    user_registry({"lucid": entry}, defaults=False)
+    model = load_model("lucid", "cpu")
+    with torch.no_grad(), capture(model, ["mixed5b"]) as acts:
+        for side in (64, 96, 256):
+            x = torch.rand(3, 3, side, side) * 255 - 117
+            out = model(x)
+            assert out.shape == (3, 1000), side
+            # the head is a global average pool of mixed5b, as at 224 px, where the 7x7 pool covers the map
+            head = model.softmax2_pre_activation_matmul(acts["mixed5b"].mean((2, 3)))
+            _close(out, head[:, list(class_index("inception5h"))])
+
+
 # --------------------------------------------------------------------------
 # 3. torchvision's GoogLeNet, AlexNet and VGG-16
 # --------------------------------------------------------------------------
