@@ -37,7 +37,10 @@ def build(architecture: str) -> torch.nn.Module:
     """An untrained timm network (no download)."""
     if not timm.is_model(architecture.split(".")[0]):
         raise _unknown(architecture)
-    return timm.create_model(architecture, pretrained=False)
+    try:  # ViTs, Swins: any input size (feature visualisation shows a model its own image size)
+        return timm.create_model(architecture, pretrained=False, dynamic_img_size=True)
+    except TypeError:  # a convolutional family, which takes any size anyway
+        return timm.create_model(architecture, pretrained=False)
 
 
 def pretrained_config(tag: str) -> Any:

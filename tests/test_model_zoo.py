@@ -461,3 +461,19 @@ def test_builtin_registry_does_not_import_timm(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_timm_vision_transformers_take_any_input_size():
+    # the same class of bug as Lucid's fixed head: timm's ViTs (and Swins) assert their training size, and
+    # feature visualisation shows them their own image size
+    import timm
+
+    for arch in ("vit_tiny_patch16_224",):  # (swin_tiny too; its 20 s of initialisation kept it out)
+        torch.manual_seed(0)
+        model = models.build_architecture(f"timm:{arch}").eval()
+        fixed = timm.create_model(arch, pretrained=False).eval()
+        fixed.load_state_dict(model.state_dict())  # the same parameters: only the size check differs
+        x = torch.rand(1, 3, 224, 224)
+        with torch.no_grad():
+            assert model(torch.rand(2, 3, 96, 96)).shape == (2, 1000), arch
+            _close(model(x), fixed(x))
