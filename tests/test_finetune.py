@@ -190,7 +190,7 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_one(env, pretrained):
 def test_a_killed_run_resumes_to_the_uninterrupted_one(env, pretrained):
     base, images = env
     common = ["--model", pretrained, "--data", images, "--mode", "standard", "--batch", 8, "--val-fraction", 0.25,
-              "--workers", 0, "--quiet", "--steps", 40, "--checkpoint-every", 2]
+              "--workers", 0, "--quiet", "--steps", 20, "--checkpoint-every", 2]
     assert run(*common, "--out", base / "calm", "--name", "calm") == 0
     proc = subprocess.Popen([sys.executable, "-m", "perturber.pipeline.training.finetune_cli", *map(str, common),
                              "--out", str(base / "killed"), "--name", "killed"], cwd=ROOT, env=dict(os.environ),
@@ -201,9 +201,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_one(env, pretrained):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = torch.load(base / "killed" / "resume.pt", weights_only=True)["step"]
-    assert done < 40, "the run finished before it was killed: nothing was resumed"
+    assert done < 20, "the run finished before it was killed: nothing was resumed"
     assert run(*common, "--out", base / "killed", "--name", "killed") == 0
-    calm, killed = _states(base / "calm", 40), _states(base / "killed", 40)
+    calm, killed = _states(base / "calm", 20), _states(base / "killed", 20)
     assert all(torch.equal(calm[k], killed[k]) for k in calm)
 
 
