@@ -182,6 +182,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     world = w.world if w.world > 1 else args.nproc_per_node
     p = loop.plan(cfg, world)  # every folder scanned and every option checked before any work
     if args.nproc_per_node > 1 and w.world == 1:
+        import torch
+
+        if torch.cuda.is_available() and args.nproc_per_node > torch.cuda.device_count():
+            raise TrainingError(f"--nproc-per-node {args.nproc_per_node}: one process per GPU, and this machine has "
+                                f"{torch.cuda.device_count()}")
         return _relaunch(cfg, args.nproc_per_node)
     result = loop.train(cfg, w, p)
     if w.main:

@@ -282,8 +282,9 @@ def _train(cfg: Config, p: Plan, w: World, device: torch.device) -> Result:
     model = prepare_bn(model, cfg.bn, w, device).to(device, memory_format=torch.channels_last)
     net = model
     if w.world > 1:
+        # buffers (running statistics) are the same everywhere with sync and frozen; local: process 0's win
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                                        broadcast_buffers=cfg.bn == "local")
+                                                        forward_sync_buffers=cfg.bn == "local")
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     amp, dtype = _autocast(device, cfg.precision)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
