@@ -310,10 +310,9 @@ def _train(cfg: Config, p: Plan, w: World, device: torch.device) -> Result:
     bar = tqdm(total=p.steps, initial=start_step, unit="step", disable=not (w.main and cfg.progress), dynamic_ncols=True)
     result = Result(step=start_step, steps=p.steps, out=str(out))
     window = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images since the last checkpoint
-    began = time.perf_counter()
+    began = tick = time.perf_counter()  # tick: the end of the previous step, so the rate counts reading the batch
     try:
         for step, (x, y) in enumerate(batches, start=start_step):
-            tick = time.perf_counter()
             x, y = x.to(device, non_blocking=True).float().div_(255), y.to(device, non_blocking=True)
             if p.attack is not None and cfg.mode == "adversarial":
                 x = _attacked(model, x, y, p.attack, cfg.attack_steps, amp)
@@ -357,6 +356,7 @@ def _train(cfg: Config, p: Plan, w: World, device: torch.device) -> Result:
             bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}", img_s=f"{rate:.1f}")
             bar.update(1)
             result.step = done
+            tick = time.perf_counter()  # after evaluation and checkpoints: they are not training time
     finally:
         bar.close()
         if logf is not None:
