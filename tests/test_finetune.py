@@ -184,6 +184,10 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_one(env, pretrained):
     logs = [[r["loss"] for r in csv.DictReader(open(base / d / "log.csv"))] for d in ("whole", "parts")]
     assert logs[0] == logs[1] and len(logs[0]) == 4
     assert models.spec("parts-step4").finetune["train_loss"] == models.spec("whole-step4").finetune["train_loss"]
+    # --overwrite starts over: the old run's entries go; the new run's come
+    assert run(*common[:-4], "--steps", 1, "--checkpoint-every", 1, "--out", base / "parts", "--name", "parts", "--overwrite") == 0
+    assert "parts-step1" in models.registry() and "parts-step2" not in models.registry()
+    assert sorted(p.name for p in (base / "parts").glob("step-*.pt")) == ["step-000001.pt"]
 
 
 @pytest.mark.slow

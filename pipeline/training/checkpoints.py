@@ -29,6 +29,7 @@ the same checkpoint (the data order and RNG states are the same).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,7 +40,7 @@ from perturber.pipeline import models, registry_file
 from perturber.pipeline.training import TrainingError
 from perturber.pipeline.weights import sha256_of
 
-__all__ = ["checkpoint_path", "entry_name", "save_atomic", "save_checkpoint", "read_resume", "register", "RESUME"]
+__all__ = ["checkpoint_path", "entry_name", "save_atomic", "save_checkpoint", "read_resume", "register", "unregister", "RESUME"]
 
 RESUME = "resume.pt"
 
@@ -128,3 +129,12 @@ def register(base: models.ModelSpec, run: str, path: Path, step: int, finetune: 
     }
     registry_file.write_entries({name: entry})
     return name
+
+
+def unregister(run: str) -> list[str]:
+    """Remove run ``run``'s checkpoint entries from the user's registry (a run
+    started over with ``--overwrite``); the names removed."""
+    names = [n for n in registry_file.read_entries() if re.fullmatch(re.escape(run) + r"-step\d+", str(n))]
+    if names:
+        registry_file.remove_entries(names)
+    return names

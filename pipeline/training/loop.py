@@ -273,6 +273,7 @@ def _train(cfg: Config, p: Plan, w: World, device: torch.device) -> Result:
         if cfg.overwrite:
             for f in [out / checkpoints.RESUME, out / "log.csv", *out.glob("step-*.pt")]:
                 f.unlink(missing_ok=True)
+            checkpoints.unregister(cfg.run)
     _barrier()
     resume = checkpoints.read_resume(out, cfg.settings())
     start_step = int(resume["step"]) if resume else 0
