@@ -42,3 +42,4 @@ benchmark: setup
 	.venv/bin/python benchmarks/bad_inputs.py --write docs/reliability.md
 	.venv/bin/python benchmarks/study_analysis.py --write docs/benchmarks.md
 	.venv/bin/python benchmarks/fooling.py --write docs/benchmarks.md
+	.venv/bin/python benchmarks/finetune.py --write docs/benchmarks.md

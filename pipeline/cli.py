@@ -29,6 +29,7 @@ from perturber.pipeline import config, factors, models_cli, plugins
 from perturber.pipeline.errors import PerturberError
 from perturber.pipeline.options import MAX_WORKERS, add_dask_options, names_option, output_option, text_option, whole_option
 from perturber.pipeline.searches import fool_cli, search_cli
+from perturber.pipeline.training import finetune_cli
 
 __all__ = ["main", "build_parser"]
 
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compute", action="store_true", help="analyse only what the store holds; a missing cube is an error")
 
     fool_cli.add_parser(sub, [registries])
+    finetune_cli.add_parser(sub, [registries])
     models_cli.add_parser(sub, [registries])
     _add_factor_options(search_cli.add_parser(sub, [registries]))  # the start scene
 

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import finetune_data
-from perturber.pipeline import attack, inference, models
+from perturber.pipeline import attack, inference, models, models_cli
 from perturber.pipeline.training import TrainingError, data, finetune_cli
 from perturber.pipeline.training.loop import Config, plan
 
@@ -123,6 +123,10 @@ def test_checkpoints_are_registry_models(env, pretrained, adversarial):
     assert [int(r["step"]) for r in rows] == list(range(1, 21))
     assert rows[9]["checkpoint"] == "adv-step10" and rows[9]["robust_accuracy"] and not rows[8]["robust_accuracy"]
     assert all(float(r["images_per_s"]) > 0 and float(r["lr"]) == 0.003 for r in rows)
+    # and `perturber models` lists them, with what they were fine-tuned from
+    listing = {r["name"]: r for r in models_cli.list_models()}
+    assert listing["adv-step20"]["status"] == "ready"
+    assert listing["adv-step20"]["description"].startswith(f"fine-tuned from {pretrained} (step 20, adversarial")
 
 
 def _states(out: Path, step: int) -> dict[str, torch.Tensor]:
@@ -239,6 +243,26 @@ def test_each_process_takes_a_disjoint_slice_of_the_global_batch():
     epoch0 = [i for s in range(4) for i, _ in data.batch_keys(36, 8, s, 5, 0, 1, True)]
     assert len(set(epoch0)) == 32  # no image twice in an epoch
     assert data.batch_keys(36, 8, 4, 5, 0, 1, True) != data.batch_keys(36, 8, 0, 5, 0, 1, True)
+
+
+def test_a_stylized_run_trains_on_both_folders_and_registers(env, pretrained, tmp_path):
+    # a stand-in for Stylized-ImageNet: the same renders with their hue rotated, in the same class folders
+    from PIL import Image
+
+    images = env[1]
+    stylized = tmp_path / "stylized"
+    for png in sorted(images.rglob("*.png")):
+        target = stylized / png.relative_to(images)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        hsv = Image.open(png).convert("HSV")
+        h, sat, v = hsv.split()
+        Image.merge("HSV", (h.point(lambda x: (x + 128) % 256), sat, v)).convert("RGB").save(target)
+    assert run("--model", pretrained, "--data", stylized, "--mix-original", images, "--mode", "stylized", "--batch", 8,
+               "--steps", 4, "--checkpoint-every", 4, "--out", tmp_path / "sty", "--name", "sty", "--workers", 0, "--quiet") == 0
+    s = models.spec("sty-step4")
+    assert s.checkpoint_of == pretrained and s.finetune["mode"] == "stylized" and s.finetune["step"] == 4
+    assert 0 <= s.finetune["clean_accuracy"] <= 1 and s.finetune.get("robust_accuracy") is None
+    assert models.load_model("sty-step4", "cpu")(torch.rand(1, 3, 64, 64)).shape == (1, 1000)
 
 
 def test_stylized_mode_mixes_the_original_folder(env, tmp_path):
