@@ -313,3 +313,70 @@ def test_bad_input_is_one_line_before_any_work(env, tmp_path, capsys):
     if not torch.cuda.is_available():
         assert "GPUs only" in refuse(capsys, "--model", "tiny", *ok, "--precision", "bf16")
     assert not (tmp_path / "o").exists()  # nothing written
+
+
+# ------------------------------------------------------------------ --bn sync and timm's BatchNormAct2d
+
+
+def _timm_net() -> torch.nn.Module:
+    """timm's mobilenetv3_small_050 (random weights): 34 BatchNormAct2d layers, 18 of them with hardswish."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("mobilenetv3_small_050", pretrained=False)
+
+
+def _bn_types(net: torch.nn.Module) -> set[str]:
+    return {type(m).__name__ for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+
+def test_bn_sync_keeps_timm_batchnormact_activations():
+    import copy
+
+    from perturber.pipeline.training import distributed
+
+    two = distributed.World(0, 2, 0)
+    net = _timm_net()
+    assert _bn_types(net) == {"BatchNormAct2d"}
+    # GPUs: timm's converter (SyncBatchNormAct keeps act and drop); torch's would make them plain SyncBatchNorm
+    gpu = distributed.prepare_bn(copy.deepcopy(net), "sync", two, torch.device("cuda"))
+    assert _bn_types(gpu) == {"SyncBatchNormAct"}
+    assert {type(m.act).__name__ for m in gpu.modules() if type(m).__name__ == "SyncBatchNormAct"} == {"Hardswish", "ReLU", "Identity"}
+    # the CPU: GlobalBatchNormAct2d, the same state dict keys and, in eval mode, the same function
+    cpu = distributed.prepare_bn(copy.deepcopy(net), "sync", two, torch.device("cpu"))
+    assert _bn_types(cpu) == {"GlobalBatchNormAct2d"} and cpu.state_dict().keys() == net.state_dict().keys()
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(cpu.eval()(x), net.eval()(x))
+    # train mode through the global-statistics path: one gloo process posing as one of two (its all-reduces
+    # then sum over itself), so the statistics are the batch's own and must give BatchNormAct2d's output
+    # and running statistics, activations included
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(dist, "get_world_size", lambda *a, **k: 2)
+            got = cpu.train()(x)
+        want = net.train()(x)
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    a, b = cpu.state_dict(), net.state_dict()
+    assert all(torch.allclose(a[k].double(), b[k].double(), rtol=1e-4, atol=1e-5) for k in a if "running" in k)
+
+
+def test_bn_sync_refuses_batch_norm_subclasses_it_cannot_convert():
+    from perturber.pipeline.training import distributed
+
+    class ScaledBatchNorm(torch.nn.BatchNorm2d):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), ScaledBatchNorm(4))
+    for device in ("cpu", "cuda"):
+        with pytest.raises(TrainingError, match="layer 1 is a .*ScaledBatchNorm.*--bn frozen or --bn local") as exc:
+            distributed.prepare_bn(net, "sync", distributed.World(0, 2, 0), torch.device(device))
+        assert "\n" not in str(exc.value)
+    assert distributed.prepare_bn(net, "frozen", distributed.World(0, 2, 0), torch.device("cpu")) is net
+    assert distributed.prepare_bn(net, "sync", distributed.World(), torch.device("cpu")) is net

@@ -14,9 +14,12 @@ torch 2.14 it refuses CPU tensors ("SyncBatchNorm expected input tensor to be
 on GPU ..."; checked with two gloo processes). So ``--bn`` chooses:
 
 - ``sync`` (default): statistics over the global batch: torch's SyncBatchNorm
-  on GPUs, :class:`GlobalBatchNorm` (below: two all-reduces per layer,
+  on GPUs (timm's SyncBatchNormAct for timm's BatchNormAct2d, which applies
+  the layer's activation after normalising: torch's converter would drop it),
+  :class:`GlobalBatchNorm` and its kin (below: two all-reduces per layer,
   differentiable) on the CPU. Running statistics are updated with the global
-  batch's, as one process would. One process: plain batch norm.
+  batch's, as one process would. One process: plain batch norm. Other
+  subclasses of batch norm are refused (their extra behaviour would be lost).
 - ``frozen``: batch-norm layers stay in eval mode while training: the
   pretrained running statistics normalise, and are not updated; the affine
   weights (γ, β) still train. Needs no communication; the same in any world size.
@@ -35,8 +38,8 @@ import torch.distributed as dist
 
 from perturber.pipeline.training import TrainingError
 
-__all__ = ["World", "world_from_env", "start", "stop", "GlobalBatchNorm", "prepare_bn", "set_train_mode",
-           "sum_across", "BN_MODES"]
+__all__ = ["World", "world_from_env", "start", "stop", "GlobalBatchNorm", "GlobalBatchNorm1d", "GlobalBatchNorm3d",
+           "GlobalBatchNormAct2d", "prepare_bn", "set_train_mode", "sum_across", "BN_MODES"]
 
 BN_MODES = ("sync", "frozen", "local")
 
@@ -108,22 +111,24 @@ class _SumAcross(torch.autograd.Function):
         return grad
 
 
-class GlobalBatchNorm(torch.nn.BatchNorm2d):
-    """BatchNorm2d whose train-mode statistics are those of the global batch
-    across processes (mean, then the mean squared deviation from it: two
-    all-reduces, differentiable), for the CPU where SyncBatchNorm refuses to
-    run. In eval mode, or in one process, it is plain BatchNorm2d. Same state
-    dict keys as BatchNorm2d."""
+class _Global:
+    """Train-mode statistics of the global batch across processes (mean, then
+    the mean squared deviation from it: two all-reduces, differentiable), over
+    every dimension but the channels'; in eval mode, or in one process, the
+    plain batch-norm layer it is mixed into."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
+        self._check_input_dim(x)
         c = x.shape[1]
+        dims = (0, *range(2, x.ndim))
+        shape = (1, c) + (1,) * (x.ndim - 2)
         xf = x.float()
         count = _SumAcross.apply(torch.tensor([x.numel() / c], dtype=torch.float32, device=x.device))
-        mean = _SumAcross.apply(xf.sum((0, 2, 3))) / count
-        centred = xf - mean.view(1, c, 1, 1)
-        var = _SumAcross.apply(centred.square().sum((0, 2, 3))) / count  # biased, as batch norm normalises
+        mean = _SumAcross.apply(xf.sum(dims)) / count
+        centred = xf - mean.view(shape)
+        var = _SumAcross.apply(centred.square().sum(dims)) / count  # biased, as batch norm normalises
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -131,15 +136,64 @@ class GlobalBatchNorm(torch.nn.BatchNorm2d):
                 n = float(count)
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(var.detach() * (n / max(n - 1, 1.0)), alpha=m)
-        y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
-            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+            y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
 
 
+class GlobalBatchNorm(_Global, torch.nn.BatchNorm2d):
+    """BatchNorm2d with the global batch's statistics (:class:`_Global`), for the
+    CPU where SyncBatchNorm refuses to run. Same state dict keys as BatchNorm2d."""
+
+
+class GlobalBatchNorm1d(_Global, torch.nn.BatchNorm1d):
+    """BatchNorm1d with the global batch's statistics."""
+
+
+class GlobalBatchNorm3d(_Global, torch.nn.BatchNorm3d):
+    """BatchNorm3d with the global batch's statistics."""
+
+
+class GlobalBatchNormAct2d(GlobalBatchNorm):
+    """timm's BatchNormAct2d (batch norm, then its ``drop`` and ``act`` children)
+    with the global batch's statistics; the same children, so the same state dict keys."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+_GLOBAL = {torch.nn.BatchNorm1d: GlobalBatchNorm1d, torch.nn.BatchNorm2d: GlobalBatchNorm, torch.nn.BatchNorm3d: GlobalBatchNorm3d}
+
+
+def _is_timm_bn_act(module: torch.nn.Module) -> bool:
+    """Exactly timm's BatchNormAct2d (checked without importing timm, which takes seconds)."""
+    t = type(module)
+    return t.__name__ == "BatchNormAct2d" and t.__module__.startswith("timm.")
+
+
+def _check_bn_types(model: torch.nn.Module) -> bool:
+    """Refuse batch-norm layers ``--bn sync`` cannot convert faithfully (subclasses
+    other than timm's BatchNormAct2d); whether there is a BatchNormAct2d."""
+    timm_layers = False
+    for name, m in model.named_modules():
+        if not isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or type(m) in _GLOBAL:
+            continue
+        if _is_timm_bn_act(m):
+            timm_layers = True
+            continue
+        raise TrainingError(f"--bn sync: layer {name or 'the network'} is a {type(m).__module__}.{type(m).__name__}, "
+                            "a batch-norm subclass global statistics would drop the behaviour of; "
+                            "use --bn frozen or --bn local")
+    return timm_layers
+
+
 def _to_global(module: torch.nn.Module) -> torch.nn.Module:
-    if type(module) is torch.nn.BatchNorm2d:
-        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+    kind = GlobalBatchNormAct2d if _is_timm_bn_act(module) else _GLOBAL.get(type(module))
+    if kind is not None:
+        out = kind(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        if kind is GlobalBatchNormAct2d:
+            out.drop, out.act = module.drop, module.act
         out.load_state_dict(module.state_dict())
         out.train(module.training)
         return out
@@ -149,12 +203,20 @@ def _to_global(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def prepare_bn(model: torch.nn.Module, bn: str, w: World, device: torch.device) -> torch.nn.Module:
-    """Convert ``model``'s BatchNorm2d layers for ``bn`` (module docstring) when world > 1."""
+    """Convert ``model``'s batch-norm layers for ``bn`` (module docstring) when
+    world > 1: torch's SyncBatchNorm on GPUs (timm's converter when the network
+    has timm's BatchNormAct2d, which keeps their activations), the Global*
+    layers above on the CPU. Other batch-norm subclasses are refused."""
     if bn not in BN_MODES:
         raise TrainingError(f"--bn {bn}: choose {', '.join(BN_MODES)}")
     if bn != "sync" or w.world == 1:
         return model
+    timm_layers = _check_bn_types(model)
     if device.type == "cuda":
+        if timm_layers:
+            from timm.layers import convert_sync_batchnorm  # lazily: timm takes seconds to import
+
+            return convert_sync_batchnorm(model)
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return _to_global(model)
 
