@@ -16,6 +16,8 @@ hub's own record, and no user ever copies a checksum by hand.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import sys
@@ -23,13 +25,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
 from perturber.pipeline.errors import ModelError, one_line
 
-__all__ = ["HubFile", "hub_endpoint", "hub_url", "hub_digest", "fetch"]
+__all__ = ["HubFile", "hub_endpoint", "hub_url", "hub_digest", "fetch", "write_atomic"]
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TIMEOUT = 60
@@ -89,42 +91,84 @@ def _open(url: str, offset: int):
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=_TIMEOUT)
 
 
-def fetch(url: str, target: Path, name: str, verify: Callable[[Path], None], progress: bool | None = None) -> Path:
-    """Download ``url`` to ``target`` through ``target.part`` (resumed when
-    present), call ``verify(part)`` (it raises :class:`ModelError` to refuse),
-    then rename. ``progress``: a tqdm bar on stderr (None: when stderr is a
-    terminal). Returns ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
+def _receive(url: str, part: Path, label: str, progress: bool | None) -> None:
+    """Append the rest of ``url`` to ``part`` (all of it when the server ignores the range)."""
     offset = part.stat().st_size if part.is_file() else 0
     try:
-        with _open(url, offset) as response:
-            status = getattr(response, "status", None)
-            if offset and status != 206:  # the server sent the whole file: start over
-                offset = 0
-            length = response.headers.get("Content-Length")
-            total = offset + int(length) if length and length.isdigit() else None
-            show = sys.stderr.isatty() if progress is None else progress
-            with open(part, "ab" if offset else "wb") as out, tqdm(
-                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=f"{name}: {target.name}", disable=not show, file=sys.stderr, leave=False,
-            ) as bar:
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    bar.update(len(block))
-            if total is not None and part.stat().st_size != total:
-                raise OSError(f"got {part.stat().st_size} of {total} bytes")
-    except ModelError:
+        response = _open(url, offset)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:  # nothing past the end: the part file is whole (killed before its rename)
+            return
         raise
-    except Exception as exc:  # URL errors, HTTP errors, bad schemes, truncated reads: the part file stays to resume
-        kept = part.stat().st_size if part.is_file() else 0
-        hint = f"; {kept} bytes kept, the same command resumes" if kept else ""
-        raise ModelError(f"model {name!r}: cannot download {url} ({one_line(exc)}){hint}") from None
+    with response:
+        if offset and getattr(response, "status", None) != 206:  # the server sent the whole file: start over
+            offset = 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        show = sys.stderr.isatty() if progress is None else progress
+        with open(part, "ab" if offset else "wb") as out, tqdm(
+            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=label, disable=not show, file=sys.stderr, leave=False,
+        ) as bar:
+            while block := response.read(1 << 20):
+                out.write(block)
+                bar.update(len(block))
+        if total is not None and part.stat().st_size != total:
+            raise OSError(f"got {part.stat().st_size} of {total} bytes")
+
+
+@contextlib.contextmanager
+def _locked(target: Path, name: str) -> Iterator[None]:
+    """One download of ``target`` at a time across processes (fine-tuning ranks,
+    Dask workers, two shells): the others wait, then find the file there."""
     try:
-        verify(part)
-    except ModelError:
-        part.unlink(missing_ok=True)  # never kept: a bad file would resume into a bad file again
-        raise
-    os.replace(part, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(target.with_name(target.name + ".lock"), "a")
+    except OSError as exc:
+        raise ModelError(f"model {name!r}: cannot write to {target.parent} ({one_line(exc)})") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def fetch(url: str, target: Path, name: str, verify: Callable[[Path], None], progress: bool | None = None,
+          resume: bool = True) -> Path:
+    """Download ``url`` to ``target`` through ``target.part`` (resumed when
+    present and ``resume``), call ``verify(part)`` (it raises
+    :class:`ModelError` to refuse), then rename; under a lock, so that
+    processes fetching the same file at once download it once. ``progress``:
+    a tqdm bar on stderr (None: when stderr is a terminal). A download that
+    nothing verifies should not resume (``resume=False``): its part file could
+    be another version's. Returns ``target``."""
+    with _locked(target, name):
+        if target.is_file():  # another process fetched it while this one waited
+            return target
+        part = target.with_name(target.name + ".part")
+        if not resume:
+            part.unlink(missing_ok=True)
+        try:
+            _receive(url, part, f"{name}: {target.name}", progress)
+        except Exception as exc:  # URL errors, HTTP errors, bad schemes, truncated reads: the part file stays to resume
+            kept = part.stat().st_size if resume and part.is_file() else 0
+            hint = f"; {kept} bytes kept, the same command resumes" if kept else ""
+            raise ModelError(f"model {name!r}: cannot download {url} ({one_line(exc)}){hint}") from None
+        try:
+            verify(part)
+        except ModelError:
+            part.unlink(missing_ok=True)  # never kept: a bad file would resume into a bad file again
+            raise
+        try:
+            os.replace(part, target)
+        except OSError as exc:
+            raise ModelError(f"model {name!r}: cannot keep {target} ({one_line(exc)})") from None
     return target
 
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a small text file whole or not at all (a temporary file, then a rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

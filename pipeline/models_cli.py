@@ -22,9 +22,9 @@ def add_parser(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("models", parents=list(parents), help="list the model registry; fetch weights (verified, resumable)",
                        description="List every registry entry with its weights' source, size, status and description; "
                                    "`perturber models fetch NAME` downloads weights with a progress bar, resumable, verified.")
-    p.add_argument("action", nargs="?", choices=["list", "fetch"], default="list", help="list (default) or fetch")
-    p.add_argument("names", nargs="*", type=names_option, metavar="NAME",
-                   help="models to fetch (comma- or space-separated); for list: only these")
+    p.add_argument("words", nargs="*", metavar="[list|fetch] NAME",
+                   help="list (the default) or fetch, then model names (comma- or space-separated): "
+                        "the models to fetch, or the only ones to list")
     p.add_argument("--trust", action="store_true",
                    help="fetch: accept a URL that publishes no digest, and pin the downloaded file's sha256 "
                         "in your registry (PERTURBER_CONFIG/models.yaml) so later loads verify it")
@@ -50,8 +50,10 @@ def _describe(s) -> str:
     return text
 
 
-def _wanted(args) -> list[str]:
-    return [n for group in args.names for n in group]
+def _action_and_names(words: Sequence[str]) -> tuple[str, list[str]]:
+    action = words[0] if words and words[0] in ("list", "fetch") else "list"
+    rest = words[1:] if words and words[0] in ("list", "fetch") else words
+    return action, [n for word in rest for n in names_option(word)]
 
 
 def list_models(names: Sequence[str] = ()) -> list[dict[str, str]]:
@@ -91,7 +93,7 @@ def fetch(name: str, trust: bool = False, progress: bool | None = None) -> str:
 
     s = models.spec(name)
     before = weights.status(s).state
-    pin = trust and before == "needs --trust"
+    pin = trust and weights.needs_trust(s)  # a file downloaded before, never pinned, is pinned now
     path = weights.weights_file(s, fetch=True, trust=pin, progress=progress)
     size = _size(path.stat().st_size)
     if pin:
@@ -101,14 +103,16 @@ def fetch(name: str, trust: bool = False, progress: bool | None = None) -> str:
         where = registry_file.write_entries({name: entry})
         return f"{name}: {path} ({size}); trusted and pinned sha256 {digest} in {where}"
     verb = "already there" if before in ("ready", "cached") else "downloaded"
-    return f"{name}: {verb}, verified: {path} ({size})"
+    how = weights.verification(s)
+    checked = "unverified (no sha256 in its entry)" if how.startswith("unverified") else f"verified ({how})"
+    return f"{name}: {verb}, {checked}: {path} ({size})"
 
 
 def cmd_models(args) -> int:
     from perturber.pipeline.errors import PerturberError
 
-    names = _wanted(args)
-    if args.action == "list":
+    action, names = _action_and_names(args.words)
+    if action == "list":
         _print_table(list_models(names))
         return 0
     if not names:

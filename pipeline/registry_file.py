@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 import yaml
 
 from perturber.pipeline import config, yamlsafe
-from perturber.pipeline.weights import ModelError
+from perturber.pipeline.errors import ModelError, one_line
 
 __all__ = ["write_entries", "remove_entries", "read_entries"]
 
@@ -52,6 +52,7 @@ def read_entries(path: Path | None = None) -> dict[str, Any]:
 def _write(path: Path, entries: Mapping[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the registry from the user's other accounts and tools
         with os.fdopen(fd, "w") as f:
             f.write(_HEADER)
             yaml.safe_dump(dict(entries), f, sort_keys=False, default_flow_style=None, width=120)
@@ -61,18 +62,22 @@ def _write(path: Path, entries: Mapping[str, Any]) -> None:
         raise
 
 
+def _rewrite(path: Path, change) -> Path:
+    try:
+        with _locked(path):
+            _write(path, change(read_entries(path)))
+    except OSError as exc:  # a settings folder that is a file, read-only, a full disk
+        raise ModelError(f"cannot write the model registry {path} ({one_line(exc)})") from None
+    return path
+
+
 def write_entries(entries: Mapping[str, Mapping[str, Any]], path: Path | None = None) -> Path:
     """Add or replace ``entries`` (name → plain YAML-able entry) in the user's
     registry; returns its path."""
-    path = Path(path or config.user_registry())
-    with _locked(path):
-        _write(path, {**read_entries(path), **{str(k): dict(v) for k, v in entries.items()}})
-    return path
+    added = {str(k): dict(v) for k, v in entries.items()}
+    return _rewrite(Path(path or config.user_registry()), lambda old: {**old, **added})
 
 
 def remove_entries(names: list[str], path: Path | None = None) -> Path:
     """Remove ``names`` from the user's registry (absent names are ignored)."""
-    path = Path(path or config.user_registry())
-    with _locked(path):
-        _write(path, {k: v for k, v in read_entries(path).items() if k not in names})
-    return path
+    return _rewrite(Path(path or config.user_registry()), lambda old: {k: v for k, v in old.items() if k not in names})

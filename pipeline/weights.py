@@ -60,7 +60,7 @@ class ModelSpec(Protocol):
     weights: Mapping[str, Any]
 
 __all__ = ["ModelError", "Status", "checked_sha256", "sha256_of", "cached_path", "download", "source_url", "name_prefix",
-           "weights_file", "status", "describe_source"]
+           "needs_trust", "weights_file", "status", "verification", "describe_source"]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def checked_sha256(weights: Mapping[str, Any], where: str) -> str | None:
     if value is None:
         source = next((s for s in ("url", "file") if s in weights), None)
         if "sha256" in weights and source is not None:
-            instead = "to load it unverified with a warning" if source == "file" else "to have it downloaded and its digest printed"
+            instead = "to load it unverified with a warning" if source == "file" else "and run `perturber models fetch NAME --trust` once"
             raise ModelError(f"{where}: weights.sha256 is null, but {source} weights must be verified: give the file's "
                              f"sha256 (64 hex digits), or leave the field out {instead}")
         return None
@@ -121,12 +121,12 @@ def cached_path(url: str) -> Path:
 
 
 def download(url: str, name: str, verify=None, progress: bool | None = None) -> Path:
-    """Fetch ``url`` into the cache once (resumable, verified by ``verify(path)``
-    when given, atomic rename); returns the local path."""
+    """Fetch ``url`` into the cache once (atomic rename, one process at a time);
+    verified by ``verify(path)`` when given, and then resumable; returns the local path."""
     target = cached_path(url)
     if target.is_file():
         return target
-    return downloads.fetch(url, target, name, verify or (lambda path: None), progress)
+    return downloads.fetch(url, target, name, verify or (lambda path: None), progress, resume=verify is not None)
 
 
 #: torch.hub's convention: a file named ``<name>-<sha256 prefix>.<ext>``.
@@ -134,9 +134,10 @@ _HUB_PREFIX = re.compile(r"-([0-9a-f]{8,64})\.")
 
 
 def name_prefix(url: str) -> str | None:
-    """The sha256 prefix in a URL's file name (torch.hub's convention), or None."""
+    """The sha256 prefix in a URL's file name (torch.hub's convention), or None.
+    Digits alone are not taken for one: a date stamp (``-20240131.``) is hex too."""
     match = _HUB_PREFIX.search(url.split("?")[0].rsplit("/", 1)[-1].lower())
-    return match.group(1) if match else None
+    return match.group(1) if match and not match.group(1).isdigit() else None
 
 
 def source_url(s: ModelSpec) -> str | None:
@@ -175,7 +176,7 @@ def _expected(s: ModelSpec, url: str) -> tuple[str | None, bool]:
     sha256, prefix = s.weights.get("sha256"), name_prefix(url)
     if "torchvision" in s.weights and prefix is None:
         raise ModelError(f"model {s.name!r}: torchvision's file {url} carries no sha256 prefix")
-    if sha256 is not None and prefix is not None and not sha256.startswith(prefix):
+    if "torchvision" in s.weights and sha256 is not None and not sha256.startswith(prefix):
         raise ModelError(f"model {s.name!r}: weights.sha256 {sha256[:16]}… disagrees with the prefix {prefix} in the file name of {url}")
     if sha256 is not None:
         return sha256, False
@@ -187,6 +188,24 @@ def _needs_trust(s: ModelSpec, url: str) -> ModelError:
                       f"`perturber models fetch {s.name} --trust` once to download it and pin its sha256 in {config.user_registry()}")
 
 
+def needs_trust(s: ModelSpec) -> bool:
+    """Whether nothing verifies the weights of ``s``: a URL without a sha256 in
+    its entry (or a pin) and without a digest in its file name."""
+    w = s.weights
+    return "url" in w and w.get("sha256") is None and name_prefix(str(w["url"])) is None
+
+
+def _checked_cache(path: Path, check, s: ModelSpec) -> None:
+    """Re-check a downloaded file; one that fails is removed (with its recorded
+    digest), so that the next fetch downloads it again."""
+    try:
+        check(path)
+    except ModelError as exc:
+        path.unlink(missing_ok=True)
+        _sidecar(path).unlink(missing_ok=True)
+        raise ModelError(f"{exc}; removed it from the cache: `perturber models fetch {s.name}` downloads it again") from None
+
+
 def _not_fetched(s: ModelSpec) -> ModelError:
     return ModelError(f"model {s.name!r}: its weights are not downloaded yet: run `perturber models fetch {s.name}`")
 
@@ -196,15 +215,21 @@ def _hub_weights(s: ModelSpec, url: str, fetch: bool, progress: bool | None) -> 
     sha256 = s.weights.get("sha256")
     if target.is_file() and _sidecar(target).is_file():  # verified against the hub's record when it came
         recorded = _sidecar(target).read_text().strip()
-        _verify(target, sha256 or recorded, s.name)
+        _checked_cache(target, lambda path: _verify(path, sha256 or recorded, s.name), s)
         return target
     if not fetch:
         raise _not_fetched(s)
     hub = downloads.hub_digest(url, s.name)
     if sha256 is not None and sha256 != hub.sha256:
         raise ModelError(f"model {s.name!r}: weights.sha256 {sha256[:16]}… disagrees with the hub's {hub.sha256[:16]}… for {url}")
-    downloads.fetch(url, target, s.name, lambda path: _verify(path, hub.sha256, s.name), progress)
-    _sidecar(target).write_text(hub.sha256 + "\n")
+
+    def verify(path: Path) -> None:  # the hub's digest is recorded before the file takes its name
+        _verify(path, hub.sha256, s.name)
+        downloads.write_atomic(_sidecar(target), hub.sha256 + "\n")
+
+    if target.is_file():  # there without its recorded digest (written before the file's rename): fetched again
+        target.unlink(missing_ok=True)
+    downloads.fetch(url, target, s.name, verify, progress)
     return target
 
 
@@ -245,9 +270,10 @@ def weights_file(s: ModelSpec, fetch: bool = True, trust: bool = False, progress
     if not target.is_file() and not fetch:
         raise _not_fetched(s)
     verify = (lambda path: _verify(path, expected, s.name, prefix)) if expected else None
+    cached = target.is_file()
     path = download(url, s.name, verify, progress)
-    if verify is not None:
-        verify(path)  # a cached file is checked again at every load
+    if verify is not None and cached:
+        _checked_cache(path, verify, s)  # a cached file is checked again at every load
     return path
 
 
@@ -277,12 +303,28 @@ def status(s: ModelSpec) -> Status:
         url = source_url(s)
     except ModelError:
         return Status("missing")
+    if needs_trust(s):  # even when a file is in the cache: nothing verifies it
+        return Status("needs --trust")
     target = cached_path(url)
     if target.is_file() and (not _from_hub(s) or _sidecar(target).is_file()):
         return Status("cached", target, target.stat().st_size)
-    if not _from_hub(s) and w.get("sha256") is None and name_prefix(url) is None:
-        return Status("needs --trust")
     return Status("needs download")
+
+
+def verification(s: ModelSpec) -> str:
+    """How the weights of ``s`` are verified, in a few words."""
+    w = s.weights
+    if "pip" in w:
+        return "sha256 in the entry" if w.get("sha256") else "pip's RECORD"
+    if "torchvision" in w:
+        return "sha256 prefix in torchvision's file name"
+    if _from_hub(s):
+        return "the hub's sha256 (X-Linked-Etag)"
+    if "url" in w:
+        if w.get("sha256"):
+            return "sha256 in the entry"
+        return "`--trust` once, then pinned" if needs_trust(s) else "sha256 prefix in the file name"
+    return "sha256 in the entry" if w.get("sha256") else "unverified (no sha256 in the entry)"
 
 
 def describe_source(s: ModelSpec) -> str:

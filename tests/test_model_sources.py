@@ -127,7 +127,7 @@ def test_a_file_that_disagrees_with_the_hub_is_refused_and_not_kept(hub, registr
         load_model("m", "cpu")
     _one_line(e)
     folder = weights.cached_path(f"{hub.url}/madrylab/robust-imagenet-models/resolve/main/w.ckpt").parent
-    assert list(folder.iterdir()) == []  # neither the file nor its part
+    assert [p.name for p in folder.iterdir()] == ["w.ckpt.lock"]  # neither the file nor its part (the lock stays)
 
 
 def test_an_entry_sha256_must_agree_with_the_hub(hub, registry, madry):
@@ -285,3 +285,116 @@ def test_a_download_shows_a_progress_bar(hub, madry, tmp_path, capsys):
     assert target.read_bytes() == madry[0]
     total = f"/{len(madry[0]) / 2**20:.1f}M"  # tqdm's bar on stderr, sized from Content-Length (cleared when done)
     assert "m: w.ckpt" in err and total in err and "B/s" in err
+
+
+# --------------------------------------------------------------------------
+# Found in review: concurrent downloads, a complete part file, trust and the cache
+# --------------------------------------------------------------------------
+
+
+def test_processes_fetching_the_same_file_at_once_all_get_it(hub, registry, madry):
+    # every rank of a fine-tuning run, and every Dask worker, may fetch the same weights on a fresh cache
+    import concurrent.futures
+
+    data = madry[0] * 8  # a few hundred MB/s locally: big enough for the downloads to overlap
+    hub.files["w.ckpt"] = data
+    url = f"{hub.url}/madrylab/robust-imagenet-models/resolve/main/w.ckpt"
+    sha = hashlib.sha256(data).hexdigest()
+
+    def one(_):
+        return weights.download(url, "m", lambda path: weights._verify(path, sha, "m"))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(one, range(4)))
+    assert len(set(paths)) == 1 and paths[0].read_bytes() == data
+    assert not paths[0].with_name(paths[0].name + ".part").exists()
+    assert sum(1 for r in hub.requests if r[:2] == ("GET", "/cdn/w.ckpt")) == 1  # the others waited, then found it
+
+
+def test_a_complete_part_file_is_verified_not_requested_past_its_end(hub, registry, madry):
+    data = madry[0]
+    hub.files["w.ckpt"] = data
+    registry({"robust": _hf_entry("w.ckpt")})
+    target = weights.cached_path(f"{hub.url}/madrylab/robust-imagenet-models/resolve/main/w.ckpt")
+    target.parent.mkdir(parents=True)
+    target.with_name(target.name + ".part").write_bytes(data)  # killed after the last byte, before the rename
+    assert _equal(load_model("robust", "cpu"), madry[1])
+    assert target.read_bytes() == data
+
+
+def test_a_download_without_a_digest_never_resumes(hub, registry, madry, capsys):
+    # nothing checks a --trust download's bytes, so a part file from earlier (maybe another version) is not reused
+    data = _bytes(madry[1])
+    hub.files["inception5h.pth"] = data
+    url = f"{hub.url}/plain/inception5h.pth"
+    registry({"lucid": {"architecture": "torchvision:resnet18", "weights": {"url": url}}})
+    target = weights.cached_path(url)
+    target.parent.mkdir(parents=True)
+    target.with_name(target.name + ".part").write_bytes(b"bytes of an older file")
+    assert main(["models", "fetch", "lucid", "--trust", "--quiet"]) == 0
+    assert f"pinned sha256 {hashlib.sha256(data).hexdigest()}" in capsys.readouterr().out
+    assert target.read_bytes() == data
+
+
+def test_trust_pins_a_file_downloaded_before(hub, registry, madry, capsys):
+    # a --trust whose pin could not be written leaves the file in the cache: it is not "cached" (nothing verifies
+    # it), and --trust again pins it
+    data = _bytes(madry[1])
+    hub.files["w.pth"] = data
+    url = f"{hub.url}/plain/w.pth"
+    registry({"lucid": {"architecture": "torchvision:resnet18", "weights": {"url": url}}})
+    weights.download(url, "lucid")
+    assert weights.status(spec("lucid")).state == "needs --trust"
+    assert main(["models", "fetch", "lucid", "--trust", "--quiet"]) == 0
+    assert "pinned sha256" in capsys.readouterr().out
+    assert _equal(load_model("lucid", "cpu"), madry[1])
+
+
+def test_hex_that_is_not_a_digest_in_a_file_name(hub, registry, madry):
+    # a date stamp is all hex digits: not a sha256 prefix; and an entry's own sha256 wins over any name
+    data = _bytes(madry[1])
+    hub.files["w-20240131.pth"] = data
+    url = f"{hub.url}/plain/w-20240131.pth"
+    assert weights.name_prefix(url) is None
+    registry({"dated": {"architecture": "torchvision:resnet18", "weights": {"url": url}},
+              "pinned": {"architecture": "torchvision:resnet18", "weights": {"url": url, "sha256": hashlib.sha256(data).hexdigest()}}})
+    assert weights.status(spec("dated")).state == "needs --trust"
+    assert _equal(load_model("pinned", "cpu"), madry[1])
+
+
+def test_a_cached_file_that_fails_its_check_is_removed(hub, registry, madry, capsys):
+    hub.files["w.ckpt"] = madry[0]
+    registry({"robust": _hf_entry("w.ckpt")})
+    load_model("robust", "cpu")
+    path = weights.cached_path(f"{hub.url}/madrylab/robust-imagenet-models/resolve/main/w.ckpt")
+    path.write_bytes(b"damaged")
+    models._load.cache_clear()
+    with pytest.raises(ModelError, match="removed it") as e:
+        load_model("robust", "cpu")
+    _one_line(e)
+    assert not path.exists() and weights.status(spec("robust")).state == "needs download"
+    assert main(["models", "fetch", "robust", "--quiet"]) == 0
+    assert path.read_bytes() == madry[0]
+
+
+def test_an_unwritable_settings_folder_is_one_line(hub, registry, madry, tmp_path, monkeypatch, capsys):
+    hub.files["w.pth"] = _bytes(madry[1])
+    registry({"lucid": {"architecture": "torchvision:resnet18", "weights": {"url": f"{hub.url}/plain/w.pth"}}})
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("PERTURBER_CONFIG", str(blocker))
+    assert main(["models", "fetch", "lucid", "--trust", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("perturber: error: ") and "\n" not in err and "not-a-folder" in err
+
+
+def test_models_names_without_list_and_an_unverified_file(registry, madry, tmp_path, capsys):
+    local = tmp_path / "local.pt"
+    torch.save(madry[1], local)
+    registry({"mine": {"architecture": "torchvision:resnet18", "weights": {"file": str(local)}}})
+    assert main(["models", "mine", "efficientnet_lite0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["efficientnet_lite0", "mine"]
+    assert main(["models", "fetch", "mine", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "unverified" in out and "verified:" not in out.replace("unverified", "")
