@@ -380,3 +380,18 @@ def test_bn_sync_refuses_batch_norm_subclasses_it_cannot_convert():
         assert "\n" not in str(exc.value)
     assert distributed.prepare_bn(net, "frozen", distributed.World(0, 2, 0), torch.device("cpu")) is net
     assert distributed.prepare_bn(net, "sync", distributed.World(), torch.device("cpu")) is net
+
+
+def test_an_unreadable_image_in_a_reading_process_is_one_line(env, tmp_path, capsys):
+    # The folder scan lists files without opening them, so a corrupt PNG first fails when it is read:
+    # here in the DataLoader worker (--workers 1), whose error torch re-raises wrapped in a traceback.
+    # Every training image is corrupt (the first batch surely holds one); the held-out images are fine.
+    base, images = env
+    broken = tmp_path / "broken"
+    for png in sorted(images.rglob("*.png")):
+        target = broken / png.relative_to(images)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(png.read_bytes()[:100])  # the PNG header and a truncated first chunk
+    err = refuse(capsys, "--model", "tiny", "--data", broken, "--val", images, "--mode", "standard", "--batch", 8,
+                 "--steps", 1, "--out", tmp_path / "o", "--name", "broken", "--workers", 1, "--quiet")
+    assert f"{broken}" in err and ": not a readable image" in err and "Traceback" not in err, err

@@ -184,8 +184,27 @@ class Images(torch.utils.data.Dataset):
         return x.view(self.size, self.size, 3).permute(2, 0, 1).contiguous(), s.label
 
 
-def loader(images: Images, keys: Iterator[list[tuple[int, bool]]], workers: int) -> torch.utils.data.DataLoader:
+def loader(images: Images, keys: Iterator[list[tuple[int, bool]]], workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches (B, 3, S, S) uint8 and (B,) long for each list of keys, read by
-    ``workers`` processes (0: in this one), in order."""
-    return torch.utils.data.DataLoader(images, batch_sampler=keys, num_workers=workers,
-                                       persistent_workers=False, pin_memory=torch.cuda.is_available())
+    ``workers`` processes (0: in this one), in order. A reading process's
+    TrainingError is re-raised as its own one line (torch's DataLoader wraps
+    it in the worker's traceback)."""
+    batches = iter(torch.utils.data.DataLoader(images, batch_sampler=keys, num_workers=workers,
+                                               persistent_workers=False, pin_memory=torch.cuda.is_available()))
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except TrainingError as exc:
+            raise TrainingError(_original_message(str(exc))) from None
+        yield batch
+
+
+def _original_message(text: str) -> str:
+    """The message of a TrainingError raised in a DataLoader worker: torch
+    re-raises it as 'Caught TrainingError in DataLoader worker process N.
+    Original Traceback ...', whose last line is 'perturber...TrainingError: MESSAGE'."""
+    last = text.rstrip().splitlines()[-1] if text.strip() else text
+    marker = "TrainingError: "
+    return last.split(marker, 1)[1] if marker in last and "\n" in text else text
