@@ -33,7 +33,7 @@ from perturber.pipeline.errors import ModelError, one_line
 
 __all__ = ["HubFile", "hub_endpoint", "hub_url", "hub_digest", "fetch", "write_atomic"]
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+HEX64 = re.compile(r"[0-9a-f]{64}")  # a sha256 in hex
 _TIMEOUT = 60
 
 
@@ -79,7 +79,7 @@ def hub_digest(url: str, name: str) -> HubFile:
         raise ModelError(f"model {name!r}: cannot ask the hub about {url} ({one_line(exc)})") from None
     etag = (headers.get("X-Linked-Etag") or headers.get("ETag") or "").strip()
     etag = etag.removeprefix("W/").strip('"').lower()
-    if not _HEX64.fullmatch(etag):
+    if not HEX64.fullmatch(etag):
         raise ModelError(f"model {name!r}: the hub publishes no sha256 for {url} (not an LFS file); "
                          "give weights.sha256 in the entry, or fetch it once with --trust")
     size = headers.get("X-Linked-Size") or headers.get("Content-Length")

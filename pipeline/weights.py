@@ -65,7 +65,7 @@ __all__ = ["ModelError", "Status", "checked_sha256", "sha256_of", "cached_path",
 log = logging.getLogger(__name__)
 
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX64 = downloads.HEX64
 
 
 def checked_sha256(weights: Mapping[str, Any], where: str) -> str | None:

@@ -159,3 +159,25 @@ def page(browser):
     pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
     yield pg
     context.close()
+
+
+@pytest.fixture
+def user_registry(tmp_path, monkeypatch):
+    """write(entries, defaults=True) -> path: a fresh YAML model registry (its own
+    cache key) named by PERTURBER_MODELS, each entry given ImageNet's 224 px,
+    mean and std unless ``defaults`` is False; downloads go to tmp_path/cache."""
+    import itertools
+
+    import yaml
+
+    monkeypatch.setenv("PERTURBER_CACHE", str(tmp_path / "cache"))
+    counter = itertools.count()
+    imagenet = {"input_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+    def write(entries: dict, defaults: bool = True):
+        path = tmp_path / f"models_{next(counter)}.yaml"
+        path.write_text(yaml.safe_dump({name: ({**imagenet, **e} if defaults else e) for name, e in entries.items()}))
+        monkeypatch.setenv("PERTURBER_MODELS", str(path))
+        return path
+
+    return write

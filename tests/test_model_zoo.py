@@ -11,7 +11,6 @@ whose input size, mean, std and layers come from timm, in .pt and
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
 import sys
@@ -19,7 +18,6 @@ import sys
 import pytest
 import torch
 import torchvision
-import yaml
 
 from perturber.pipeline import architectures, config, models
 from perturber.pipeline.architectures import class_index
@@ -39,23 +37,6 @@ LUCID_CHANNELS = dict(zip(LUCID_LAYERS, [64, 64, 192, 256, 480, 508, 512, 512, 5
 def _no_user_registry(monkeypatch):
     """Every test starts from the built-in registry only."""
     monkeypatch.delenv("PERTURBER_MODELS", raising=False)
-
-
-@pytest.fixture
-def user_registry(tmp_path, monkeypatch):
-    """write(entries) -> path: a fresh YAML registry (its own cache key) named by
-    PERTURBER_MODELS; downloads go to tmp_path/cache."""
-    monkeypatch.setenv("PERTURBER_CACHE", str(tmp_path / "cache"))
-    counter = itertools.count()
-
-    def write(entries: dict, defaults: bool = True):
-        path = tmp_path / f"models_{next(counter)}.yaml"
-        body = {name: ({"input_size": 224, "mean": MEAN, "std": STD, **e} if defaults else e) for name, e in entries.items()}
-        path.write_text(yaml.safe_dump(body))
-        monkeypatch.setenv("PERTURBER_MODELS", str(path))
-        return path
-
-    return write
 
 
 def _one_line(exc_info):

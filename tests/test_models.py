@@ -9,14 +9,12 @@ real download path with ``file://`` URLs into a ``PERTURBER_CACHE`` under
 from __future__ import annotations
 
 import collections
-import itertools
 import os
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-import yaml
 from skimage import data as skdata
 from torch import nn
 
@@ -34,23 +32,6 @@ CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 def _no_user_registry(monkeypatch):
     """Every test starts from the built-in registry only."""
     monkeypatch.delenv("PERTURBER_MODELS", raising=False)
-
-
-@pytest.fixture
-def user_registry(tmp_path, monkeypatch):
-    """write(entries) -> path: a fresh YAML registry (its own cache key) named by
-    PERTURBER_MODELS; downloads go to tmp_path/cache."""
-    monkeypatch.setenv("PERTURBER_CACHE", str(tmp_path / "cache"))
-    counter = itertools.count()
-
-    def write(entries: dict, defaults: bool = True):
-        path = tmp_path / f"models_{next(counter)}.yaml"
-        body = {name: ({"input_size": 224, "mean": MEAN, "std": STD, **e} if defaults else e) for name, e in entries.items()}
-        path.write_text(yaml.safe_dump(body))
-        monkeypatch.setenv("PERTURBER_MODELS", str(path))
-        return path
-
-    return write
 
 
 @pytest.fixture(scope="module")
