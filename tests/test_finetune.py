@@ -171,26 +171,34 @@ def test_two_gloo_processes_equal_one_with_the_same_global_batch(env, pretrained
 
 
 def test_a_stopped_run_resumes_to_the_uninterrupted_one(env, pretrained):
+    # --stop-after 7 with checkpoints every 5: the stop writes step 7's state (not registered: no
+    # held-out evaluation), the same command resumes there, and the run ends as the uninterrupted one
     base, images = env
-    common = ["--model", pretrained, "--data", images, *ADV, "--attack-steps", 1, "--steps", 4, "--checkpoint-every", 2]
+    common = ["--model", pretrained, "--data", images, *ADV, "--attack-steps", 1, "--steps", 10, "--checkpoint-every", 5]
     assert run(*common, "--out", base / "whole", "--name", "whole") == 0
-    assert run(*common, "--out", base / "parts", "--name", "parts", "--stop-after", 3) == 0
-    assert not (base / "parts" / "step-000004.pt").exists() and "parts-step4" not in models.registry()
-    assert run(*common, "--out", base / "parts", "--name", "parts") == 0  # the same command: resumes at step 2
-    for step in (2, 4):
+    assert run(*common, "--out", base / "parts", "--name", "parts", "--stop-after", 7) == 0
+    assert torch.load(base / "parts" / "resume.pt", weights_only=True)["step"] == 7
+    assert (base / "parts" / "step-000007.pt").is_file() and "parts-step7" not in models.registry()
+    assert "parts-step5" in models.registry() and not (base / "parts" / "step-000010.pt").exists()
+    assert run(*common, "--out", base / "parts", "--name", "parts") == 0  # the same command: resumes at step 7
+    for step in (5, 10):
         whole, parts = _states(base / "whole", step), _states(base / "parts", step)
         assert all(torch.equal(whole[k], parts[k]) for k in whole)
+    assert sorted(p.name for p in (base / "parts").glob("step-*.pt")) == ["step-000005.pt", "step-000010.pt"]
     a = torch.load(base / "whole" / "resume.pt", weights_only=True)
     b = torch.load(base / "parts" / "resume.pt", weights_only=True)
-    assert a["step"] == b["step"] == 4
+    assert a["step"] == b["step"] == 10
     for k, v in a["optimizer"]["state"].items():
         assert torch.equal(v["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
-    logs = [[r["loss"] for r in csv.DictReader(open(base / d / "log.csv"))] for d in ("whole", "parts")]
-    assert logs[0] == logs[1] and len(logs[0]) == 4
-    assert models.spec("parts-step4").finetune["train_loss"] == models.spec("whole-step4").finetune["train_loss"]
+    columns = ("step", "loss", "accuracy", "clean_accuracy", "robust_accuracy")
+    logs = [[[r[c] for c in columns] for r in csv.DictReader(open(base / d / "log.csv"))] for d in ("whole", "parts")]
+    assert logs[0] == logs[1] and len(logs[0]) == 10
+    # the loss and accuracy since the previous checkpoint span the stop
+    whole10, parts10 = models.spec("whole-step10").finetune, models.spec("parts-step10").finetune
+    assert parts10["train_loss"] == whole10["train_loss"] and parts10["train_accuracy"] == whole10["train_accuracy"]
     # --overwrite starts over: the old run's entries go; the new run's come
     assert run(*common[:-4], "--steps", 1, "--checkpoint-every", 1, "--out", base / "parts", "--name", "parts", "--overwrite") == 0
-    assert "parts-step1" in models.registry() and "parts-step2" not in models.registry()
+    assert "parts-step1" in models.registry() and "parts-step5" not in models.registry()
     assert sorted(p.name for p in (base / "parts").glob("step-*.pt")) == ["step-000001.pt"]
 
 

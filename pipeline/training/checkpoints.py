@@ -20,6 +20,12 @@ model's; ``weights`` is the checkpoint file and its sha256;
 mean training loss and accuracy since the previous checkpoint, the
 held-out clean and robust accuracy, and the run's settings.
 
+A run left with ``--stop-after`` between checkpoints also writes
+``step-N.pt`` and the resume file at its last step, without registering the
+file (nor evaluating); the resume file then also holds the training loss and
+accuracy sums since the previous checkpoint. The resumed run removes that
+file once it writes its next checkpoint.
+
 Every file is written to a temporary name and renamed, so a killed run leaves
 the previous version whole. The resume file is written last: a run killed
 between a checkpoint and its resume file redoes those steps, and arrives at
@@ -28,6 +34,7 @@ the same checkpoint (the data order and RNG states are the same).
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import tempfile
@@ -35,14 +42,19 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+import torch.distributed as dist
 
 from perturber.pipeline import models, registry_file
 from perturber.pipeline.training import TrainingError
 from perturber.pipeline.weights import sha256_of
 
-__all__ = ["checkpoint_path", "entry_name", "save_atomic", "save_checkpoint", "read_resume", "register", "unregister", "RESUME"]
+__all__ = ["checkpoint_path", "entry_name", "save_atomic", "save_checkpoint", "read_resume", "register", "unregister",
+           "write_state", "open_log", "RESUME", "LOG_FIELDS"]
 
 RESUME = "resume.pt"
+
+#: The columns of log.csv.
+LOG_FIELDS = ("step", "epoch", "loss", "accuracy", "lr", "images_per_s", "seconds", "clean_accuracy", "robust_accuracy", "checkpoint")
 
 
 def checkpoint_path(out: Path, step: int) -> Path:
@@ -138,3 +150,65 @@ def unregister(run: str) -> list[str]:
     if names:
         registry_file.remove_entries(names)
     return names
+
+
+def open_log(out: Path, start_step: int):
+    """log.csv, opened for writing as a csv.DictWriter; rows up to ``start_step`` kept (later ones are redone now)."""
+    path = Path(out) / "log.csv"
+    rows = []
+    if path.is_file() and start_step > 0:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= start_step]
+    f = open(path, "w", newline="")
+    writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    f.flush()
+    return f, writer
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def write_state(cfg, p, w, model: torch.nn.Module, opt: torch.optim.Optimizer, scaler, device: torch.device, step: int,
+                row: Mapping[str, Any], window: torch.Tensor, registered: bool = True) -> str | None:
+    """Every process: hand its RNG state to process 0, which writes the
+    checkpoint, registers it and writes the resume file last. The entry's name (process 0).
+    ``registered=False`` (--stop-after between checkpoints): the checkpoint and
+    the resume file only, with ``window`` (loss, correct and images since the
+    previous checkpoint) so the next checkpoint's training means span the stop.
+
+    ``cfg``, ``p`` and ``w``: the run's Config, Plan and World (:mod:`~perturber.pipeline.training.loop`)."""
+    states = [None] * w.world
+    if dist.is_initialized():
+        dist.all_gather_object(states, _rng_state(device))
+    else:
+        states = [_rng_state(device)]
+    name = None
+    if w.main:
+        out = Path(cfg.out)
+        path = save_checkpoint(model, out, step)
+        state = {"step": step, "settings": cfg.settings(), "optimizer": opt.state_dict(),
+                 "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "rng": states, "entry": None}
+        if not registered:
+            state["window"] = window.clone()
+    if w.main and registered:
+        finetune = {"mode": cfg.mode, "step": step, "epoch": round(step / (len(p.train) // cfg.batch), 4),
+                    "train_loss": float(window[0] / window[2]), "train_accuracy": float(window[1] / window[2]),
+                    "clean_accuracy": row["clean_accuracy"], "robust_accuracy": row["robust_accuracy"],
+                    "eps": cfg.eps, "norm": cfg.norm if cfg.eps is not None else None,
+                    "attack_steps": cfg.attack_steps if cfg.eps is not None else None,
+                    "attack_step_size": p.attack.alpha if p.attack is not None else None,
+                    "lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "batch": cfg.batch,
+                    "seed": cfg.seed, "bn": cfg.bn, "processes": w.world, "data": list(cfg.data), "val": cfg.val,
+                    "val_images": len(p.val), "train_images": len(p.train), "run": cfg.run}
+        name = state["entry"] = register(p.base, cfg.run, path, step, finetune)
+    if w.main:
+        save_atomic(state, out / RESUME)
+    if dist.is_initialized():
+        dist.barrier()
+    return name

@@ -38,7 +38,6 @@ masks in another world size.
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import math
 import time
@@ -66,7 +65,7 @@ KEEP = {"adversarial": 17, "stylized": 7, "standard": 10}
 RESUME_SETTINGS = ("model", "mode", "data", "val", "val_fraction", "val_max", "seed", "batch", "lr", "momentum",
                    "weight_decay", "eps", "norm", "attack_steps", "attack_step_size", "bn", "flip", "precision", "run")
 
-LOG_FIELDS = ("step", "epoch", "loss", "accuracy", "lr", "images_per_s", "seconds", "clean_accuracy", "robust_accuracy", "checkpoint")
+LOG_FIELDS = checkpoints.LOG_FIELDS
 
 
 @dataclass(frozen=True)
@@ -215,21 +214,6 @@ def images_batch(images: data.Images, keys: list[tuple[int, bool]], device: torc
     return x, torch.tensor([label for _, label in items], device=device)
 
 
-def _log_file(out: Path, start_step: int):
-    """log.csv, opened for appending; rows after ``start_step`` (redone now) removed."""
-    path = out / "log.csv"
-    rows = []
-    if path.is_file() and start_step > 0:
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= start_step]
-    f = open(path, "w", newline="")
-    writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    f.flush()
-    return f, writer
-
-
 def _tensorboard(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter  # optional: only when tensorboard is installed
@@ -240,13 +224,6 @@ def _tensorboard(out: Path):
 
 def _seed(seed: int, rank: int) -> None:
     torch.manual_seed((seed * 1_000_003 + 101 * (rank + 1)) % (2**62))
-
-
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
 
 
 def train(cfg: Config, w: World | None = None, p: Plan | None = None) -> Result:
@@ -306,11 +283,15 @@ def _train(cfg: Config, p: Plan, w: World, device: torch.device) -> Result:
     keys = (data.batch_keys(len(p.train), cfg.batch, s, cfg.seed, w.rank, w.world, cfg.flip) for s in range(start_step, end))
     workers = cfg.workers if cfg.workers is not None else (8 if device.type == "cuda" else 0)
     batches = data.loader(train_images, keys, workers)
-    logf, writer = _log_file(out, start_step) if w.main else (None, None)
+    logf, writer = checkpoints.open_log(out, start_step) if w.main else (None, None)
     board = _tensorboard(out) if w.main else None
     bar = tqdm(total=p.steps, initial=start_step, unit="step", disable=not (w.main and cfg.progress), dynamic_ncols=True)
     result = Result(step=start_step, steps=p.steps, out=str(out))
     window = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images since the last checkpoint
+    if resume and resume.get("window") is not None:  # resumed where --stop-after stopped between checkpoints
+        window += resume["window"]
+    # the state --stop-after wrote between checkpoints (not registered): removed once the next state is written
+    stale = checkpoints.checkpoint_path(out, start_step) if resume and resume.get("entry") is None else None
     began = tick = time.perf_counter()  # tick: the end of the previous step, so the rate counts reading the batch
     try:
         for step, (x, y) in enumerate(batches, start=start_step):
@@ -336,7 +317,7 @@ def _train(cfg: Config, p: Plan, w: World, device: torch.device) -> Result:
             if done % p.every == 0 or done == p.steps:
                 clean, robust = evaluate(model, val_images, p.base, p.attack, cfg.attack_steps, w, device, share, cfg.precision)
                 row.update(clean_accuracy=clean, robust_accuracy=robust)
-                name = _checkpoint(cfg, p, w, model, opt, scaler, device, done, row, window)
+                name = checkpoints.write_state(cfg, p, w, model, opt, scaler, device, done, row, window)
                 if name:
                     result.entries[name] = done
                     row["checkpoint"] = name
@@ -347,6 +328,11 @@ def _train(cfg: Config, p: Plan, w: World, device: torch.device) -> Result:
                     else:
                         log.info(note)
                 window.zero_()
+            elif done == end:  # --stop-after between checkpoints: the state to resume from, not registered
+                checkpoints.write_state(cfg, p, w, model, opt, scaler, device, done, row, window, registered=False)
+            if (done % p.every == 0 or done == end) and stale is not None and w.main:
+                stale.unlink(missing_ok=True)
+                stale = None
             if writer is not None:
                 writer.writerow(row)
                 logf.flush()
@@ -370,32 +356,3 @@ def _train(cfg: Config, p: Plan, w: World, device: torch.device) -> Result:
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
-
-def _checkpoint(cfg: Config, p: Plan, w: World, model: torch.nn.Module, opt: torch.optim.Optimizer, scaler,
-                device: torch.device, step: int, row: dict[str, Any], window: torch.Tensor) -> str | None:
-    """Every process: hand its RNG state to process 0, which writes the
-    checkpoint, registers it and writes the resume file last. The entry's name (process 0)."""
-    states = [None] * w.world
-    if dist.is_initialized():
-        dist.all_gather_object(states, _rng_state(device))
-    else:
-        states = [_rng_state(device)]
-    name = None
-    if w.main:
-        out = Path(cfg.out)
-        path = checkpoints.save_checkpoint(model, out, step)
-        finetune = {"mode": cfg.mode, "step": step, "epoch": round(step / (len(p.train) // cfg.batch), 4),
-                    "train_loss": float(window[0] / window[2]), "train_accuracy": float(window[1] / window[2]),
-                    "clean_accuracy": row["clean_accuracy"], "robust_accuracy": row["robust_accuracy"],
-                    "eps": cfg.eps, "norm": cfg.norm if cfg.eps is not None else None,
-                    "attack_steps": cfg.attack_steps if cfg.eps is not None else None,
-                    "attack_step_size": p.attack.alpha if p.attack is not None else None,
-                    "lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "batch": cfg.batch,
-                    "seed": cfg.seed, "bn": cfg.bn, "processes": w.world, "data": list(cfg.data), "val": cfg.val,
-                    "val_images": len(p.val), "train_images": len(p.train), "run": cfg.run}
-        name = checkpoints.register(p.base, cfg.run, path, step, finetune)
-        checkpoints.save_atomic({"step": step, "settings": cfg.settings(), "optimizer": opt.state_dict(),
-                                 "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "rng": states,
-                                 "entry": name}, out / checkpoints.RESUME)
-    _barrier()
-    return name
