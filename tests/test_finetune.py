@@ -170,13 +170,19 @@ def test_two_gloo_processes_equal_one_with_the_same_global_batch(env, pretrained
     assert abs(a["clean_accuracy"] - b["clean_accuracy"]) <= 1 / held and abs(a["robust_accuracy"] - b["robust_accuracy"]) <= 1 / held
 
 
-def test_a_stopped_run_resumes_to_the_uninterrupted_one(env, pretrained):
+def test_a_stopped_run_resumes_to_the_uninterrupted_one(env, pretrained, monkeypatch, capsys):
     # --stop-after 7 with checkpoints every 5: the stop writes step 7's state (not registered: no
     # held-out evaluation), the same command resumes there, and the run ends as the uninterrupted one
     base, images = env
     common = ["--model", pretrained, "--data", images, *ADV, "--attack-steps", 1, "--steps", 10, "--checkpoint-every", 5]
     assert run(*common, "--out", base / "whole", "--name", "whole") == 0
-    assert run(*common, "--out", base / "parts", "--name", "parts", "--stop-after", 7) == 0
+    with monkeypatch.context() as mp:  # --data as a relative path here, absolute when resumed: the same folder
+        mp.chdir(images.parent)
+        relative = [images.name if a == images else a for a in common]
+        assert run(*relative, "--out", base / "parts", "--name", "parts", "--stop-after", 7) == 0
+    # other settings are refused, pointing to another --name (the registry names are the run's)
+    err = refuse(capsys, *common, "--out", base / "parts", "--name", "parts", "--eps", 0.5)
+    assert "holds a run with eps=1.0, not 0.5" in err and "another --name" in err, err
     assert torch.load(base / "parts" / "resume.pt", weights_only=True)["step"] == 7
     assert (base / "parts" / "step-000007.pt").is_file() and "parts-step7" not in models.registry()
     assert "parts-step5" in models.registry() and not (base / "parts" / "step-000010.pt").exists()

@@ -102,7 +102,7 @@ def read_resume(out: Path, settings: Mapping[str, Any]) -> dict[str, Any] | None
     if changed:
         k = changed[0]
         raise TrainingError(f"{out} holds a run with {k}={old.get(k)!r}, not {settings.get(k)!r}: use the same options to "
-                            "resume it, another --out, or --overwrite")
+                            "resume it, another --name (and --out, if you gave one), or --overwrite")
     if not checkpoint_path(out, state["step"]).is_file():
         raise TrainingError(f"{path}: its checkpoint {checkpoint_path(out, state['step']).name} is missing; use --overwrite")
     return state
@@ -204,7 +204,7 @@ def write_state(cfg, p, w, model: torch.nn.Module, opt: torch.optim.Optimizer, s
                     "attack_steps": cfg.attack_steps if cfg.eps is not None else None,
                     "attack_step_size": p.attack.alpha if p.attack is not None else None,
                     "lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "batch": cfg.batch,
-                    "seed": cfg.seed, "bn": cfg.bn, "processes": w.world, "data": list(cfg.data), "val": cfg.val,
+                    "seed": cfg.seed, "bn": cfg.bn, "processes": w.world, "data": state["settings"]["data"], "val": state["settings"]["val"],
                     "val_images": len(p.val), "train_images": len(p.train), "run": cfg.run}
         name = state["entry"] = register(p.base, cfg.run, path, step, finetune)
     if w.main:

@@ -109,8 +109,15 @@ class Config:
     overwrite: bool = False
 
     def settings(self) -> dict[str, Any]:
+        """The :data:`RESUME_SETTINGS`; the folders as absolute paths (symbolic links resolved)."""
         d = asdict(self)
-        return {k: list(d[k]) if isinstance(d[k], tuple) else d[k] for k in RESUME_SETTINGS}
+        d["data"] = [_absolute(f) for f in self.data]
+        d["val"] = _absolute(self.val) if self.val is not None else None
+        return {k: d[k] for k in RESUME_SETTINGS}
+
+
+def _absolute(folder: str) -> str:
+    return str(Path(folder).expanduser().resolve())
 
 
 @dataclass
