@@ -409,3 +409,33 @@ def test_an_unreadable_image_in_a_reading_process_is_one_line(env, tmp_path, cap
     err = refuse(capsys, "--model", "tiny", "--data", broken, "--val", images, "--mode", "standard", "--batch", 8,
                  "--steps", 1, "--out", tmp_path / "o", "--name", "broken", "--workers", 1, "--quiet")
     assert f"{broken}" in err and ": not a readable image" in err and "Traceback" not in err, err
+
+
+def test_a_foreign_resume_file_is_one_line(tmp_path):
+    from perturber.pipeline.training import checkpoints
+
+    for content in ([1, 2], {"settings": {}, "optimizer": {}}, {"step": "seven", "settings": {}, "optimizer": {}},
+                    {"step": 3, "settings": [1], "optimizer": {}}, {"step": 3, "settings": {}}):
+        torch.save(content, tmp_path / "resume.pt")
+        with pytest.raises(TrainingError, match="resume.pt: not a resume file") as exc:
+            checkpoints.read_resume(tmp_path, {})
+        assert str(tmp_path / "resume.pt") in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_unwritable_output_is_one_line(env, tmp_path):
+    # root writes into read-only folders, so the unwritable places here are paths under a file
+    # (`perturber finetune` refuses an --out it cannot create before any work; these are the writers' own checks)
+    from perturber.pipeline.training import checkpoints, finetune_cli, loop
+
+    (tmp_path / "file").write_text("x")
+    under_file = tmp_path / "file" / "run"
+    with pytest.raises(TrainingError, match=f"^{under_file / 'step-000001.pt'}: cannot write") as exc:
+        checkpoints.save_atomic({"a": 1}, under_file / "step-000001.pt")
+    assert "\n" not in str(exc.value)
+    cfg = Config(model="tiny", mode="standard", data=(str(env[1]),), out=str(under_file), run="w", batch=8, steps=1,
+                 workers=0, progress=False)
+    with pytest.raises(TrainingError, match=f"^{under_file}: cannot write") as exc:
+        loop.train(cfg)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(TrainingError, match=f"^{under_file}: cannot write"):
+        finetune_cli._relaunch(cfg, 2)

@@ -34,6 +34,7 @@ the same checkpoint (the data order and RNG states are the same).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -49,7 +50,7 @@ from perturber.pipeline.training import TrainingError
 from perturber.pipeline.weights import sha256_of
 
 __all__ = ["checkpoint_path", "entry_name", "save_atomic", "save_checkpoint", "read_resume", "register", "unregister",
-           "write_state", "open_log", "RESUME", "LOG_FIELDS"]
+           "write_state", "open_log", "writing", "RESUME", "LOG_FIELDS"]
 
 RESUME = "resume.pt"
 
@@ -66,17 +67,27 @@ def entry_name(run: str, step: int) -> str:
     return f"{run}-step{step}"
 
 
+@contextlib.contextmanager
+def writing(path: Path):
+    """An OSError (disk full, no such folder, not writable) while writing ``path``: a one-line TrainingError."""
+    try:
+        yield
+    except OSError as exc:
+        raise TrainingError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})") from None
+
+
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(obj, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def save_checkpoint(model: torch.nn.Module, out: Path, step: int) -> Path:
@@ -97,6 +108,10 @@ def read_resume(out: Path, settings: Mapping[str, Any]) -> dict[str, Any] | None
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
         raise TrainingError(f"{path}: not a readable resume file ({type(exc).__name__}); use --overwrite to start over") from None
+    if not (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("settings"), dict)
+            and isinstance(state.get("optimizer"), dict)):
+        raise TrainingError(f"{path}: not a resume file of perturber finetune (no step, settings and optimizer state); "
+                            "use --overwrite to start over")
     old = state.get("settings", {})
     changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
     if changed:
@@ -156,14 +171,15 @@ def open_log(out: Path, start_step: int):
     """log.csv, opened for writing as a csv.DictWriter; rows up to ``start_step`` kept (later ones are redone now)."""
     path = Path(out) / "log.csv"
     rows = []
-    if path.is_file() and start_step > 0:
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= start_step]
-    f = open(path, "w", newline="")
-    writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    f.flush()
+    with writing(path):
+        if path.is_file() and start_step > 0:
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= start_step]
+        f = open(path, "w", newline="")
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        f.flush()
     return f, writer
 
 

@@ -152,10 +152,14 @@ def _relaunch(cfg, nproc: int) -> int:
 
     import torch
 
+    from perturber.pipeline.training.checkpoints import writing
+
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     launch = out / "launch.json"
-    launch.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    with writing(launch):
+        launch.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     env = dict(os.environ)
     if not torch.cuda.is_available():  # CPU processes share the cores
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))

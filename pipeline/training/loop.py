@@ -253,10 +253,12 @@ def _barrier() -> None:
 def _train(cfg: Config, p: Plan, w: World, device: torch.device) -> Result:
     out = Path(cfg.out)
     if w.main:
-        out.mkdir(parents=True, exist_ok=True)
+        with checkpoints.writing(out):
+            out.mkdir(parents=True, exist_ok=True)
+            if cfg.overwrite:
+                for f in [out / checkpoints.RESUME, out / "log.csv", *out.glob("step-*.pt")]:
+                    f.unlink(missing_ok=True)
         if cfg.overwrite:
-            for f in [out / checkpoints.RESUME, out / "log.csv", *out.glob("step-*.pt")]:
-                f.unlink(missing_ok=True)
             checkpoints.unregister(cfg.run)
     _barrier()
     resume = checkpoints.read_resume(out, cfg.settings())
