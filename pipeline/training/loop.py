@@ -27,7 +27,9 @@ of the held-out images; the counts are summed.
 Determinism: step s sees global batch s of :func:`perturber.pipeline.training.data.batch_keys`
 (seed and epoch only); each process's RNG (dropout) is seeded with the seed
 and its rank and saved in the resume file. A resumed run equals an
-uninterrupted one; a DDP run equals one process with the same global batch up
+uninterrupted one bit for bit on the CPU; on GPUs up to floating-point noise
+(torch's deterministic algorithms are not asked for, and cuDNN's backward
+kernels sum in no fixed order). A DDP run equals one process with the same global batch up
 to the order of floating-point sums (gradients are averaged; batch norm per
 ``bn``, :mod:`perturber.pipeline.training.distributed`). Dropout is the
 exception to the latter: each process draws its own masks (seeded by rank, so
