@@ -183,6 +183,14 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast("cuda", dtype=dtype), dtype
 
 
+def _attack_autocast(device: torch.device, precision: str):
+    """The attack's precision: training's, except fp16 becomes fp32. PGD takes
+    the input gradient without loss scaling, and for a confidently classified
+    image it underflows fp16 (bf16 has fp32's range)."""
+    amp, dtype = _autocast(device, precision)
+    return contextlib.nullcontext() if dtype == torch.float16 else amp
+
+
 def _attacked(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, steps: int, amp) -> torch.Tensor:
     """(B, 3, S, S) in [0, 1]: PGD on ``net`` in eval mode (the caller restores its mode)."""
     net.eval()
@@ -206,7 +214,7 @@ def evaluate(net: torch.nn.Module, images: data.Images, spec: models.ModelSpec, 
         with torch.no_grad(), amp:
             counts[0] += (net(inference.preprocess(x, spec)).argmax(1) == y).sum().item()
         if attack is not None:
-            adv = _attacked(net, x, y, attack, attack_steps, amp)
+            adv = _attacked(net, x, y, attack, attack_steps, _attack_autocast(device, precision))
             with torch.no_grad(), amp:
                 counts[1] += (net(inference.preprocess(adv, spec)).argmax(1) == y).sum().item()
         counts[2] += len(y)
@@ -308,7 +316,7 @@ def _train(cfg: Config, p: Plan, w: World, device: torch.device) -> Result:
         for step, (x, y) in enumerate(batches, start=start_step):
             x, y = x.to(device, non_blocking=True).float().div_(255), y.to(device, non_blocking=True)
             if p.attack is not None and cfg.mode == "adversarial":
-                x = _attacked(model, x, y, p.attack, cfg.attack_steps, amp)
+                x = _attacked(model, x, y, p.attack, cfg.attack_steps, _attack_autocast(device, cfg.precision))
             set_train_mode(net, cfg.bn)
             with amp:
                 logits = net(inference.preprocess(x, p.base))
