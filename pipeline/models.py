@@ -289,7 +289,10 @@ def build_trained(s: ModelSpec, fetch: bool = True) -> torch.nn.Module:
     trainable (train mode, gradients on), returning (B, 1000) logits in
     ImageNet-1k order. Fine-tuning starts from it; :func:`load_model` freezes it.
     ``fetch=False`` refuses to download (an error says how to fetch)."""
-    model = build_architecture(s.architecture)  # an unknown architecture is said before any weights are read
+    try:  # an unknown architecture is said before any weights are read
+        model = build_architecture(s.architecture)
+    except ModelError as exc:
+        raise ModelError(f"model {s.name!r}: {exc}") from None
     path = weights_file(s, fetch=fetch)
     _load_state(model, _remap(_read_weights(path, s.name), s), s.name)
     if s.classes != "imagenet":
