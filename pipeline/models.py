@@ -176,12 +176,21 @@ def _parse_entry(name: str, entry: Mapping[str, Any], origin: str) -> ModelSpec:
 
 def _pinned(name: str, entry: Mapping[str, Any], pins: Mapping[tuple[str, str], str]) -> Mapping[str, Any]:
     """``entry`` with the sha256 the user pinned (``perturber models fetch
-    --trust``) for its URL, when it gives none itself: a registry read after
-    the user's (``PERTURBER_MODELS``) keeps the pin for the same name and URL."""
+    --trust``) for its URL, when it gives none itself."""
     w = entry.get("weights")
     if isinstance(w, Mapping) and "url" in w and "sha256" not in w and (name, str(w["url"])) in pins:
         return {**entry, "weights": {**w, "sha256": pins[(name, str(w["url"]))]}}
     return entry
+
+
+def _pin(name: str, entry: Mapping[str, Any], where: str) -> tuple[str, str] | None:
+    """(url, sha256) of a pin record ``{pin: {url: U, sha256: H}}``, or None for an ordinary entry."""
+    if "pin" not in entry:
+        return None
+    pin = entry["pin"]
+    if set(entry) != {"pin"} or not isinstance(pin, Mapping) or set(pin) != {"url", "sha256"}:
+        raise ModelError(f"model {name!r} ({Path(where).name}): a pin record is {{pin: {{url: ..., sha256: ...}}}} and nothing else")
+    return str(pin["url"]), checked_sha256({"url": pin["url"], "sha256": pin["sha256"]}, f"model {name!r} ({Path(where).name})")
 
 
 def registry(extra: Sequence[str] | None = None) -> dict[str, ModelSpec]:
@@ -198,9 +207,12 @@ def _keys(files: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
 
 @functools.lru_cache(maxsize=8)
 def _registry(keys: tuple[tuple[str, int, int], ...]) -> dict[str, ModelSpec]:
+    """Entries of every registry file in order (a later name wins). A pin
+    record (written by ``perturber models fetch --trust``) adds its sha256 to
+    the entry of that name and URL, from whichever file that entry comes, so
+    the package's own entry, with every later fix, stays the one in use."""
     out: dict[str, ModelSpec] = {}
-    pins: dict[tuple[str, str], str] = {}  # (name, url) → sha256 pinned in the user's registry
-    user = str(config.user_registry())
+    pins: dict[tuple[str, str], str] = {}  # (name, url) → sha256
     for path, _, _ in keys:
         try:
             data = yamlsafe.load_file(path, ModelError) or {}  # UTF-8, at most 1 MiB, aliases bounded
@@ -209,11 +221,16 @@ def _registry(keys: tuple[tuple[str, int, int], ...]) -> dict[str, ModelSpec]:
         if not isinstance(data, Mapping):
             raise ModelError(f"model registry {path} must map model names to entries")
         for name, entry in data.items():
+            name = str(name)
             if not isinstance(entry, Mapping):
                 raise ModelError(f"model {name!r} ({path}): entry must be a mapping")
-            out[str(name)] = s = _parse_entry(str(name), _pinned(str(name), entry, pins), str(path))
-            if path == user and "url" in s.weights and s.weights.get("sha256"):
-                pins[(s.name, str(s.weights["url"]))] = s.weights["sha256"]
+            pin = _pin(name, entry, path)
+            if pin is None:
+                out[name] = _parse_entry(name, _pinned(name, entry, pins), str(path))
+                continue
+            pins[(name, pin[0])] = pin[1]
+            if name in out:  # the entry read before it (the package's): pinned where its URL is the pin's
+                out[name] = _parse_entry(name, _pinned(name, out[name].entry, pins), out[name].origin)
     return out
 
 

@@ -96,11 +96,9 @@ def fetch(name: str, trust: bool = False, progress: bool | None = None) -> str:
     pin = trust and weights.needs_trust(s)  # a file downloaded before, never pinned, is pinned now
     path = weights.weights_file(s, fetch=True, trust=pin, progress=progress)
     size = _size(path.stat().st_size)
-    if pin:
+    if pin:  # a pin record, not a copy of the entry: later fixes of the entry itself still reach the user
         digest = weights.sha256_of(path)
-        entry = dict(s.entry)
-        entry["weights"] = {**dict(entry["weights"]), "sha256": digest}
-        where = registry_file.write_entries({name: entry})
+        where = registry_file.write_entries({name: {"pin": {"url": str(s.weights["url"]), "sha256": digest}}})
         return f"{name}: {path} ({size}); trusted and pinned sha256 {digest} in {where}"
     verb = "already there" if before in ("ready", "cached") else "downloaded"
     how = weights.verification(s)

@@ -209,7 +209,7 @@ def test_trust_once_pins_the_digest_in_the_users_registry(hub, registry, madry, 
     digest = hashlib.sha256(data).hexdigest()
     assert f"pinned sha256 {digest}" in out
     pinned = yaml.safe_load(config.user_registry().read_text())["lucid"]
-    assert pinned["weights"] == {"url": url, "sha256": digest} and pinned["description"] == "no digest upstream"
+    assert pinned == {"pin": {"url": url, "sha256": digest}}  # a pin record, not a copy of the entry
     # the entry in PERTURBER_MODELS (read after the user's registry) keeps the pin for the same URL
     assert spec("lucid").weights["sha256"] == digest and spec("lucid").description == "no digest upstream"
     assert _equal(load_model("lucid", "cpu"), state)
@@ -398,3 +398,25 @@ def test_models_names_without_list_and_an_unverified_file(registry, madry, tmp_p
     assert main(["models", "fetch", "mine", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "unverified" in out and "verified:" not in out.replace("unverified", "")
+
+
+def test_a_pin_keeps_the_packages_own_entry_in_use(hub, tmp_path):
+    # pinning Lucid's InceptionV1 must not freeze a copy of its entry: a later package fix (layers, class list)
+    # still reaches a user who trusted the file
+    from perturber.pipeline import registry_file
+
+    builtin = spec("inceptionv1")
+    url = builtin.weights["url"]
+    registry_file.write_entries({"inceptionv1": {"pin": {"url": url, "sha256": "ab" * 32}},
+                                 "resnet50_stylized": {"pin": {"url": url, "sha256": "cd" * 32}}})  # another URL's pin
+    pinned = spec("inceptionv1")
+    assert pinned.weights == {"url": url, "sha256": "ab" * 32}
+    assert pinned.origin == str(models.REGISTRY_PATH) and pinned.layers == builtin.layers and pinned.classes == "inception5h"
+    assert weights.status(pinned).state == "needs download"
+    assert "sha256" not in spec("resnet50_stylized").weights  # a pin belongs to its URL only
+    assert "inceptionv1" in models.registry() and len(models.registry()) == len(models.registry([]))
+
+    config.user_registry().write_text("inceptionv1: {pin: {url: x}}\n")
+    with pytest.raises(ModelError, match="a pin record is") as e:
+        models.registry()
+    _one_line(e)
