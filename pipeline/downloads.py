@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 
 from tqdm import tqdm
 
+from perturber.pipeline import atomic
 from perturber.pipeline.errors import ModelError, one_line
 
 __all__ = ["HubFile", "hub_endpoint", "hub_url", "hub_digest", "fetch", "write_atomic"]
@@ -169,6 +170,5 @@ def fetch(url: str, target: Path, name: str, verify: Callable[[Path], None], pro
 
 def write_atomic(path: Path, text: str) -> None:
     """Write a small text file whole or not at all (a temporary file, then a rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic.replacing(path, "w") as f:
+        f.write(text)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from perturber.pipeline import config, models
+from perturber.pipeline import atomic, config, models
 
 __all__ = ["preprocess", "capture", "Outputs", "run_models", "layer_shapes", "tuned_batch_size", "classify"]
 
@@ -208,7 +207,6 @@ def _tuned_batch_size(name: str, device: str, label: str, candidates: tuple[int,
             if rate > best_rate:
                 best, best_rate = bs, rate
     known[key] = best
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    with atomic.replacing(path, "w") as f:
+        f.write(json.dumps(known, indent=1, sort_keys=True))
     return best

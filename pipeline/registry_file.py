@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import yaml
 
-from perturber.pipeline import config, yamlsafe
+from perturber.pipeline import atomic, config, yamlsafe
 from perturber.pipeline.errors import ModelError, one_line
 
 __all__ = ["write_entries", "remove_entries", "read_entries"]
@@ -50,16 +48,9 @@ def read_entries(path: Path | None = None) -> dict[str, Any]:
 
 
 def _write(path: Path, entries: Mapping[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the registry from the user's other accounts and tools
-        with os.fdopen(fd, "w") as f:
-            f.write(_HEADER)
-            yaml.safe_dump(dict(entries), f, sort_keys=False, default_flow_style=None, width=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic.replacing(path, "w") as f:
+        f.write(_HEADER)
+        yaml.safe_dump(dict(entries), f, sort_keys=False, default_flow_style=None, width=120)
 
 
 def _rewrite(path: Path, change) -> Path:

@@ -30,9 +30,7 @@ generations. A checkpoint written with other settings is refused unless
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -42,7 +40,7 @@ import torch
 from ribs.archives import GridArchive
 from tqdm.auto import tqdm
 
-from perturber.pipeline import config, inference, models, tasks
+from perturber.pipeline import atomic, config, inference, models, tasks
 from perturber.pipeline.searches import SearchError, encodings, fooling, scoring
 
 __all__ = ["evolve", "new_archive", "best_per_class", "checkpoint_path", "CLASSES"]
@@ -103,14 +101,8 @@ def checkpoint_path(store: Any, run: str) -> Path:
 
 def _save(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic.replacing(path) as f:
+        pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _load(path: Path, settings: dict) -> dict | None:

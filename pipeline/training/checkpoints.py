@@ -36,16 +36,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
 
-from perturber.pipeline import models, registry_file
+from perturber.pipeline import atomic, models, registry_file
 from perturber.pipeline.training import TrainingError
 from perturber.pipeline.weights import sha256_of
 
@@ -79,15 +77,8 @@ def writing(path: Path):
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename."""
     path = Path(path)
-    with writing(path):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(obj, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    with writing(path), atomic.replacing(path) as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(model: torch.nn.Module, out: Path, step: int) -> Path:
