@@ -57,7 +57,8 @@ def rate(folder: Path, out: Path, mode: str, args, precision: str) -> float:
                               "--precision", precision])
     if code:
         raise SystemExit(code)
-    rows = list(csv.DictReader(open(out / mode / "log.csv")))
+    with open(out / mode / "log.csv") as log:
+        rows = list(csv.DictReader(log))
     return statistics.median(float(r["images_per_s"]) for r in rows[1:])
 
 

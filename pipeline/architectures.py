@@ -27,9 +27,10 @@ import torch
 from efficientnet_lite_pytorch import EfficientNet
 
 from perturber.pipeline import config
+from perturber.pipeline.classes import imagenet_wnids
 from perturber.pipeline.weights import ModelError
 
-__all__ = ["ARCHITECTURES", "build_architecture", "is_known", "imagenet_wnids", "class_index", "adapt_outputs"]
+__all__ = ["ARCHITECTURES", "KNOWN", "build_architecture", "is_known", "class_index", "adapt_outputs"]
 
 
 def _efficientnet_lite(variant: str) -> Callable[[], torch.nn.Module]:
@@ -103,7 +104,7 @@ _TORCHVISION_OPTIONS = {
     "inception_v3": {"aux_logits": False, "init_weights": False},
 }
 
-_KNOWN = f"known: {', '.join(ARCHITECTURES)}, torchvision:<name>, timm:<name>"
+KNOWN = f"known: {', '.join(ARCHITECTURES)}, torchvision:<name>, timm:<name>"
 
 
 def is_known(name: str) -> bool:
@@ -126,19 +127,12 @@ def build_architecture(name: str) -> torch.nn.Module:
         from perturber.pipeline import timm_models  # timm is heavy: only for timm architectures
 
         return timm_models.build(name.split(":", 1)[1])
-    raise ModelError(f"unknown architecture {name!r} ({_KNOWN})")
+    raise ModelError(f"unknown architecture {name!r} ({KNOWN})")
 
 
 # --------------------------------------------------------------------------
 # Class lists
 # --------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def imagenet_wnids() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k WordNet IDs in class-index order (sorted)."""
-    lines = (config.DATA_DIR / "classes" / "imagenet.txt").read_text().split("\n")
-    return tuple(line.split()[0] for line in lines if line.strip())
 
 
 def _class_file(name: str) -> Path:
@@ -158,7 +152,8 @@ def class_index(name: str) -> tuple[int, ...]:
     outputs = [line.split()[0] if line.split() else "" for line in path.read_text().split("\n")]
     while outputs and not outputs[-1]:
         outputs.pop()
-    position = {wnid: i for i, wnid in enumerate(imagenet_wnids())}
+    wnids = imagenet_wnids()
+    position = {wnid: i for i, wnid in enumerate(wnids)}
     index = [-1] * len(position)
     for output, wnid in enumerate(outputs):
         if wnid == "-":
@@ -168,7 +163,7 @@ def class_index(name: str) -> tuple[int, ...]:
         if index[position[wnid]] != -1:
             raise ModelError(f"class list {path.name}: {wnid} appears twice (lines {index[position[wnid]] + 1} and {output + 1})")
         index[position[wnid]] = output
-    missing = [w for w, i in zip(imagenet_wnids(), index) if i == -1]
+    missing = [w for w, i in zip(wnids, index) if i == -1]
     if missing:
         raise ModelError(f"class list {path.name}: {len(missing)} ImageNet-1k classes missing (e.g. {missing[0]})")
     return tuple(index)

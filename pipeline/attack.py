@@ -96,11 +96,12 @@ def _project(x: torch.Tensor, delta: torch.Tensor, attack: Attack) -> torch.Tens
 
 
 def pgd_step(x: torch.Tensor, delta: torch.Tensor, attack: Attack, label: torch.Tensor,
-             net: torch.nn.Module | None = None) -> torch.Tensor:
+             net: torch.nn.Module | None = None, spec: models.ModelSpec | None = None) -> torch.Tensor:
     """One PGD step: the new δ (detached). ``label``: (B,) the original
     prediction (suppress) or the target class. The gradient is taken at the
-    attacked image itself, as Madry et al.'s and torchattacks' PGD do."""
-    spec = models.spec(attack.model)
+    attacked image itself, as Madry et al.'s and torchattacks' PGD do. ``spec``:
+    the attacked model's entry when the caller has it (a loop of steps)."""
+    spec = spec or models.spec(attack.model)
     net = net if net is not None else models.load_model(attack.model, x.device)
     adv = (x + delta).clamp(0, 1).detach().requires_grad_(True)
     loss = torch.nn.functional.cross_entropy(_logits(net, spec, adv), label)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
+from perturber.pipeline import config
 from perturber.pipeline.errors import PerturberError
 
-__all__ = ["CLASS_SETS", "UnknownClass", "imagenet_categories", "indices"]
+__all__ = ["CLASS_SETS", "UnknownClass", "imagenet_wnids", "imagenet_categories", "indices"]
 
 #: Named sets of ImageNet-1k classes, usable in the catalogue's ``classes``.
 CLASS_SETS = {"@dogs": range(151, 269), "@cats": range(281, 286)}
@@ -18,11 +19,21 @@ class UnknownClass(PerturberError):
 
 
 @functools.lru_cache(maxsize=1)
-def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet-1k class names, in index order (shipped with torchvision)."""
-    from torchvision.models import ResNet50_Weights  # heavy: only when the names are needed
+def _imagenet() -> tuple[tuple[str, str], ...]:
+    """(WordNet ID, name) of the 1000 ImageNet-1k classes in index order:
+    ``data/classes/imagenet.txt`` (sorted WordNet IDs, torchvision's names)."""
+    lines = (config.DATA_DIR / "classes" / "imagenet.txt").read_text().splitlines()
+    return tuple(tuple(line.split(" ", 1)) for line in lines if line.strip())
 
-    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k WordNet IDs in class-index order (sorted)."""
+    return tuple(wnid for wnid, _ in _imagenet())
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet-1k class names, in index order (torchvision's names)."""
+    return [name for _, name in _imagenet()]
 
 
 def indices(names: Sequence[str]) -> list[int]:

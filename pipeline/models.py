@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from perturber.pipeline import config, yamlsafe
-from perturber.pipeline.architectures import ARCHITECTURES, adapt_outputs, build_architecture, class_index, is_known
+from perturber.pipeline.architectures import ARCHITECTURES, KNOWN, adapt_outputs, build_architecture, class_index, is_known
 from perturber.pipeline.errors import one_line
 from perturber.pipeline.weights import ModelError, checked_sha256, sha256_of, weights_file
 
@@ -147,8 +147,7 @@ def _parse_entry(name: str, entry: Mapping[str, Any], origin: str) -> ModelSpec:
         except ModelError as exc:
             raise ModelError(f"{where}: {exc}") from None
     if not is_known(architecture):
-        raise ModelError(f"{where}: unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)}, "
-                         "torchvision:<name>, timm:<name>)")
+        raise ModelError(f"{where}: unknown architecture {architecture!r} ({KNOWN})")
     finetune = entry.get("finetune") or {}
     if not isinstance(finetune, Mapping):
         raise ModelError(f"{where}: finetune must be a mapping")

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torchvision
 
-from perturber.pipeline import architectures, config, models
+from perturber.pipeline import classes, config, models
 from perturber.pipeline.architectures import class_index
 from perturber.pipeline.inference import capture, preprocess
 from perturber.pipeline.models import ModelError, load_model, sha256_of, spec
@@ -85,7 +85,7 @@ def test_inception5h_class_index_is_a_permutation():
 
     imagenet = [line.split(" ", 1) for line in _lines(CLASSES / "imagenet.txt")]
     assert len(imagenet) == 1000
-    assert [w for w, _ in imagenet] == sorted(w for w, _ in imagenet) == list(architectures.imagenet_wnids())
+    assert [w for w, _ in imagenet] == sorted(w for w, _ in imagenet) == list(classes.imagenet_wnids())
     name = {w: n for w, n in imagenet}
     by_output = {output: i for i, output in enumerate(index)}
     # known facts of Lucid's InceptionV1: output -> ImageNet-1k index and name

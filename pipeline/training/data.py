@@ -34,7 +34,6 @@ import torch
 from PIL import Image
 
 from perturber.pipeline import classes
-from perturber.pipeline.architectures import imagenet_wnids
 from perturber.pipeline.training import TrainingError
 
 __all__ = ["Sample", "folder_class", "scan", "split", "epoch_order", "batch_keys", "Images", "EXTENSIONS"]
@@ -53,7 +52,7 @@ class Sample:
 
 @functools.lru_cache(maxsize=1)
 def _lookups() -> tuple[dict[str, int], dict[str, list[int]]]:
-    wnids = {w: i for i, w in enumerate(imagenet_wnids())}
+    wnids = {w: i for i, w in enumerate(classes.imagenet_wnids())}
     names: dict[str, list[int]] = {}
     for i, name in enumerate(classes.imagenet_categories()):
         names.setdefault(name, []).append(i)
@@ -133,6 +132,7 @@ def split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[S
     return [s for i, s in enumerate(samples) if i not in held], [samples[i] for i in val]
 
 
+@functools.lru_cache(maxsize=2)  # every step of an epoch asks again: one permutation per epoch, not per step
 def epoch_order(n: int, seed: int, epoch: int) -> tuple[list[int], list[bool]]:
     """(the permutation of the n images for ``epoch``, whether each image is flipped)."""
     g = _generator(seed, 3, epoch)

@@ -191,13 +191,14 @@ def _attack_autocast(device: torch.device, precision: str):
     return contextlib.nullcontext() if dtype == torch.float16 else amp
 
 
-def _attacked(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, steps: int, amp) -> torch.Tensor:
-    """(B, 3, S, S) in [0, 1]: PGD on ``net`` in eval mode (the caller restores its mode)."""
+def _attacked(net: torch.nn.Module, spec: models.ModelSpec, x: torch.Tensor, y: torch.Tensor, attack: Attack, steps: int,
+              amp) -> torch.Tensor:
+    """(B, 3, S, S) in [0, 1]: PGD on ``net`` (preprocessed as ``spec``) in eval mode (the caller restores its mode)."""
     net.eval()
     delta = torch.zeros_like(x)
     with amp:
         for _ in range(steps):
-            delta = pgd_step(x, delta, attack, y, net)
+            delta = pgd_step(x, delta, attack, y, net, spec)
     return (x + delta).clamp(0, 1).detach()
 
 
@@ -206,6 +207,7 @@ def evaluate(net: torch.nn.Module, images: data.Images, spec: models.ModelSpec, 
     """(clean top-1, robust top-1 under ``attack`` or None) on ``images``, in
     eval mode; process r of w takes images r, r + w, ... (None: no images)."""
     amp, _ = _autocast(device, precision)
+    attack_amp = _attack_autocast(device, precision)
     mine = list(range(w.rank, len(images), w.world))
     counts = torch.zeros(3, dtype=torch.float64)
     for i in range(0, len(mine), batch):
@@ -214,7 +216,7 @@ def evaluate(net: torch.nn.Module, images: data.Images, spec: models.ModelSpec, 
         with torch.no_grad(), amp:
             counts[0] += (net(inference.preprocess(x, spec)).argmax(1) == y).sum().item()
         if attack is not None:
-            adv = _attacked(net, x, y, attack, attack_steps, _attack_autocast(device, precision))
+            adv = _attacked(net, spec, x, y, attack, attack_steps, attack_amp)
             with torch.no_grad(), amp:
                 counts[1] += (net(inference.preprocess(adv, spec)).argmax(1) == y).sum().item()
         counts[2] += len(y)
@@ -284,6 +286,7 @@ def _train(cfg: Config, p: Plan, w: World, device: torch.device) -> Result:
                                                         forward_sync_buffers=cfg.bn == "local")
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     amp, dtype = _autocast(device, cfg.precision)
+    attack_amp = _attack_autocast(device, cfg.precision)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     _seed(cfg.seed, w.rank)
     if resume:
@@ -316,7 +319,7 @@ def _train(cfg: Config, p: Plan, w: World, device: torch.device) -> Result:
         for step, (x, y) in enumerate(batches, start=start_step):
             x, y = x.to(device, non_blocking=True).float().div_(255), y.to(device, non_blocking=True)
             if p.attack is not None and cfg.mode == "adversarial":
-                x = _attacked(model, x, y, p.attack, cfg.attack_steps, _attack_autocast(device, cfg.precision))
+                x = _attacked(model, p.base, x, y, p.attack, cfg.attack_steps, attack_amp)
             set_train_mode(net, cfg.bn)
             with amp:
                 logits = net(inference.preprocess(x, p.base))
