@@ -32,17 +32,18 @@ Definitions:
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
 
 from perturber.pipeline import assets, factors, names
 
-__all__ = ["Cube", "SummaryRow", "softmax", "class_indices", "class_mask", "lazy"]
+__all__ = ["Cube", "SummaryRow", "softmax", "class_indices", "class_mask", "lazy", "nearest"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -67,6 +68,67 @@ def class_mask(object_id: str) -> np.ndarray:
     if indices is not None:
         mask[indices] = True
     return mask
+
+
+def nearest(mask: np.ndarray, here: Sequence[int], limit: int, fixed: Sequence[int] = ()) -> np.ndarray:
+    """(k, mask.ndim) int: the first ``limit`` True points of ``mask`` whose
+    ``fixed`` axes equal ``here``'s, ordered by the number of axes that differ
+    from ``here``, then the grid steps from it (L1), then C order.
+
+    The points that change c axes lie in the subspaces through ``here`` spanned
+    by c of the free axes; they are searched for c = 0, 1, 2, ... until
+    ``limit`` points are found, as long as those subspaces hold fewer cells than
+    a quarter of the slice; past that, the slice's True points are ranked with
+    a partial sort (no full sort of millions of points)."""
+    here = tuple(int(i) for i in here)
+    free = [k for k in range(mask.ndim) if k not in set(fixed)]
+    budget = max(4096, int(np.prod([mask.shape[k] for k in free], dtype=np.int64)) // 4)
+    found: list[np.ndarray] = []
+    count = work = 0
+    for c in range(len(free) + 1):
+        spans = list(itertools.combinations(free, c))
+        work += sum(int(np.prod([mask.shape[k] - 1 for k in span], dtype=np.int64)) for span in spans)
+        if work > budget:
+            return _nearest_by_ranking(mask, here, limit, fixed)
+        group = [_changed_exactly(mask, here, span) for span in spans]
+        group = np.concatenate(group) if group else np.zeros((0, mask.ndim), dtype=np.intp)
+        if len(group):
+            steps = np.abs(group - np.asarray(here)).sum(1)
+            flat = np.ravel_multi_index(group.T, mask.shape)
+            found.append(group[np.lexsort((flat, steps))])
+            count += len(group)
+        if count >= limit:
+            break
+    return np.concatenate(found)[:limit] if found else np.zeros((0, mask.ndim), dtype=np.intp)
+
+
+def _changed_exactly(mask: np.ndarray, here: tuple[int, ...], span: tuple[int, ...]) -> np.ndarray:
+    """(k, ndim) the True points of ``mask`` that differ from ``here`` on exactly the axes ``span``."""
+    index = tuple(slice(None) if k in span else here[k] for k in range(mask.ndim))
+    sub = np.array(mask[index], dtype=bool)  # axes of span, in order
+    for j, k in enumerate(span):
+        np.moveaxis(sub, j, 0)[here[k]] = False
+    inside = np.argwhere(sub)
+    points = np.tile(np.asarray(here, dtype=np.intp), (len(inside), 1))
+    points[:, list(span)] = inside
+    return points
+
+
+def _nearest_by_ranking(mask: np.ndarray, here: tuple[int, ...], limit: int, fixed: Sequence[int]) -> np.ndarray:
+    """:func:`nearest` over every True point of the slice (a partial sort by (changed, steps), C order kept)."""
+    index = tuple(slice(here[k], here[k] + 1) if k in set(fixed) else slice(None) for k in range(mask.ndim))
+    local = np.flatnonzero(mask[index])
+    if local.size == 0:
+        return np.zeros((0, mask.ndim), dtype=np.intp)
+    points = np.stack(np.unravel_index(local, mask[index].shape), axis=1)
+    points[:, list(fixed)] = [here[k] for k in fixed]
+    diff = np.abs(points - np.asarray(here))
+    key = (diff > 0).sum(1) * (sum(mask.shape) + 1) + diff.sum(1)  # changed axes first, then steps
+    if len(key) > limit:
+        cut = np.partition(key, limit - 1)[limit - 1]
+        keep = np.flatnonzero(key <= cut)
+        points, key = points[keep], key[keep]
+    return points[np.argsort(key, kind="stable")][:limit]
 
 
 @dataclass(frozen=True)
@@ -103,7 +165,8 @@ class Cube:
         self.fixed: dict[str, Any] = json.loads(ds.attrs["fixed"])
         self.models: list[str] = [str(m) for m in ds[names.MODEL].values]
         self._misread: dict[int, np.ndarray] = {}
-        self._mean_activation: dict[str, np.ndarray] = {}
+        self._mean_activation: dict[tuple, np.ndarray] = {}
+        self._sensitivity: dict[str, dict[str, float]] | None = None
 
     # ------------------------------------------------------------ what it holds
 
@@ -139,7 +202,12 @@ class Cube:
 
     @functools.cached_property
     def top1(self) -> tuple[np.ndarray, np.ndarray]:
-        """(top-1 class, top-1 probability), each (*axes, model) float, NaN where not computed."""
+        """(top-1 class, top-1 probability), each (*axes, model) float, NaN where not computed.
+
+        Read from the per-sample summaries (a few large chunks); a format-1
+        store has none, and its top-k arrays are read instead (a file per chunk)."""
+        if names.TOP1_CLASS in self.ds:
+            return self.ds[names.TOP1_CLASS].values, self.ds[names.TOP1_PROB].values
         return (self.ds[names.TOP_CLASS].isel({names.RANK: 0}).values,
                 self.ds[names.TOP_PROB].isel({names.RANK: 0}).values)
 
@@ -155,7 +223,9 @@ class Cube:
                 indices = class_indices(obj)
                 if indices is not None:
                     right[index] = np.isin(top[index], indices)
-            self._misread[m] = ~right & ~np.isnan(top)
+            with np.errstate(invalid="ignore"):
+                computed = top >= 0  # NaN (float) or -1 (int16 summaries): not computed
+            self._misread[m] = ~right & computed
         return self._misread[m]
 
     @functools.cached_property
@@ -176,7 +246,10 @@ class Cube:
         return (p * weights).sum(names.CLASS, skipna=False).transpose(*self.axes, names.MODEL).values
 
     def sensitivity(self) -> dict[str, dict[str, float]]:
-        """model → axis → the mean spread of the top-1 probability along the axis (NaN-aware)."""
+        """model → axis → the mean spread of the top-1 probability along the axis
+        (NaN-aware); computed once per :class:`Cube` (do not modify the result)."""
+        if self._sensitivity is not None:
+            return self._sensitivity
         prob = self.top1[1]
         out: dict[str, dict[str, float]] = {}
         for m, model in enumerate(self.models):
@@ -187,38 +260,28 @@ class Cube:
                     warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: chunks not computed
                     spread = np.nanmax(p, axis=k) - np.nanmin(p, axis=k)
                     out[model][axis] = float(np.nanmean(spread)) if np.isfinite(spread).any() else float("nan")
+        self._sensitivity = out
         return out
 
     def failures(self, model: str, here: Sequence[int], limit: int = 10) -> list[dict[str, Any]]:
         """Grid points of the object at grid index ``here`` that ``model`` misreads,
-        nearest first (fewest axes changed, then fewest grid steps).
+        nearest first (fewest axes changed, then fewest grid steps, then grid order).
 
         Each entry: the axis values of the point, its top-1 class name (``top1``)
-        and probability (``p``).
+        and probability (``p``). The cost grows with the neighbourhood searched
+        (:func:`nearest`), not with the cube.
         """
         classes, prob = self.top1
         m = self.models.index(model)
-        wrong = self.misread(model)
-        here = np.asarray(here)
-        if "object" in self.axes:  # another object is not a small change of this scene
-            k = self.axes.index("object")
-            index = [slice(None)] * wrong.ndim
-            index[k] = slice(here[k], here[k] + 1)
-            points = np.argwhere(wrong[tuple(index)])
-            points[:, k] = here[k]
-        else:
-            points = np.argwhere(wrong)
-        if points.size == 0:
-            return []
-        changed = (points != here).sum(1)
-        steps = np.abs(points - here).sum(1)
-        order = np.lexsort((steps, changed))[:limit]
-        class_names = self.ds[names.CLASS_NAME].values
+        fixed = [self.axes.index("object")] if "object" in self.axes else []  # another object is not a small change of this scene
+        points = nearest(self.misread(model), tuple(int(i) for i in here), limit, fixed)
+        class_names = self.class_names
         values = {axis: self.axis_values(axis) for axis in self.axes}
         out = []
-        for idx in points[order]:
+        for idx in points:
             point = {axis: values[axis][i] for axis, i in zip(self.axes, idx)}
-            out.append({**point, "top1": str(class_names[int(classes[tuple(idx) + (m,)])]), "p": float(prob[tuple(idx) + (m,)])})
+            at = tuple(int(i) for i in idx) + (m,)
+            out.append({**point, "top1": str(class_names[int(classes[at])]), "p": float(prob[at])})
         return out
 
     def summary(self) -> list[SummaryRow]:
@@ -246,26 +309,50 @@ class Cube:
         """The stored activation variables (of ``model`` only, when given)."""
         return names.activation_variables(self.ds, model)
 
-    def mean_activation(self, variable: str) -> np.ndarray:
+    def mean_activation(self, variable: str, grid: Mapping[str, Sequence[int]] | None = None) -> np.ndarray:
         """(*axes, neuron) float32: each stored neuron's spatial mean activation
-        per sample, NaN where not computed (one pass over the variable)."""
-        if variable not in self._mean_activation:
+        per sample, NaN where not computed (one pass over the variable); on the
+        sub-grid ``grid`` (axis → grid positions, :meth:`sample_grid`) when given."""
+        key = (variable, None if grid is None else tuple((a, tuple(grid[a])) for a in self.axes))
+        if key not in self._mean_activation:
             act = next(a for a in self.activations() if a.variable == variable)
-            values = lazy(self.ds[variable]).astype("float32")
-            self._mean_activation[variable] = values.mean([act.ay, act.ax]).values
-        return self._mean_activation[variable]
+            values = lazy(self.ds[variable])
+            if grid is not None:
+                values = values.isel({a: list(grid[a]) for a in self.axes})
+            self._mean_activation[key] = values.astype("float32").mean([act.ay, act.ax]).values
+        return self._mean_activation[key]
+
+    def sample_grid(self, chunks: int, chunk_shape: Sequence[int]) -> dict[str, list[int]]:
+        """axis → grid positions of a regular sub-grid of the cube touching at
+        most about ``chunks`` stored chunks (``chunk_shape``: one chunk's extent
+        along each axis): every object, at least two values of every axis that
+        has two, whole chunks, evenly spaced chunks along each axis. The whole
+        cube when it has that few chunks."""
+        sizes = [self.ds.sizes[a] for a in self.axes]
+        grid = [-(-n // c) for n, c in zip(sizes, chunk_shape)]
+        keep = list(grid)
+        floor = [g if a == "object" else min(g, 2) for a, g in zip(self.axes, grid)]
+        while int(np.prod(keep, dtype=np.int64)) > chunks and keep != floor:
+            k = max((k for k in range(len(keep)) if keep[k] > floor[k]), key=lambda k: keep[k])
+            keep[k] = max(floor[k], int(keep[k] * 0.8))
+        out = {}
+        for axis, n, g, k, c in zip(self.axes, sizes, grid, keep, chunk_shape):
+            picked = np.unique(np.linspace(0, g - 1, k).round().astype(int))
+            out[axis] = [i for p in picked for i in range(p * c, min((p + 1) * c, n))]
+        return out
 
     def group_labels(self) -> list[str]:
         """Labels of the data-driven neuron groups (nothing is computed)."""
         return ([f"most active for {o}" for o in self.objects]
                 + [f"changes most along {a}" for a in self.axes if self.ds.sizes[a] >= 2])
 
-    def neuron_groups(self, variable: str, size: int = 8) -> dict[str, list[int]]:
+    def neuron_groups(self, variable: str, size: int = 8, grid: Mapping[str, Sequence[int]] | None = None) -> dict[str, list[int]]:
         """label → positions along ``variable``'s neuron dimension (stored order):
         ``"most active for <object>"``, the largest mean activation over the
         object's computed samples; ``"changes most along <axis>"``, the largest
-        spread (max - min) along the axis, averaged over the other axes."""
-        m = self.mean_activation(variable)
+        spread (max - min) along the axis, averaged over the other axes. Over
+        the whole cube, or over the sub-grid ``grid`` (:meth:`sample_grid`)."""
+        m = self.mean_activation(variable, grid)
         groups: dict[str, list[int]] = {}
 
         def top(score: np.ndarray) -> list[int]:

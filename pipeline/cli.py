@@ -162,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true", help="clear the done marks of damaged chunks")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("migrate", help="rewrite a store written before sharding in the current store format",
+                       description="Copy a store written by an older Perturber (store format 1: a file per chunk) into a "
+                                   "new store in the current format (sharded, with per-sample summaries), without "
+                                   "running a model. The old store is only read; an interrupted run resumes.")
+    p.add_argument("store", help="the old store (a local folder)")
+    p.add_argument("--out", "-o", required=True,
+                   help="the new store (a folder that does not exist yet, or a migration to resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("study", parents=[registries, compute], help="run a study: its cubes, the metric with intervals, a table, figures, a report",
                        description="Run a study (workflows/studies/NAME.yaml): compute the cubes the store lacks "
                                    "(resumable, like precompute), then the metric with bootstrap intervals; write the "

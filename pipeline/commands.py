@@ -325,6 +325,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return verify.main(args.store, repair=args.repair, progress=not args.quiet)
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from perturber.pipeline import migrate
+
+    return migrate.main(args.store, args.out, progress=not args.quiet)
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from perturber.pipeline import clusters, tasks
     from perturber.pipeline.studies import runner

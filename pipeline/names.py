@@ -6,11 +6,13 @@ studies, fooling images and searches. Inside a cube group
 
 | name | what |
 | --- | --- |
-| ``logits``, ``top_class``, ``top_prob``, ``expected_prob``, ``image``, ``done`` | per-sample results, the chunk marks |
+| ``logits``, ``top_class``, ``top_prob``, ``image`` | per-sample results (sharded) |
+| ``top1_class``, ``top1_prob``, ``expected_prob`` | per-sample summaries (large chunks) |
+| ``done`` | the task marks |
 | ``mask`` | the object mask (the render's alpha), on request (``mask: true``) |
 | ``act_<model>_<layer>`` | activations, dims ``neuron_…``, ``ay_…``, ``ax_…`` with the same suffix |
 | ``model``, ``rank``, ``class``, ``class_name``, ``y``, ``x``, ``channel`` | coordinates |
-| ``chunk_<axis>`` | dimensions of ``done`` |
+| ``task_<axis>`` | dimensions of ``done`` (``chunk_<axis>`` in format-1 stores) |
 
 In the ``featureviz`` group, per target ``<model>_<layer>`` (``_dir`` for
 random directions; ``<model>_logits`` for class logits): ``fv_<target>``,
@@ -28,10 +30,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 __all__ = [
-    "LOGITS", "TOP_CLASS", "TOP_PROB", "EXPECTED_PROB", "IMAGE", "MASK", "DONE",
+    "LOGITS", "TOP_CLASS", "TOP_PROB", "EXPECTED_PROB", "TOP1_CLASS", "TOP1_PROB", "SUMMARIES", "IMAGE", "MASK", "DONE",
     "MODEL", "RANK", "CLASS", "CLASS_NAME", "Y", "X", "CHANNEL",
     "FEATUREVIZ", "STUDIES", "FOOLING", "SEARCH", "NOT_CUBES",
-    "mangle", "chunk_dim", "activation", "Activation", "activation_variables",
+    "mangle", "task_dim", "activation", "Activation", "activation_variables",
     "fv_target", "fv_names", "fv_variables", "FeatureVizNames", "study_group",
 ]
 
@@ -40,6 +42,10 @@ LOGITS = "logits"
 TOP_CLASS = "top_class"
 TOP_PROB = "top_prob"
 EXPECTED_PROB = "expected_prob"
+TOP1_CLASS = "top1_class"
+TOP1_PROB = "top1_prob"
+#: The per-sample summaries, (*axes, model) each, in large chunks.
+SUMMARIES = (TOP1_CLASS, TOP1_PROB, EXPECTED_PROB)
 IMAGE = "image"
 MASK = "mask"
 DONE = "done"
@@ -64,9 +70,9 @@ def mangle(text: str) -> str:
     return text.replace(".", "_").replace("@", "_")
 
 
-def chunk_dim(axis: str) -> str:
-    """The dimension of ``done`` along ``axis``."""
-    return f"chunk_{axis}"
+def task_dim(axis: str) -> str:
+    """The dimension of ``done`` along ``axis`` (one mark per task, a shard)."""
+    return f"task_{axis}"
 
 
 class Activation(NamedTuple):

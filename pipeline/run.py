@@ -1,10 +1,12 @@
-"""The precompute job: every missing chunk of every cube, as Dask tasks.
+"""The precompute job: every missing task of every cube, as Dask tasks.
 
-One task computes one chunk of a cube: it evaluates the chunk's grid points
-with :func:`pipeline.engine.evaluate` (distinct scenes rendered once, image
-factors and models batched) and writes one chunk-aligned region of the store,
-then marks the chunk done. Re-running skips done chunks, so a killed job
-resumes where it stopped and a finished one does nothing.
+One task computes one shard of a cube (:mod:`perturber.pipeline.shards`): it
+evaluates the shard's grid points with :func:`pipeline.engine.evaluate`, a
+few inner chunks per call (distinct scenes rendered once, image factors and
+models batched), writes the shard of every per-sample variable, and returns
+its summaries. The job's :class:`perturber.pipeline.summaries.SummaryWriter`
+writes those and then the task's done mark. Re-running skips done tasks, so
+a killed job resumes where it stopped and a finished one does nothing.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from perturber.pipeline import analysis, factors, names
+from perturber.pipeline import analysis, factors, names, shards, summaries
 from perturber.pipeline import store as zstore
 from perturber.pipeline.spec import CubeSpec, SweepSpec
 from perturber.pipeline.tasks import run_tasks, use_threads
 
-__all__ = ["compute_chunk", "chunk_points", "precompute", "dry_run", "summary", "RunReport", "estimate"]
+__all__ = ["compute_task", "run_task", "points_of", "precompute", "dry_run", "summary", "RunReport", "estimate"]
 
 
 @dataclass
@@ -38,44 +40,73 @@ class RunReport:
     samples: int = 0
 
 
-def chunk_points(cube: CubeSpec, index: tuple[int, ...]) -> tuple[list[dict[str, Any]], tuple[int, ...]]:
-    """The factor values of every grid point of a chunk (C order) and the chunk's shape."""
-    slices = zstore.chunk_slices(cube, index)
-    ranges = [range(s.start, s.stop) for s in slices]
-    points = [cube.point(idx) for idx in itertools.product(*ranges)]
-    return points, tuple(len(r) for r in ranges)
+#: Samples per engine.evaluate call inside a task (whole inner chunks; bounds a task's working memory).
+EVALUATE_SAMPLES = 256
 
 
-def compute_chunk(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_options: Mapping | None = None,
-                  device: str | None = None, batch_sizes: Mapping[str, int] | None = None,
-                  threads: int | None = None) -> tuple[str, tuple[int, ...], int]:
-    """Evaluate and write one chunk; returns (cube name, chunk index, samples).
+def points_of(cube: CubeSpec, region: tuple[slice, ...]) -> list[dict[str, Any]]:
+    """The factor values of every grid point of ``region`` (C order)."""
+    return [cube.point(idx) for idx in itertools.product(*(range(s.start, s.stop) for s in region))]
+
+
+def _chunk_groups(cube: CubeSpec, region: tuple[slice, ...]) -> list[list[tuple[slice, ...]]]:
+    """The inner chunks of a task's region (local slices), in groups of about :data:`EVALUATE_SAMPLES` samples."""
+    size = tuple(s.stop - s.start for s in region)
+    chunks = [shards.region(size, cube.chunk_shape, i) for i in itertools.product(*(range(n) for n in shards.grid(size, cube.chunk_shape)))]
+    groups, current, samples = [], [], 0
+    for c in chunks:
+        current.append(c)
+        samples += math.prod(s.stop - s.start for s in c)
+        if samples >= EVALUATE_SAMPLES:
+            groups.append(current)
+            current, samples = [], 0
+    return groups + ([current] if current else [])
+
+
+def compute_task(cube: CubeSpec, index: tuple[int, ...], region: tuple[slice, ...], out: Any,
+                 storage_options: Mapping | None = None, device: str | None = None,
+                 batch_sizes: Mapping[str, int] | None = None,
+                 threads: int | None = None) -> tuple[str, tuple[int, ...], int, dict[str, np.ndarray]]:
+    """Evaluate and write one task (``region``: its shard of the cube); returns
+    (cube name, task index, samples, summaries ((*region, model) each)).
 
     ``threads``: torch CPU threads for this process (:func:`perturber.pipeline.tasks.use_threads`).
     """
-    from perturber.pipeline import engine  # the renderer loads on the worker, not in the process that submits chunks
+    from perturber.pipeline import engine  # the renderer loads on the worker, not in the process that submits tasks
 
     use_threads(threads)
-    points, shape = chunk_points(cube, index)
-    ev = engine.evaluate(points, list(cube.models), layers=list(cube.layers), neurons=_neuron_lists(cube),
-                         size=cube.size, k=cube.top_k, device=device, batch_size=batch_sizes)
-    stack = lambda per_model: np.stack([per_model[m].numpy() for m in cube.models], axis=1)  # noqa: E731
-    values = {
-        names.LOGITS: stack(ev.logits).reshape(*shape, len(cube.models), 1000),
-        names.TOP_CLASS: stack(ev.top_class).reshape(*shape, len(cube.models), cube.top_k),
-        names.TOP_PROB: stack(ev.top_prob).reshape(*shape, len(cube.models), cube.top_k),
-        names.EXPECTED_PROB: _expected_prob(points, ev, cube).reshape(*shape, len(cube.models)),
-    }
-    if cube.images:
-        values[names.IMAGE] = ev.images.reshape(*shape, cube.size, cube.size, 3)
-    if cube.mask:
-        values[names.MASK] = ev.alpha.reshape(*shape, cube.size, cube.size)
-    for model in cube.models:
-        for layer in cube.layers:
-            a = ev.activations[model][layer].numpy()
-            values[names.activation(model, layer).variable] = a.reshape(*shape, *a.shape[1:])
-    zstore.write_chunk(cube, out, index, values, storage_options)
-    return cube.name, index, len(points)
+    size = tuple(s.stop - s.start for s in region)
+    n_models, k = len(cube.models), cube.top_k
+    values: dict[str, np.ndarray] = {}
+    expected = np.full(size + (n_models,), np.nan, dtype=np.float32)
+    for group in _chunk_groups(cube, region):
+        global_slices = [tuple(slice(r.start + c.start, r.start + c.stop) for r, c in zip(region, chunk)) for chunk in group]
+        points = [p for g in global_slices for p in points_of(cube, g)]
+        ev = engine.evaluate(points, list(cube.models), layers=list(cube.layers), neurons=_neuron_lists(cube),
+                             size=cube.size, k=cube.top_k, device=device, batch_size=batch_sizes)
+        stack = lambda per_model: np.stack([per_model[m].numpy() for m in cube.models], axis=1)  # noqa: E731
+        results = {names.LOGITS: stack(ev.logits), names.TOP_CLASS: stack(ev.top_class), names.TOP_PROB: stack(ev.top_prob)}
+        if cube.images:
+            results[names.IMAGE] = ev.images
+        if cube.mask:
+            results[names.MASK] = ev.alpha
+        for model in cube.models:
+            for layer in cube.layers:
+                results[names.activation(model, layer).variable] = ev.activations[model][layer].numpy()
+        probs = _expected_prob(points, ev, cube)
+        at = 0
+        for chunk in group:
+            shape = tuple(c.stop - c.start for c in chunk)
+            n = math.prod(shape)
+            for name, arr in results.items():
+                if name not in values:
+                    values[name] = np.empty(size + arr.shape[1:], dtype=arr.dtype)
+                values[name][chunk] = arr[at:at + n].reshape(shape + arr.shape[1:])
+            expected[chunk] = probs[at:at + n].reshape(shape + (n_models,))
+            at += n
+    zstore.write_task(cube, out, region, values, storage_options)
+    assert values[names.TOP_CLASS].shape == size + (n_models, k)
+    return cube.name, index, math.prod(size), summaries.summarise(values[names.TOP_CLASS], values[names.TOP_PROB], expected)
 
 
 def _expected_prob(points: list[dict[str, Any]], ev: Any, cube: CubeSpec) -> np.ndarray:
@@ -89,10 +120,6 @@ def _expected_prob(points: list[dict[str, Any]], ev: Any, cube: CubeSpec) -> np.
         for m, model in enumerate(cube.models):
             out[i, m] = float(ev.logits[model][i].softmax(0)[classes].sum())
     return out
-
-
-def _chunk_samples(cube: CubeSpec, index: tuple[int, ...]) -> int:
-    return math.prod(s.stop - s.start for s in zstore.chunk_slices(cube, index))
 
 
 def _neuron_lists(cube: CubeSpec) -> dict[str, list[int]]:
@@ -129,7 +156,8 @@ def dry_run(spec: SweepSpec, echo: Callable[[str], None] = print) -> None:
         size, seconds = estimate(cube)
         shape = " x ".join(f"{n}[{len(v)}]" for n, v in cube.axes)
         echo(f"cube {cube.name}: {shape} = {cube.samples} samples; {len(cube.models)} models; "
-             f"{int(np.prod(cube.chunk_grid))} chunks of {'x'.join(map(str, cube.chunk_shape))}; "
+             f"{int(np.prod(cube.chunk_grid))} chunks of {'x'.join(map(str, cube.chunk_shape))} "
+             f"(grouped into shards, one task each, when the store is written); "
              f"{cube.renders} distinct scenes; ~{size / 2**20:.0f} MiB; ~{_duration(seconds)} on a 2-core CPU")
 
 
@@ -141,59 +169,80 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _missing(cube: CubeSpec, out: Any, storage_options: Mapping | None) -> list[tuple[int, ...]]:
-    done = zstore.done_mask(cube, out, storage_options)
-    return [idx for idx in itertools.product(*(range(n) for n in cube.chunk_grid)) if not done[idx]]
+def run_task(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_options: Mapping | None = None) -> int:
+    """Compute, write and mark one task of a cube whose template is in ``out``
+    (in this process: what a precompute killed after that task leaves); returns its samples."""
+    tasks = zstore.tasks(cube, out, storage_options)
+    writer = summaries.SummaryWriter(cube, out, tasks, zstore.done_mask(cube, out, storage_options), storage_options)
+    _, _, n, result = compute_task(cube, tuple(index), tasks.region(tuple(index)), out, storage_options,
+                                   batch_sizes=zstore.batch_sizes(cube, out, storage_options))
+    writer.add(tuple(index), result)
+    writer.close()
+    return n
 
 
 def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers: int | None = None,
                overwrite: bool = False, storage_options: Mapping | None = None, progress: bool = True,
                echo: Callable[[str], None] = print) -> RunReport:
-    """Compute every missing chunk of every cube of ``spec`` into the store ``out``.
+    """Compute every missing task of every cube of ``spec`` into the store ``out``.
 
     ``scheduler``: None starts a LocalCluster sized to the machine (``workers``
     processes, one thread each); 'synchronous' runs in this process (no Dask);
-    anything else is the address of a running Dask scheduler.
+    anything else is the address of a running Dask scheduler. Tasks are
+    generated as they are submitted; the summaries of every task that
+    finished are written even when the run fails.
     """
     start = time.perf_counter()
     storage_options = zstore.default_options(out, storage_options)
     report = RunReport()
-    jobs = []
+    plans = []
     for cube in spec.cubes:
         zstore.create_or_check(cube, out, overwrite=overwrite, storage_options=storage_options)
-        missing = _missing(cube, out, storage_options)
-        report.written[cube.name] = len(missing)
-        report.skipped[cube.name] = int(np.prod(cube.chunk_grid)) - len(missing)
-        sizes = zstore.batch_sizes(cube, out, storage_options)
-        jobs += [(cube, idx, sizes) for idx in missing]
-    if not jobs:
-        echo(f"nothing to do: every chunk is already in the store (`perturber verify {out}` checks them for damage)")
+        tasks = zstore.tasks(cube, out, storage_options)
+        done = zstore.done_mask(cube, out, storage_options)
+        report.written[cube.name] = int((~done).sum())
+        report.skipped[cube.name] = int(done.sum())
+        writer = summaries.SummaryWriter(cube, out, tasks, done, storage_options)
+        plans.append((cube, tasks, done, writer, zstore.batch_sizes(cube, out, storage_options)))
+    if not any(report.written.values()):
+        echo(f"nothing to do: every task is already in the store (`perturber verify {out}` checks them for damage)")
         report.seconds = time.perf_counter() - start
         return report
-    total = sum(_chunk_samples(c, i) for c, i, _ in jobs)
+    total = sum(tasks.samples(tuple(i)) for _, tasks, done, _, _ in plans for i in np.argwhere(~done))
+    writers = {cube.name: writer for cube, _, _, writer, _ in plans}
     bar = tqdm(total=total, unit="sample", desc="precompute", disable=not progress, file=sys.stderr, smoothing=0.1)
+
+    def jobs():
+        for cube, tasks, done, _, sizes in plans:
+            for i in np.argwhere(~done):
+                index = tuple(int(k) for k in i)
+                yield cube, index, tasks.region(index), sizes
+
+    def finished(result) -> int:
+        name, index, n, values = result
+        writers[name].add(index, values)
+        bar.update(n)
+        return n
+
     try:
         if scheduler == "synchronous":
-            for cube, idx, sizes in jobs:
-                _, _, n = compute_chunk(cube, idx, out, storage_options, batch_sizes=sizes)
-                bar.update(n)
-                report.samples += n
+            for cube, index, region, sizes in jobs():
+                report.samples += finished(compute_task(cube, index, region, out, storage_options, batch_sizes=sizes))
         else:
-            report.samples = _run_dask(jobs, out, storage_options, scheduler, workers, bar, echo)
+            report.samples = _run_dask(jobs(), out, storage_options, scheduler, workers, finished, echo)
     finally:
+        for writer in writers.values():
+            writer.close()
         bar.close()
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _run_dask(jobs, out, storage_options, scheduler, workers, bar, echo) -> int:
-    calls = [(f"chunk-{cube.name}-{'-'.join(map(str, idx))}", functools.partial(compute_chunk, batch_sizes=sizes),
-              (cube, idx, out, storage_options)) for cube, idx, sizes in jobs]
-    def done(result) -> int:
-        bar.update(result[2])
-        return result[2]
-
-    return run_tasks(calls, scheduler, workers, done, echo)
+def _run_dask(jobs, out, storage_options, scheduler, workers, finished, echo) -> int:
+    # A list until run_tasks takes an iterable (bounded submission): then a generator.
+    calls = [(f"task-{cube.name}-{'-'.join(map(str, index))}", functools.partial(compute_task, batch_sizes=sizes),
+              (cube, index, region, out, storage_options)) for cube, index, region, sizes in jobs]
+    return run_tasks(calls, scheduler, workers, finished, echo)
 
 
 def summary(spec: SweepSpec, out: Any, storage_options: Mapping | None = None) -> str:

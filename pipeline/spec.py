@@ -19,6 +19,7 @@ fixes every other one (its default unless given)::
         images: true                           # store the model-input images
         mask: false                            # store the object mask (the render's alpha)
         chunks: {yaw: 2}                       # samples per chunk along an axis (hint)
+        shards: {yaw: 8}                       # samples per shard (one task) along an axis (hint)
         top_k: 5                               # classes kept per sample, 1..1000
         size: 224                              # render side in pixels, 32..1024
 
@@ -74,6 +75,7 @@ class CubeSpec:
     neurons: Mapping[str, Any] = field(default_factory=dict)
     images: bool = True
     chunks: Mapping[str, int] = field(default_factory=dict)
+    shards: Mapping[str, int] = field(default_factory=dict)
     top_k: int = 5
     size: int = 224
     mask: bool = False
@@ -122,7 +124,7 @@ class CubeSpec:
     def to_dict(self) -> dict[str, Any]:
         """The canonical form (what the hash covers and the store records).
 
-        ``mask`` appears only when true, so a spec without it keeps its hash.
+        ``mask`` and ``shards`` appear only when set, so a spec without them keeps its hash.
         """
         out = {
             "axes": {name: list(values) for name, values in self.axes},
@@ -137,6 +139,8 @@ class CubeSpec:
         }
         if self.mask:
             out["mask"] = True
+        if self.shards:
+            out["shards"] = dict(sorted(self.shards.items()))
         return out
 
     def sha256(self) -> str:
@@ -253,7 +257,7 @@ def _neurons(f: Fields, raw: Any, layers: tuple[str, ...]) -> dict[str, Any]:
 def _parse_cube(name: str, raw: Any, budget: int, force: bool) -> CubeSpec:
     f = Fields(f"cube {name!r}", SpecError)
     raw = f.mapping(raw, "", "its keys (axes, models, ...) to values", empty=False)
-    known = {"axes", "fixed", "models", "layers", "neurons", "images", "mask", "chunks", "top_k", "size"}
+    known = {"axes", "fixed", "models", "layers", "neurons", "images", "mask", "chunks", "shards", "top_k", "size"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise f.fail("", f"unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -295,9 +299,14 @@ def _parse_cube(name: str, raw: Any, budget: int, force: bool) -> CubeSpec:
         if axis not in axes_raw:
             raise f.fail(f"chunks.{axis}", f"chunk hint for {axis!r}, which is not an axis")
         chunks[axis] = f.whole(size, f"chunks.{axis}", 1, name="chunk size")
+    shards = {}
+    for axis, size in f.mapping(raw.get("shards"), "shards", "axes to samples per shard").items():
+        if axis not in axes_raw:
+            raise f.fail(f"shards.{axis}", f"shard hint for {axis!r}, which is not an axis")
+        shards[axis] = f.whole(size, f"shards.{axis}", 1, name="shard size")
     cube = CubeSpec(
         name=name, axes=axes, fixed=fixed, models=model_names, layers=layers, neurons=neurons,
-        images=f.flag(raw.get("images", True), "images"), chunks=chunks,
+        images=f.flag(raw.get("images", True), "images"), chunks=chunks, shards=shards,
         top_k=f.whole(raw.get("top_k", 5), "top_k", 1, 1000), size=f.whole(raw.get("size", 224), "size", 32, 1024),
         mask=f.flag(raw.get("mask", False), "mask"),
     )

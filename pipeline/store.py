@@ -1,38 +1,53 @@
-"""The Zarr store: one self-describing group per cube, written chunk by chunk.
+"""The Zarr store: one self-describing group per cube, written shard by shard.
 
-Layout of a cube group (``xarray.open_zarr(path, group=cube)``):
+Layout of a cube group (``xarray.open_zarr(path, group=cube)``, store format 2):
 
 | variable | dims | dtype |
 | --- | --- | --- |
 | ``logits`` | *axes, model, class | float16 |
 | ``top_class`` | *axes, model, rank | int16 (-1 unwritten, read as NaN) |
 | ``top_prob`` | *axes, model, rank | float32 |
-| ``expected_prob`` | *axes, model | float32, probability of the object's own classes |
 | ``image`` | *axes, y, x, channel | uint8, the exact model input (0 where unwritten: see ``done``) |
 | ``mask`` | *axes, y, x | uint8, the render's alpha before the image factors, 255 on the object (``mask: true`` only) |
 | ``act_<model>_<layer>`` | *axes, neuron_<model>_<layer>, ay_<…>, ax_<…> | float16 (names: :mod:`perturber.pipeline.names`) |
-| ``done`` | chunk_<axis>… | uint8, 1 once the chunk is written |
+| ``top1_class`` | *axes, model | int16, the top-1 class (-1 unwritten), a per-sample summary |
+| ``top1_prob`` | *axes, model | float32, its probability, a per-sample summary |
+| ``expected_prob`` | *axes, model | float32, probability of the object's own classes, a per-sample summary |
+| ``done`` | task_<axis>… | uint8, 1 once the task (shard) is written |
 
-Unwritten float cells are NaN. Coordinates carry ``units`` and ``long_name``;
-the group carries the cube spec (YAML), its sha256, the fixed values, the
-asset attributions and the package version. The template (metadata and
-coordinates) is written first; then each task writes whole Zarr chunks of one
-region and marks its chunk done, so a re-run redoes only unmarked chunks.
+Unwritten float cells are NaN. The per-sample variables are sharded (Zarr
+v3's sharding codec, :mod:`perturber.pipeline.shards`): one file per task
+region, holding the inner chunks a point read decodes. The summaries sit in
+large chunks of whole shards, and ``done`` in one chunk, so whole-cube views
+and a resumed run read a few files. Coordinates carry ``units`` and
+``long_name``; the group carries the cube spec (YAML), its sha256, the fixed
+values, the asset attributions and the package version.
+
+The template (metadata and coordinates) is written first. Each task then
+writes its shard of every per-sample variable and returns its summaries to
+the process that runs the job, the one writer of the summaries and the done
+marks (:mod:`perturber.pipeline.summaries`), which writes a task's summaries
+before its mark; a re-run redoes only unmarked tasks.
 
 Nothing a kill can leave behind stops a re-run (:func:`write_template`): the
 group's ``spec_sha256`` attribute, the marker that says "this group belongs to
 this spec", is written after everything else of the template, so a group
-without it is an interrupted template, written again by the next run; chunk
-data is written before its ``done`` mark; Zarr's local store writes every file
+without it is an interrupted template, written again by the next run; data
+is written before its ``done`` mark; Zarr's local store writes every file
 atomically (a temporary file, then a rename). Every array carries a crc32c
 checksum per chunk (Zarr v3's ``crc32c`` codec), so damage is found on reading
 (:mod:`perturber.pipeline.verify`).
+
+Format 1 (before sharding: one file per chunk, ``done`` per chunk with dims
+``chunk_<axis>``, no ``top1_*`` summaries) still opens for reading;
+``perturber migrate`` rewrites such a store in format 2.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -47,15 +62,16 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 import perturber
-from perturber.pipeline import assets, classes, factors, inference, models, names, options
+from perturber.pipeline import assets, classes, factors, inference, models, names, options, shards
 from perturber.pipeline.errors import PerturberError, one_line
 from perturber.pipeline.spec import CubeSpec
 
-__all__ = ["StoreError", "Layout", "layout", "default_options", "create_or_check", "write_chunk", "done_mask", "chunk_slices",
+__all__ = ["StoreError", "Layout", "layout", "default_options", "create_or_check", "write_task", "done_mask", "Tasks", "tasks",
+           "task_shape", "encoding",
            "open_cube", "consolidate", "consolidated_ok", "local_path", "is_absent", "check_writable", "group_state", "write_template",
            "checksummed", "clean_partials", "MARK"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MARK = "spec_sha256"  # the group attribute written last: the template is complete
 
 
@@ -68,6 +84,19 @@ class Layout:
     """Shapes of one cube's variables: activation (model, layer) → (neurons, ay, ax)."""
 
     activations: Mapping[tuple[str, str], tuple[list[int], int, int]]
+
+    def bytes_per_sample(self, cube: CubeSpec) -> list[int]:
+        """Uncompressed bytes per sample of each sharded (per-sample) variable."""
+        out = [len(cube.models) * 1000 * 2, len(cube.models) * cube.top_k * 2, len(cube.models) * cube.top_k * 4]
+        out += [cube.size * cube.size * 3] if cube.images else []
+        out += [cube.size * cube.size] if cube.mask else []
+        out += [len(neurons) * ay * ax * 2 for neurons, ay, ax in self.activations.values()]
+        return out
+
+    def shard_shape(self, cube: CubeSpec) -> tuple[int, ...]:
+        """Samples per shard (one task) along each axis (:func:`perturber.pipeline.shards.shard_shape`)."""
+        hint = {k: cube.shards[a] for k, a in enumerate(cube.axis_names) if a in cube.shards}
+        return shards.shard_shape(cube.shape, cube.chunk_shape, self.bytes_per_sample(cube), hint)
 
 
 @contextlib.contextmanager
@@ -101,10 +130,13 @@ def _axis_coord(name: str, values: tuple) -> xr.Variable:
 
 
 def template(cube: CubeSpec, lay: Layout) -> xr.Dataset:
-    """The lazy (dask, NaN-filled) dataset of the whole cube, with every coordinate and attribute."""
+    """The lazy (dask, NaN-filled) dataset of the whole cube, with every coordinate and attribute.
+
+    Per-sample variables are in dask chunks of one shard (a task's region);
+    :func:`_encoding` gives their inner chunks and shards."""
     axes = cube.axis_names
     shape = cube.shape
-    chunks = cube.chunk_shape
+    chunks = lay.shard_shape(cube)
     k, n_models = cube.top_k, len(cube.models)
     coords: dict[str, Any] = {name: _axis_coord(name, values) for name, values in cube.axes}
     coords[names.MODEL] = xr.Variable((names.MODEL,), np.array(cube.models, dtype=object), {"long_name": "model name (data/models.yaml)", "units": "1"})
@@ -124,9 +156,16 @@ def template(cube: CubeSpec, lay: Layout) -> xr.Dataset:
                           {"long_name": "ImageNet class index at this rank", "units": "1"}),
         names.TOP_PROB: ((*per_model, names.RANK), full((n_models, k), (n_models, k), np.float32, np.nan),
                          {"long_name": "softmax probability of the class at this rank", "units": "1"}),
-        names.EXPECTED_PROB: (per_model, full((n_models,), (n_models,), np.float32, np.nan),
-                              {"long_name": "total softmax probability of the object's classes (data/catalogue.yaml)", "units": "1"}),
     }
+    summary = shards.summary_chunk_shape(shape, chunks, n_models)
+    def summary_var(dtype, fill):
+        return da.full(shape + (n_models,), fill, dtype=dtype, chunks=summary + (n_models,))
+
+    data[names.TOP1_CLASS] = (per_model, summary_var(np.int16, -1), {"long_name": "ImageNet class index at rank 1", "units": "1"})
+    data[names.TOP1_PROB] = (per_model, summary_var(np.float32, np.nan),
+                             {"long_name": "softmax probability of the class at rank 1", "units": "1"})
+    data[names.EXPECTED_PROB] = (per_model, summary_var(np.float32, np.nan),
+                                 {"long_name": "total softmax probability of the object's classes (data/catalogue.yaml)", "units": "1"})
     s = cube.size
     if cube.images or cube.mask:
         coords[names.Y] = xr.Variable((names.Y,), np.arange(s), {"long_name": "image row", "units": "pixel"})
@@ -146,10 +185,10 @@ def template(cube: CubeSpec, lay: Layout) -> xr.Dataset:
                               full((len(neurons), ay, ax), (len(neurons), ay, ax), np.float16, np.nan),
                               {"long_name": f"activation of {model} {layer} ({models.spec(model).layer_path(layer)})", "units": "1",
                                "model": model, "layer": layer})
-    grid = cube.chunk_grid
-    data[names.DONE] = (tuple(names.chunk_dim(a) for a in axes), da.zeros(grid, dtype=np.uint8, chunks=(1,) * len(grid)),
-                    {"long_name": "1 where the chunk of the cube has been computed and written", "units": "1",
-                     "chunk_shape": list(cube.chunk_shape)})
+    grid = shards.grid(shape, chunks)
+    data[names.DONE] = (tuple(names.task_dim(a) for a in axes), da.zeros(grid, dtype=np.uint8, chunks=grid),
+                        {"long_name": "1 where the task (a shard of the cube) has been computed and written", "units": "1",
+                         "task_shape": list(chunks), "chunk_shape": list(cube.chunk_shape), "summary_chunk_shape": list(summary)})
     ds = xr.Dataset({k: xr.Variable(dims, arr, attrs) for k, (dims, arr, attrs) in data.items()}, coords=coords)
     ds.attrs.update(_group_attrs(cube))
     return ds
@@ -183,13 +222,20 @@ def checksummed(ds: xr.Dataset, encoding: Mapping[str, dict[str, Any]] | None = 
     return enc
 
 
-def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
-    enc = {}
+def encoding(ds: xr.Dataset, cube: CubeSpec, lay: Layout) -> dict[str, dict[str, Any]]:
+    """A cube template's encoding: fill values, checksums, and for the
+    per-sample variables inner chunks of ``cube.chunk_shape`` in shards of a task's region."""
+    shard = lay.shard_shape(cube)
+    enc: dict[str, dict[str, Any]] = {}
+    n = len(cube.axis_names)
     for name, var in ds.data_vars.items():
         if var.dtype.kind == "f":
             enc[name] = {"_FillValue": np.nan}
-        elif name == names.TOP_CLASS:
+        elif name in (names.TOP_CLASS, names.TOP1_CLASS):
             enc[name] = {"_FillValue": -1, "fill_value": -1}  # the attribute and Zarr's own fill value
+        if name != names.DONE and name not in names.SUMMARIES and var.dims[:n] == tuple(cube.axis_names):
+            rest = tuple(var.shape[n:])
+            enc.setdefault(name, {}).update(chunks=tuple(cube.chunk_shape) + rest, shards=tuple(shard) + rest)
     return checksummed(ds, enc)
 
 
@@ -298,7 +344,9 @@ def create_or_check(cube: CubeSpec, store: Any, overwrite: bool = False, storage
     clean_partials(store)
     state, existing = group_state(store, cube.name, storage_options)
     if state == "complete":
-        if existing.get(MARK) == cube.sha256():
+        old = int(existing.get("perturber_format", 1)) < FORMAT_VERSION
+        if existing.get(MARK) == cube.sha256() and not (old and overwrite):  # --overwrite replaces an old format
+            _check_format(existing, cube.name, store)
             consolidate(store, storage_options)  # a kill may have come between the marker and the consolidation
             return False
         if not overwrite:
@@ -309,12 +357,21 @@ def create_or_check(cube: CubeSpec, store: Any, overwrite: bool = False, storage
         # The marker goes first: a kill while the group is replaced leaves an incomplete template.
         with consolidated_ok():
             del zarr.open_group(store, path=cube.name, mode="r+", storage_options=storage_options, zarr_format=3).attrs[MARK]
-    ds = template(cube, layout(cube))
+    lay = layout(cube)
+    ds = template(cube, lay)
     # The batch sizes are fixed with the store: a resumed run batches exactly as
     # the first did, so its chunks come out bit for bit the same.
     ds.attrs["batch_sizes"] = json.dumps({m: inference.tuned_batch_size(m, str(models.best_device())) for m in cube.models})
-    write_template(ds, store, cube.name, _encoding(ds), storage_options)
+    write_template(ds, store, cube.name, encoding(ds, cube, lay), storage_options)
     return True
+
+
+def _check_format(attrs: Mapping[str, Any], cube: str, store: Any) -> None:
+    """Refuse to add to a cube written in an older store format (it opens for reading)."""
+    found = int(attrs.get("perturber_format", 1))
+    if found < FORMAT_VERSION:
+        raise StoreError(f"cube {cube!r} of {store} was written by an older Perturber (store format {found}); "
+                         f"`perturber migrate {store} --out NEW` rewrites it in format {FORMAT_VERSION}")
 
 
 def _read_attrs(store: Any, group: str, storage_options: Mapping | None) -> dict[str, Any] | None:
@@ -348,32 +405,63 @@ def open_cube(store: Any, cube: str, storage_options: Mapping | None = None, chu
         return xr.open_zarr(store, group=cube, storage_options=storage_options, chunks=chunks)
 
 
-def chunk_slices(cube: CubeSpec, index: tuple[int, ...]) -> tuple[slice, ...]:
-    return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, cube.chunk_shape, cube.shape))
+def task_shape(ds: xr.Dataset) -> tuple[int, ...]:
+    """Samples per ``done`` mark along each axis: a task's shard (format 1: a chunk)."""
+    attrs = ds[names.DONE].attrs
+    return tuple(int(n) for n in attrs.get("task_shape", attrs.get("chunk_shape")))
+
+
+@dataclass(frozen=True)
+class Tasks:
+    """A cube's tasks as written in its store: ``shape`` (samples per task along
+    each axis) over the cube of shape ``cube``; ``summary`` (samples per summary chunk)."""
+
+    cube: tuple[int, ...]
+    shape: tuple[int, ...]
+    summary: tuple[int, ...]
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return shards.grid(self.cube, self.shape)
+
+    def region(self, index: tuple[int, ...]) -> tuple[slice, ...]:
+        """The samples of task ``index`` along each axis."""
+        return shards.region(self.cube, self.shape, index)
+
+    def samples(self, index: tuple[int, ...]) -> int:
+        return math.prod(s.stop - s.start for s in self.region(index))
+
+
+def tasks(cube: CubeSpec, store: Any, storage_options: Mapping | None = None) -> Tasks:
+    """The tasks of ``cube`` in ``store`` (its template must be written): one per shard.
+
+    A format-1 store (one file per chunk) is refused: ``perturber migrate`` rewrites it."""
+    _check_format(_read_attrs(store, cube.name, storage_options) or {}, cube.name, store)
+    group = zarr.open_group(store, path=cube.name, mode="r", storage_options=storage_options, zarr_format=3)
+    done = group[names.DONE].attrs
+    return Tasks(tuple(cube.shape), tuple(done["task_shape"]), tuple(done["summary_chunk_shape"]))
 
 
 def done_mask(cube: CubeSpec, store: Any, storage_options: Mapping | None = None) -> np.ndarray:
-    """(chunk grid) bool: which chunks are written."""
-    with consolidated_ok():
-        ds = xr.open_zarr(store, group=cube.name, storage_options=storage_options, decode_cf=False)
-    return ds[names.DONE].values.astype(bool)
+    """(task grid) bool: which tasks are written."""
+    group = zarr.open_group(store, path=cube.name, mode="r", storage_options=storage_options, zarr_format=3)
+    return group[names.DONE][...].astype(bool)
 
 
-def write_chunk(cube: CubeSpec, store: Any, index: tuple[int, ...], values: Mapping[str, np.ndarray],
-                storage_options: Mapping | None = None) -> None:
-    """Write one chunk's variables (arrays shaped like the chunk's region), then mark it done.
+def write_task(cube: CubeSpec, store: Any, region: tuple[slice, ...], values: Mapping[str, np.ndarray],
+               storage_options: Mapping | None = None) -> None:
+    """Write one task's per-sample variables (arrays shaped like ``region``).
 
-    Writes go straight to the Zarr arrays: the region covers whole Zarr chunks,
-    so no other task's data is touched, and the done mark comes last.
+    The region is one whole shard of every variable, so no other task's data
+    is touched. The summaries and the done mark are the job's to write
+    (:class:`perturber.pipeline.summaries.SummaryWriter`), after this.
     """
     group = zarr.open_group(store, path=cube.name, mode="r+", storage_options=storage_options, zarr_format=3)
-    region = chunk_slices(cube, index)
     for name, arr in values.items():
-        # Every chunk of a done region has its file, even one equal to the fill
-        # value (a black image), so a missing file is damage (verify).
+        # Every inner chunk of a done region is written, even one equal to the
+        # fill value (a black image), so a shard is always whole.
         target = group[name].with_config({"write_empty_chunks": True})
         target[region] = np.asarray(arr, dtype=target.dtype)
-    group[names.DONE][tuple(slice(i, i + 1) for i in index)] = 1
 
 
 def consolidate(store: Any, storage_options: Mapping | None = None) -> None:

@@ -33,7 +33,7 @@ from perturber.pipeline.store import StoreError, open_cube
 from perturber.viewer.html import png
 
 __all__ = ["open_store", "done_marks", "analysis", "cube_names", "featureviz", "fv_png", "DamagedChunk", "repair_hint",
-           "read_point", "point_png", "tolerant"]
+           "read_point", "point_png", "tolerant", "group_grid", "GROUP_CHUNKS"]
 
 log = logging.getLogger("perturber.viewer")
 
@@ -62,8 +62,8 @@ def open_store(path: str, cube: str) -> xr.Dataset:
 
 @functools.lru_cache(maxsize=8)
 def done_marks(path: str, cube: str) -> np.ndarray:
-    """(chunk grid) bool, read once per process: one small file per chunk, so a
-    million-sample store takes seconds to read (a damaged mark reads as not done)."""
+    """(task grid) bool, read once per process (one file; a format-1 store has
+    one per chunk; a damaged mark reads as not done)."""
     return tolerant(open_store(path, cube)[names.DONE], fill=0).astype(bool)
 
 
@@ -72,6 +72,8 @@ class ViewerCube(Cube):
 
     @functools.cached_property
     def top1(self) -> tuple[np.ndarray, np.ndarray]:
+        if names.TOP1_CLASS in self.ds:
+            return tolerant(self.ds[names.TOP1_CLASS]), tolerant(self.ds[names.TOP1_PROB])
         return (tolerant(self.ds[names.TOP_CLASS].isel({names.RANK: 0})),
                 tolerant(self.ds[names.TOP_PROB].isel({names.RANK: 0})))
 
@@ -86,6 +88,19 @@ class ViewerCube(Cube):
 def analysis(path: str, cube: str) -> Cube:
     """The cube's analysis, shared by every session of this process."""
     return ViewerCube(open_store(path, cube))
+
+
+#: Data-driven neuron groups are computed on a sub-grid of the cube touching at most this many stored chunks.
+GROUP_CHUNKS = 256
+
+
+@functools.lru_cache(maxsize=8)
+def group_grid(path: str, cube: str) -> dict[str, list[int]]:
+    """axis → grid positions of the sub-grid the viewer's data-driven neuron
+    groups are computed on (:meth:`perturber.pipeline.analysis.Cube.sample_grid`
+    with :data:`GROUP_CHUNKS`: the whole cube when it has no more chunks)."""
+    ds = open_store(path, cube)
+    return analysis(path, cube).sample_grid(GROUP_CHUNKS, list(ds[names.DONE].attrs["chunk_shape"]))
 
 
 # ---------------------------------------------------------------- damage

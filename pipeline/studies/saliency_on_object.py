@@ -35,6 +35,7 @@ import torch
 import xarray as xr
 
 from perturber.pipeline import factors, inference, models, names
+from perturber.pipeline import store as zstore
 from perturber.pipeline.analysis import Cube
 from perturber.pipeline.studies import StudyError, outputs, study
 from perturber.pipeline.studies.bootstrap import bootstrap
@@ -129,10 +130,9 @@ def _check(cube: Cube, target: str, batch: int) -> tuple[list[str], list[str]]:
 
 
 def _sample_done(cube: Cube) -> np.ndarray:
-    """(*axes) bool: the samples whose chunk is written."""
-    done = cube.ds[names.DONE]
-    marks = done.values.astype(bool)
-    for k, c in enumerate(done.attrs["chunk_shape"]):
+    """(*axes) bool: the samples whose task is written."""
+    marks = cube.ds[names.DONE].values.astype(bool)
+    for k, c in enumerate(zstore.task_shape(cube.ds)):
         marks = np.repeat(marks, c, axis=k)
     return marks[tuple(slice(0, cube.ds.sizes[a]) for a in cube.axes)]
 

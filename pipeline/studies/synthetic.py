@@ -4,8 +4,8 @@
 group (every variable, coordinate and attribute of
 :func:`perturber.pipeline.store.template`), with the top-k classes, their
 probabilities and the class-set probability derived from the logits as the
-precompute derives them. :func:`write_store` writes such a cube chunk by
-chunk into a real store, for out-of-core benchmarks::
+precompute derives them. :func:`write_store` writes such a cube task by
+task (shard by shard) into a real store, for out-of-core benchmarks::
 
     cube = spec.parse_spec({"cubes": {"c": {"axes": {"object": ["dog"], "yaw": [0, 90]},
                                             "models": ["efficientnet_lite0"]}}}).cubes[0]
@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import xarray as xr
 
-from perturber.pipeline import factors, names
+from perturber.pipeline import factors, names, summaries
 from perturber.pipeline import store as zstore
 from perturber.pipeline.analysis import class_mask
 from perturber.pipeline.spec import CubeSpec
@@ -45,12 +45,9 @@ def derived(cube: CubeSpec, logits: np.ndarray, object_ids: np.ndarray) -> dict[
     distinct, which = np.unique(object_ids.astype(str), return_inverse=True)
     masks = np.stack([class_mask(o) for o in distinct]).astype(np.float32)  # (objects, 1000)
     set_prob = np.einsum("...mc,...c->...m", p, masks[which.reshape(object_ids.shape)])
-    return {
-        names.LOGITS: logits.astype(np.float16),
-        names.TOP_CLASS: order.astype(np.int16),
-        names.TOP_PROB: np.take_along_axis(p, order, -1).astype(np.float32),
-        names.EXPECTED_PROB: set_prob.astype(np.float32),
-    }
+    top_prob = np.take_along_axis(p, order, -1).astype(np.float32)
+    return {names.LOGITS: logits.astype(np.float16), names.TOP_CLASS: order.astype(np.int16), names.TOP_PROB: top_prob,
+            **summaries.summarise(order, top_prob, set_prob)}
 
 
 def _objects(cube: CubeSpec, shape: tuple[int, ...], index: tuple[slice, ...] | None = None) -> np.ndarray:
@@ -66,7 +63,7 @@ def _objects(cube: CubeSpec, shape: tuple[int, ...], index: tuple[slice, ...] | 
 
 
 def cube_dataset(cube: CubeSpec, logits: np.ndarray, images: np.ndarray | None = None) -> xr.Dataset:
-    """An in-memory cube Dataset with these logits, (*cube.shape, models, 1000), every chunk done.
+    """An in-memory cube Dataset with these logits, (*cube.shape, models, 1000), every task done.
 
     ``images`` (*cube.shape, S, S, 3) uint8 when the cube stores images.
     """
@@ -82,18 +79,24 @@ def cube_dataset(cube: CubeSpec, logits: np.ndarray, images: np.ndarray | None =
 
 def write_store(cube: CubeSpec, store: Any, logits_of: Callable[[tuple[slice, ...], np.random.Generator], np.ndarray],
                 seed: int = 0, progress: Callable[[int], None] | None = None) -> None:
-    """Write ``cube`` into ``store`` without rendering: each chunk's logits are
-    ``logits_of(slices, rng)``, (*chunk shape, models, 1000). No activations or images."""
+    """Write ``cube`` into ``store`` without rendering: each task's logits are
+    ``logits_of(slices, rng)``, (*task region shape, models, 1000). No activations or images."""
     if cube.layers or cube.images:
         raise ValueError("write_store makes cubes without layers or images")
     ds = zstore.template(cube, _layout(cube))
     ds.attrs["batch_sizes"] = "{}"
-    zstore.write_template(ds, store, cube.name, zstore.checksummed(ds))
+    zstore.write_template(ds, store, cube.name, zstore.encoding(ds, cube, _layout(cube)))
+    tasks = zstore.tasks(cube, store)
+    writer = summaries.SummaryWriter(cube, store, tasks, zstore.done_mask(cube, store))
     rng = np.random.default_rng(seed)
-    for index in itertools.product(*(range(n) for n in cube.chunk_grid)):
-        slices = zstore.chunk_slices(cube, index)
-        logits = logits_of(slices, rng)
-        values = derived(cube, logits, _objects(cube, logits.shape[: len(slices)], slices))
-        zstore.write_chunk(cube, store, index, values)
-        if progress is not None:
-            progress(int(np.prod(logits.shape[: len(slices)])))
+    try:
+        for index in itertools.product(*(range(n) for n in tasks.grid)):
+            slices = tasks.region(index)
+            logits = logits_of(slices, rng)
+            values = derived(cube, logits, _objects(cube, logits.shape[: len(slices)], slices))
+            zstore.write_task(cube, store, slices, {k: v for k, v in values.items() if k not in names.SUMMARIES})
+            writer.add(index, {k: values[k] for k in names.SUMMARIES})
+            if progress is not None:
+                progress(int(np.prod(logits.shape[: len(slices)])))
+    finally:
+        writer.close()
