@@ -24,8 +24,9 @@ distances x 25 hues, two models, 224 px images, 3 activation layers: 8
 sharded variables): inner chunks of 25 samples (the hues of one scene). The
 image shard would reach 128 MB at 891 samples, but 10M samples x 8
 variables / 40,000 files asks for 2,000: shards of 1 x 1 x 8 x 10 x 25
-samples (300 MB of images uncompressed), 5,000 tasks, 40,000 shard files;
-summary chunks of about 2M samples, 4 files per summary.
+samples (300 MB of images uncompressed), 5,600 tasks (50 pitches in shards
+of 8 make 7), 44,800 shard files; summary chunks of 2.5M samples, 4 files
+per summary.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def test_unwritten_cells_are_nan(small_spec, tmp_path):
     c = small_spec.cubes[0]
     out = str(tmp_path / "partial.zarr")
     store.create_or_check(c, out)
-    run.compute_chunk(c, (0, 0, 0), out)
+    run.run_task(c, (0, 0, 0), out)
     ds = xr.open_zarr(out, group="views")
     assert ds["done"].values.sum() == 1
     logits = ds["logits"].values

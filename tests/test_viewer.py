@@ -50,7 +50,7 @@ def stores(tmp_path_factory):
     partial = folder / "partial.zarr"
     cube = sweep.cubes[0]
     store.create_or_check(cube, str(partial))
-    run.compute_chunk(cube, (0, 0, 0), str(partial))  # dog at yaw 0 only
+    run.run_task(cube, (0, 0, 0), str(partial))  # dog at yaw 0 only (small cubes: a task per chunk)
     return full, partial
 
 

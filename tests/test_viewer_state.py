@@ -25,7 +25,7 @@ def stores(tmp_path_factory):
     run.precompute(sweep, full, scheduler="synchronous", progress=False)
     partial = str(folder / "partial.zarr")
     store.create_or_check(sweep.cubes[0], partial)
-    run.compute_chunk(sweep.cubes[0], (0, 0, 0), partial)
+    run.run_task(sweep.cubes[0], (0, 0, 0), partial)
     return full, partial
 
 
