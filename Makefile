@@ -11,7 +11,7 @@ setup:
 # cubes, the metric with bootstrap intervals, a figure and a report each), a
 # short CPPN fooling run and a search for the dog's nearest failure (the
 # viewer's Searches section), then the viewer on it at http://127.0.0.1:5006/
-# (Ctrl-C stops it). A second run finds every chunk done and goes straight to
+# (Ctrl-C stops it). A second run finds every task done and goes straight to
 # the analyses and the viewer.
 DEMO_MODELS = efficientnet_lite0,efficientnet_lite2
 

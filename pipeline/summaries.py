@@ -10,10 +10,12 @@ what the tasks return and writes, per summary chunk touched, the chunk's
 summaries whole and then the tasks' done marks.
 
 It writes a summary chunk as soon as every task in it has arrived, and
-everything it holds every ``interval`` seconds and on :meth:`close` (a
-``finally``: a failed or interrupted run keeps the work that arrived). A
-kill between a chunk's summaries and its marks leaves the tasks unmarked:
-the next run computes them again and writes the same values.
+everything it holds every so often (at least ``interval`` seconds, and at least
+20 times as long as its last write took, so writing costs at most ~5% of the
+run) and on :meth:`close` (a ``finally``: a failed or interrupted run keeps
+the work that arrived). A kill loses at most the tasks that arrived since
+the last write; a kill between a chunk's summaries and its marks leaves the
+tasks unmarked: the next run computes them again and writes the same values.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import numpy as np
 import zarr
 
 from perturber.pipeline import names
+from perturber.pipeline.errors import one_line
 from perturber.pipeline.spec import CubeSpec
-from perturber.pipeline.store import Tasks
+from perturber.pipeline.store import StoreError, Tasks
 
 __all__ = ["SummaryWriter", "summarise"]
 
@@ -44,18 +47,19 @@ class SummaryWriter:
     """Collects tasks' summaries for one cube and writes them with their done marks.
 
     ``done``: the (task grid) bool marks read when the run started (updated
-    as marks are written); ``interval``: seconds between writes of
+    as marks are written); ``interval``: fewest seconds between writes of
     incomplete summary chunks.
     """
 
     def __init__(self, cube: CubeSpec, store: Any, tasks: Tasks, done: np.ndarray,
-                 storage_options: Mapping | None = None, interval: float = 30.0):
+                 storage_options: Mapping | None = None, interval: float = 0.5):
         self.cube, self.store, self.tasks, self.storage_options = cube, store, tasks, storage_options
         self.done = np.array(done, dtype=bool)
         self.interval = interval
         self.written = 0  # done marks written by this writer
         self._pending: dict[tuple[int, ...], dict[tuple[int, ...], Mapping[str, np.ndarray]]] = {}
         self._last = time.monotonic()
+        self._took = 0.0  # seconds the last flush took
         # Tasks per summary chunk along each axis (a summary chunk cut to the axis holds all of its tasks).
         self._per = tuple(g if s >= n else max(1, s // t) for s, t, n, g in zip(tasks.summary, tasks.shape, tasks.cube, tasks.grid))
 
@@ -73,14 +77,16 @@ class SummaryWriter:
         self._pending.setdefault(chunk, {})[tuple(index)] = summaries
         if all(self.done[t] or t in self._pending[chunk] for t in self._tasks_in(chunk)):
             self._write(chunk)
-        if time.monotonic() - self._last >= self.interval:
+        if time.monotonic() - self._last >= max(self.interval, 20 * self._took):
             self.flush()
 
     def flush(self) -> None:
         """Write every summary chunk that holds pending tasks."""
+        start = time.monotonic()
         for chunk in list(self._pending):
             self._write(chunk)
         self._last = time.monotonic()
+        self._took = self._last - start
 
     def close(self) -> None:
         self.flush()
@@ -95,8 +101,13 @@ class SummaryWriter:
         fresh = not any(self.done[t] for t in self._tasks_in(chunk))  # nothing of it in the store yet
         for name in names.SUMMARIES:
             target = group[name]
-            values = (np.full(tuple(b.stop - b.start for b in block) + target.shape[-1:], target.fill_value, dtype=target.dtype)
-                      if fresh else target[block])
+            try:
+                values = (np.full(tuple(b.stop - b.start for b in block) + target.shape[-1:], target.fill_value, dtype=target.dtype)
+                          if fresh else target[block])
+            except Exception as exc:  # a checksum or codec error
+                raise StoreError(f"{self.store}: a chunk of {name} in cube {self.cube.name!r} is damaged "
+                                 f"({one_line(exc, typed=True, limit=100)}); `perturber verify {self.store} --repair`, "
+                                 "then precompute again") from None
             for index, summaries in pending.items():
                 local = tuple(slice(r.start - b.start, r.stop - b.start) for r, b in zip(self.tasks.region(index), block))
                 values[local] = summaries[name]

@@ -151,7 +151,7 @@ def _run_cli(spec_path, out, *extra):
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def _wait_for_chunks(out: Path, n: int, proc, timeout: float = 120.0):
+def _wait_for_tasks(out: Path, n: int, proc, timeout: float = 120.0):
     start = time.time()
     while time.time() - start < timeout:
         if proc.poll() is not None:
@@ -179,7 +179,7 @@ def test_killed_job_resumes_to_the_same_bytes(reference_store, tmp_path, extra):
         assert _run_cli(spec_path, reference_store, *extra).wait() == 0
     out = tmp_path / "killed.zarr"
     proc = _run_cli(spec_path, out, *extra)
-    _wait_for_chunks(out, 2, proc)
+    _wait_for_tasks(out, 1, proc)  # the job writes done marks every half second or so
     os.killpg(proc.pid, signal.SIGKILL)  # the job and its workers, mid-run
     proc.wait()
     done = zarr.open_group(str(out), mode="r")["views"]["done"][...]
@@ -201,7 +201,7 @@ def test_killed_worker_is_replaced_and_the_store_is_complete(tmp_path):
     assert _run_cli(spec_path, reference, "--workers", "2").wait() == 0
     out = tmp_path / "out.zarr"
     proc = _run_cli(spec_path, out, "--workers", "2")
-    _wait_for_chunks(out, 1, proc)
+    _wait_for_tasks(out, 1, proc)
     workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
     assert len(workers) == 2, "expected two worker processes"
     assert not zarr.open_group(str(out), mode="r")["views"]["done"][...].all(), "the kill should land mid-run"

@@ -164,6 +164,9 @@ def test_verify_finds_a_damaged_summary_chunk_and_repair_clears_its_tasks(sharde
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
+    zarr.open_group(str(path), path="views", mode="r+")[names.DONE][0, 0, 0] = 0  # a task to redo, its summary chunk damaged
+    with pytest.raises(StoreError, match=r"a chunk of top1_prob in cube 'views' is damaged .* --repair"):
+        run.precompute(_spec(3), str(path), scheduler="synchronous", progress=False, echo=lambda _: None)
     lines = []
     assert verify.main(str(path), repair=True, progress=False, echo=lines.append) == 0
     assert any("top1_prob: checksum mismatch" in line for line in lines), lines

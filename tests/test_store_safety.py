@@ -162,8 +162,8 @@ def test_verify_finds_damage_and_repair_recomputes_exactly_it(tiny, tmp_path):
     lines = result.stdout.strip().splitlines()
     assert result.returncode == 1 and not result.stderr
     assert sorted(lines[:2]) == [
-        "damaged chunk: group 'views' chunk object=dog yaw=0 hue=120: logits: checksum mismatch",
-        "damaged chunk: group 'views' chunk object=dog yaw=90 hue=0: image: chunk file missing",
+        "damaged chunk: group 'views' task object=dog yaw=0 hue=120: logits: checksum mismatch",
+        "damaged chunk: group 'views' task object=dog yaw=90 hue=0: image: chunk file missing",
     ]
     # A precompute alone does not see it; repair clears exactly those two marks.
     before = _files(out)

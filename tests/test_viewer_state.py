@@ -126,10 +126,10 @@ def test_a_damaged_chunk_reads_as_damaged_not_as_an_exception(stores, tmp_path):
     s.yaw = 90.0  # an intact chunk
     assert s.notice == "" and s.missing() == "not computed" and s.image().shape == (224, 224, 3)
     assert len(s.top5("efficientnet_lite0")) == 5
-    # Whole-cube views read the damaged chunks as not computed and work on.
+    # Whole-cube views read the per-sample summaries, which damaged shards leave intact.
     cube = viewer_stores.analysis(path, "views")
     top, prob = cube.top1
-    assert np.isnan(top[0, 0]).all() and np.isnan(prob[1, 2]).all() and not np.isnan(prob[0, 1]).any()
+    assert not np.isnan(top).any() and not np.isnan(prob).any()
     assert all(f["object"] == "dog" for f in cube.failures("efficientnet_lite0", s.index(), limit=5))
     s.object, s.yaw = "cat", 180.0  # the truncated top_prob chunk
     assert s.top5("efficientnet_lite0") is None and "object=cat, yaw=180, hue=120 (top_prob)" in s.notice
