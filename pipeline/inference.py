@@ -9,24 +9,39 @@ Activations are captured by module path with forward hooks that copy the
 output (an in-place ReLU after the hooked module would otherwise overwrite
 it); a module that runs several times per forward pass is addressed as
 ``path@k``.
+
+Precision (:data:`PRECISIONS`, from exact to fast): ``float32`` (the default
+memory layout), ``channels_last`` (float32, NHWC; the default everywhere, as
+models load), ``bf16`` and ``fp16`` (bfloat16 or float16 autocast, NHWC).
+Which one a model may use on a GPU is decided by :mod:`perturber.pipeline.devices`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from perturber.pipeline import atomic, config, models
+from perturber.pipeline.errors import one_line
 
-__all__ = ["preprocess", "capture", "Outputs", "run_models", "layer_shapes", "tuned_batch_size", "classify"]
+__all__ = ["preprocess", "capture", "Outputs", "run_models", "layer_shapes", "tuned_batch_size", "batch_sizes",
+           "classify", "network", "precision_context", "PRECISIONS", "DEFAULT_PRECISION", "compiled_models"]
+
+#: The precisions a model can run in, from exact to fast (module docstring);
+#: bf16 and fp16 are equally fast on a GPU, and fp16 keeps 3 more bits of mantissa.
+PRECISIONS = ("float32", "channels_last", "bf16", "fp16")
+#: What every model runs in unless told otherwise (models load in channels_last).
+DEFAULT_PRECISION = "channels_last"
 
 
 def preprocess(images: torch.Tensor, s: models.ModelSpec, resize: bool = True) -> torch.Tensor:
@@ -87,6 +102,61 @@ def capture(model: torch.nn.Module, paths: Sequence[str], detach: bool = True) -
             h.remove()
 
 
+_CONTIGUOUS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # channels_last model → a float32 copy in NCHW
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # eager model → torch.compile(model)
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise models.ModelError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
+
+
+def network(name: str, device: str | torch.device, precision: str = DEFAULT_PRECISION,
+            compile: bool = False) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.nn.Module]:
+    """(what to call, the module whose layers :func:`capture` hooks) for model
+    ``name`` on ``device`` in ``precision``.
+
+    ``float32`` uses a copy of the model in the default (NCHW) layout, made once
+    per loaded model. ``compile``: the model through :func:`torch.compile`
+    (inductor), made once per loaded model and layout; it compiles on its first
+    call (and again for a new batch size). The hooks go on the eager module,
+    which the compiled one traces.
+    """
+    _check_precision(precision)
+    net = models.load_model(name, device)
+    if precision == "float32":
+        if net not in _CONTIGUOUS:
+            _CONTIGUOUS[net] = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
+        net = _CONTIGUOUS[net]
+    if not compile:
+        return net, net
+    if net not in _COMPILED:
+        _COMPILED[net] = torch.compile(net)
+    return _COMPILED[net], net
+
+
+def compiled_models() -> list[torch.nn.Module]:
+    """The eager models compiled in this process so far (:func:`network` with ``compile``)."""
+    return list(_COMPILED.keys())
+
+
+def precision_context(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager:
+    """The autocast of ``precision`` on ``device`` (bf16, fp16: bfloat16, float16 autocast; else none)."""
+    _check_precision(precision)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return contextlib.nullcontext() if half is None else torch.autocast(torch.device(device).type, dtype=half)
+
+
+def _layout(x: torch.Tensor, precision: str) -> torch.Tensor:
+    """``x`` (B, 3, H, W) in the memory layout of ``precision``."""
+    return x.contiguous() if precision == "float32" else x.contiguous(memory_format=torch.channels_last)
+
+
+def _compile_error(name: str, exc: Exception) -> models.ModelError:
+    """torch.compile failed (no C compiler for the CPU, no Triton for a GPU, an op it cannot trace): one line."""
+    return models.ModelError(f"{name}: torch.compile failed ({one_line(exc, typed=True)}); run without --compile")
+
+
 @torch.no_grad()
 def classify(model: torch.nn.Module, images: np.ndarray, size: int = 224) -> torch.Tensor:
     """Softmax probabilities (B, 1000) for uint8 RGB(A) images (B, H, W, C) and an
@@ -108,9 +178,23 @@ class Outputs:
     neurons: dict[str, list[int]] = field(default_factory=dict)
 
 
+def _per_model(value, name: str):
+    """``value`` for model ``name``: one value for all models, or a mapping model → value."""
+    return value.get(name) if isinstance(value, Mapping) else value
+
+
+def batch_sizes(names: Sequence[str], device: str | torch.device, batch_size: int | Mapping[str, int] | None = None,
+                precision: str | Mapping[str, str] | None = None) -> dict[str, int]:
+    """model → the batch size :func:`run_models` uses: ``batch_size`` (one for all
+    or per model), else the model's measured best (:func:`tuned_batch_size`)."""
+    return {name: int(_per_model(batch_size, name) or tuned_batch_size(
+        name, str(device), precision=_per_model(precision, name) or DEFAULT_PRECISION)) for name in names}
+
+
 def run_models(images: torch.Tensor, names: Sequence[str], layers: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
                neurons: Mapping[str, Sequence[int]] | None = None, device: str | torch.device | None = None,
-               batch_size: int | Mapping[str, int] | None = None) -> dict[str, Outputs]:
+               batch_size: int | Mapping[str, int] | None = None, precision: str | Mapping[str, str] | None = None,
+               compile: bool = False) -> dict[str, Outputs]:
     """Every model of ``names`` on the same images: model → :class:`Outputs`.
 
     images (B, 3, H, W) float RGB in [0, 1]; each model resizes them to its own
@@ -118,23 +202,26 @@ def run_models(images: torch.Tensor, names: Sequence[str], layers: Mapping[str, 
     the same for every model or per model; ``neurons``: layer → channel indices
     to keep (default: all). Runs on ``device`` (default: CUDA when available)
     in batches of ``batch_size`` (one for all models or per model; default:
-    each model's measured best, :func:`tuned_batch_size`). Gradients are off.
+    each model's measured best, :func:`tuned_batch_size`), in ``precision`` (one
+    of :data:`PRECISIONS` for all or per model; default ``channels_last``),
+    through :func:`torch.compile` when ``compile``. Gradients are off.
     """
     device = torch.device(device) if device is not None else models.best_device()
     images = images.to(device)
+    steps = batch_sizes(names, device, batch_size, precision)
     out: dict[str, Outputs] = {}
     for name in names:
         s = models.spec(name)
         wanted = list(layers.get(name, ()) if isinstance(layers, Mapping) else (layers or ()))
         paths = [s.layer_path(layer) for layer in wanted]
-        net = models.load_model(name, device)
-        chosen = batch_size.get(name) if isinstance(batch_size, Mapping) else batch_size
-        step = chosen or tuned_batch_size(name, str(device))
+        chosen_precision = _per_model(precision, name) or DEFAULT_PRECISION
+        call, net = network(name, device, chosen_precision, compile)
+        step = steps[name]
         logits, acts = [], {layer: [] for layer in wanted}
-        with torch.no_grad(), capture(net, paths) as captured:
+        with torch.no_grad(), capture(net, paths) as captured, precision_context(chosen_precision, device):
             for start in range(0, len(images), step):
-                x = preprocess(images[start : start + step].float(), s)
-                logits.append(net(x).float())
+                x = _layout(preprocess(images[start : start + step].float(), s), chosen_precision)
+                logits.append(_forward(call, x, name, compile).float())
                 for layer, path in zip(wanted, paths):
                     acts[layer].append(_chosen(captured[path], (neurons or {}).get(layer), name, layer))
         activations = {layer: torch.cat(v) for layer, v in acts.items()}
@@ -144,6 +231,17 @@ def run_models(images: torch.Tensor, names: Sequence[str], layers: Mapping[str, 
             neurons={layer: list((neurons or {}).get(layer) or range(a.shape[1])) for layer, a in activations.items()},
         )
     return out
+
+
+def _forward(call: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, name: str, compiled: bool) -> torch.Tensor:
+    if not compiled:
+        return call(x)
+    try:
+        return call(x)
+    except models.ModelError:
+        raise
+    except Exception as exc:  # torch._dynamo's BackendCompilerFailed, InductorError, a missing compiler...
+        raise _compile_error(name, exc) from exc
 
 
 def _chosen(a: torch.Tensor, chosen: Sequence[int] | None, model: str, layer: str) -> torch.Tensor:
@@ -164,24 +262,40 @@ def layer_shapes(name: str, layers: Sequence[str], size: int = 224) -> dict[str,
     return {layer: tuple(a.shape[1:]) for layer, a in outputs.activations.items()}
 
 
-def tuned_batch_size(name: str, device: str, candidates: tuple[int, ...] = (1, 2, 4, 8, 16)) -> int:
-    """The fastest batch size for model ``name`` on ``device``, measured once.
+#: The batch sizes :func:`tuned_batch_size` tries, per device type: a CPU is
+#: fastest at small batches (activations stay in cache), a GPU needs large ones.
+CANDIDATES = {"cpu": (1, 2, 4, 8, 16), "cuda": (16, 32, 64, 128, 256)}
+
+
+def device_label(device: str | torch.device) -> str:
+    """The device as its results depend on it: the GPU's name, or the CPU and its torch threads."""
+    dev = torch.device(device)
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu-{torch.get_num_threads()}threads"
+
+
+def tuned_batch_size(name: str, device: str, candidates: tuple[int, ...] | None = None,
+                     precision: str = DEFAULT_PRECISION) -> int:
+    """The fastest batch size for model ``name`` on ``device`` in ``precision``, measured once.
 
     The best batch size is a property of the machine, not of the model
     (EfficientNet-Lite0 on a 2-core CPU: 85 images/s at batch 2, 45 at 32);
-    the result is cached on disk (in ``PERTURBER_CACHE``) per model, device
-    and thread count.
+    the result is cached on disk (in ``PERTURBER_CACHE``) per model, device,
+    thread count and precision. ``candidates``: default :data:`CANDIDATES`
+    of the device's type (a GPU up to 256).
     """
+    _check_precision(precision)
     dev = torch.device(device)
-    label = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu-{torch.get_num_threads()}threads"
-    return _tuned_batch_size(name, str(dev), label, candidates, config.cache_dir())
+    candidates = tuple(candidates or CANDIDATES.get(dev.type, CANDIDATES["cpu"]))
+    return _tuned_batch_size(name, str(dev), device_label(dev), candidates, precision, config.cache_dir())
 
 
 @functools.lru_cache(maxsize=16)
-def _tuned_batch_size(name: str, device: str, label: str, candidates: tuple[int, ...], cache: Path) -> int:
+def _tuned_batch_size(name: str, device: str, label: str, candidates: tuple[int, ...], precision: str, cache: Path) -> int:
     dev = torch.device(device)
     path = cache / "batch-sizes.json"
-    key = f"{name}|{label}"
+    # Keys of the CPU's candidates in channels_last are those of before the GPU range and precisions existed.
+    key = (f"{name}|{label}" + ("" if precision == DEFAULT_PRECISION else f"|{precision}")
+           + ("" if candidates == CANDIDATES["cpu"] else "|" + ",".join(map(str, candidates))))
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -189,11 +303,11 @@ def _tuned_batch_size(name: str, device: str, label: str, candidates: tuple[int,
     if key in known:
         return int(known[key])
     s = models.spec(name)
-    net = models.load_model(name, dev)
+    net, _ = network(name, dev, precision)
     n = max(candidates) * 2
-    x = preprocess(torch.rand(n, 3, s.input_size, s.input_size, device=dev), s)
+    x = _layout(preprocess(torch.rand(n, 3, s.input_size, s.input_size, device=dev), s), precision)
     best, best_rate = candidates[0], 0.0
-    with torch.no_grad():
+    with torch.no_grad(), precision_context(precision, dev):
         for bs in candidates:
             net(x[:bs])  # warm-up
             if dev.type == "cuda":
