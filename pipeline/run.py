@@ -239,9 +239,9 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
 
 
 def _run_dask(jobs, out, storage_options, scheduler, workers, finished, echo) -> int:
-    # A list until run_tasks takes an iterable (bounded submission): then a generator.
-    calls = [(f"task-{cube.name}-{'-'.join(map(str, index))}", functools.partial(compute_task, batch_sizes=sizes),
-              (cube, index, region, out, storage_options)) for cube, index, region, sizes in jobs]
+    # A generator: run_tasks reads it as tasks finish (a bounded window of futures).
+    calls = ((f"task-{cube.name}-{'-'.join(map(str, index))}", functools.partial(compute_task, batch_sizes=sizes),
+              (cube, index, region, out, storage_options)) for cube, index, region, sizes in jobs)
     return run_tasks(calls, scheduler, workers, finished, echo)
 
 

@@ -1,30 +1,49 @@
-"""Dask tasks: running a list of calls on a cluster, and what each task does first.
+"""Dask tasks: running calls on a cluster, and what each task does first.
 
-Every long computation here (precompute chunks, feature-visualisation
+Every long computation here (precompute tasks, feature-visualisation
 batches, live points, PGD steps) is a plain function run as a Dask task. A
 task function takes a ``threads`` keyword and calls :func:`use_threads`
 first: Dask's worker processes would otherwise run torch single-threaded,
 whatever ``OMP_NUM_THREADS`` says.
+
+:func:`run_tasks` submits calls from an iterable as a bounded window of
+futures (a few per worker thread), so millions of tasks never become
+millions of futures. :func:`plan_workers` decides the local cluster it
+starts: one worker per GPU where CUDA devices are visible (dask-cuda's
+``LocalCUDACluster`` when installed, else one process per device pinned with
+``CUDA_VISIBLE_DEVICES``), otherwise worker processes sharing the CPU cores.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import logging
 import os
 import socket
 import sys
-from typing import Any, Callable
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
 import dask
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, as_completed
+from distributed.worker_memory import parse_memory_limit
 
 from perturber.pipeline.errors import PerturberError, one_line
 
 __all__ = ["SchedulerError", "use_threads", "start_local_cluster", "connect", "check_scheduler", "run_tasks",
-           "CONNECT_TIMEOUT"]
+           "run_windowed", "CONNECT_TIMEOUT", "WorkerPlan", "plan_workers", "visible_devices", "start_workers",
+           "window_size"]
 
 #: Seconds to wait for a Dask scheduler to answer.
 CONNECT_TIMEOUT = 10.0
+#: Futures in flight per worker thread: one running and two waiting, so no worker idles between tasks.
+WINDOW_PER_THREAD = 3
+#: The least window (a job queue's workers may not have arrived when the first tasks go out).
+MIN_WINDOW = 8
+#: Seconds between two looks at the cluster's size while tasks run (workers come and go).
+WINDOW_REFRESH_S = 5.0
 
 
 class SchedulerError(PerturberError):
@@ -40,25 +59,108 @@ def use_threads(threads: int | None) -> None:
             torch.set_num_threads(threads)
 
 
-def start_local_cluster(**kwargs: Any):
-    """A LocalCluster of worker processes on 127.0.0.1 that leaves this process as it was.
+def _preserving_environment(start: Callable[[], Any]) -> Any:
+    """``start()``, with this process's environment and torch threads put back afterwards.
 
-    Starting one sets OMP_NUM_THREADS=1 (and MKL/OpenBLAS, MALLOC_TRIM_THRESHOLD_)
-    in the caller's own environment and drops its torch threads to one; any
-    later computation here, or a subprocess started from here, would then run
-    single-threaded and round differently. Both are put back.
+    Starting a LocalCluster sets OMP_NUM_THREADS=1 (and MKL/OpenBLAS,
+    MALLOC_TRIM_THRESHOLD_) in the caller's own environment and drops its
+    torch threads to one; any later computation here, or a subprocess started
+    from here, would then run single-threaded and round differently.
     """
     saved = dict(os.environ)
-    threads = None
-    if "torch" in sys.modules:
-        threads = sys.modules["torch"].get_num_threads()
+    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     try:
-        return LocalCluster(processes=True, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, **kwargs)
+        return start()
     finally:
         os.environ.clear()
         os.environ.update(saved)
         if threads is not None:
             sys.modules["torch"].set_num_threads(threads)
+
+
+def start_local_cluster(**kwargs: Any):
+    """A LocalCluster of worker processes on 127.0.0.1 that leaves this process as it was."""
+    return _preserving_environment(lambda: LocalCluster(processes=True, dashboard_address="127.0.0.1:0",
+                                                        silence_logs=logging.ERROR, **kwargs))
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """The local cluster :func:`run_tasks` starts.
+
+    - ``kind``: 'cpu' (a LocalCluster of worker processes), 'dask-cuda'
+      (``dask_cuda.LocalCUDACluster``, one worker per GPU) or 'devices' (one
+      worker process per GPU, each seeing only its own through
+      ``CUDA_VISIBLE_DEVICES``).
+    - ``workers``: worker processes, each running one task at a time.
+    - ``threads``: torch CPU threads of each worker (the cores shared out).
+    - ``devices``: each worker's ``CUDA_VISIBLE_DEVICES`` value, in order.
+    """
+
+    kind: str
+    workers: int
+    threads: int
+    devices: tuple[str, ...] = ()
+
+
+def plan_workers(cpus: int, devices: Sequence[str] = (), dask_cuda: bool = False, workers: int | None = None,
+                 tasks: int | None = None) -> WorkerPlan:
+    """The local cluster for ``cpus`` cores and the visible CUDA ``devices`` (their names).
+
+    With devices: one worker per device (``workers``, when given, uses the
+    first ``workers`` of them), through dask-cuda when ``dask_cuda``. Without:
+    ``workers`` processes (default: one per core, no more than ``tasks``).
+    Either way the cores are shared out as torch threads.
+    """
+    cpus = max(1, cpus)
+    if devices:
+        chosen = tuple(devices)[: workers or len(devices)]
+        return WorkerPlan("dask-cuda" if dask_cuda else "devices", len(chosen), max(1, cpus // len(chosen)), chosen)
+    n = workers or max(1, min(cpus, cpus if tasks is None else tasks))
+    return WorkerPlan("cpu", n, max(1, cpus // n))
+
+
+def visible_devices() -> tuple[str, ...]:
+    """The CUDA devices this process may use, named as ``CUDA_VISIBLE_DEVICES``
+    names them (indices or UUIDs); () without CUDA. Starts no CUDA context."""
+    import torch  # heavy: only where a cluster is started, and the tasks use torch anyway
+
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return tuple(str(i) for i in range(count))
+    return tuple(d.strip() for d in listed.split(",") if d.strip())[:count]
+
+
+def start_workers(plan: WorkerPlan):
+    """Start the local cluster of ``plan`` on 127.0.0.1; this process's environment is left as it was.
+
+    Dask's workers start with MALLOC_TRIM_THRESHOLD_=65536; setting it also
+    turns off glibc's adaptive mmap threshold, so every activation buffer over
+    128 KiB is mmapped and unmapped per layer (measured: 2.2x slower chunks,
+    half the time in the kernel). Both thresholds are raised; they must be
+    set before a worker starts, hence pre-spawn-environ.
+    """
+    settings = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+                "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": str(1 << 25),
+                "distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": str(plan.threads),
+                "distributed.nanny.pre-spawn-environ.PYOPENGL_PLATFORM": "egl"}
+    with dask.config.set(settings):
+        if plan.kind == "cpu":
+            return start_local_cluster(n_workers=plan.workers, threads_per_worker=1)
+        if plan.kind == "dask-cuda":
+            import dask_cuda  # optional: only on GPU machines that have it
+
+            return _preserving_environment(lambda: dask_cuda.LocalCUDACluster(
+                CUDA_VISIBLE_DEVICES=list(plan.devices), threads_per_worker=1, dashboard_address="127.0.0.1:0",
+                silence_logs=logging.ERROR))
+        memory = parse_memory_limit("auto", 1, plan.workers, logger=logging.getLogger(__name__))
+        workers = {i: {"cls": Nanny, "options": {"host": "127.0.0.1", "nthreads": 1, "memory_limit": memory,
+                                                 "silence_logs": logging.ERROR, "env": {"CUDA_VISIBLE_DEVICES": device}}}
+                   for i, device in enumerate(plan.devices)}
+        scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
+        return _preserving_environment(lambda: SpecCluster(workers=workers, scheduler=scheduler,
+                                                           silence_logs=logging.ERROR))
 
 
 def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Client:
@@ -85,42 +187,70 @@ def check_scheduler(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
     connect(address, timeout).close()
 
 
-def run_tasks(calls: list[tuple[str, Callable, tuple]], scheduler: str | None, workers: int | None,
-              on_result: Callable[[Any], int], echo: Callable[[str], None] = print) -> int:
+def window_size(threads: int) -> int:
+    """Futures in flight for a cluster of ``threads`` worker threads in all."""
+    return max(MIN_WINDOW, WINDOW_PER_THREAD * threads)
+
+
+Call = tuple[str, Callable, tuple]
+
+
+def run_tasks(calls: Iterable[Call], scheduler: str | None, workers: int | None,
+              on_result: Callable[[Any], int], echo: Callable[[str], None] = print, window: int | None = None) -> int:
     """Run ``(key, function, args)`` calls as Dask tasks; returns the sum of ``on_result`` over the results.
 
-    ``scheduler``: None starts a LocalCluster sized to the machine (``workers``
-    processes, one thread each, torch threads shared out); 'synchronous' runs in
-    this process; anything else is the address of a running scheduler. Every
-    function takes a ``threads`` keyword (torch CPU threads for its process).
+    ``calls`` may be a generator: it is read as tasks finish, at most
+    ``window`` futures in flight (:func:`run_windowed`). ``scheduler``: None
+    starts a local cluster (:func:`plan_workers`: ``workers`` processes, torch
+    threads shared out; one worker per GPU where there are GPUs);
+    'synchronous' runs in this process; anything else is the address of a
+    running scheduler. Every function takes a ``threads`` keyword (torch CPU
+    threads for its process). A task's exception is raised here.
     """
+    calls = iter(calls)
     if scheduler == "synchronous":
         return sum(on_result(fn(*args)) for _, fn, args in calls)
     threads = None
     if scheduler is None:
-        n = workers or max(1, min(len(calls), os.cpu_count() or 1))
-        threads = max(1, (os.cpu_count() or 1) // n)
-        # Dask's workers start with MALLOC_TRIM_THRESHOLD_=65536; setting it
-        # also turns off glibc's adaptive mmap threshold, so every activation
-        # buffer over 128 KiB is mmapped and unmapped per layer (measured: 2.2x
-        # slower chunks, half the time in the kernel). Raise both thresholds;
-        # they must be set before a worker starts, hence pre-spawn-environ.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": str(1 << 30),
-                              "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": str(1 << 25),
-                              "distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": str(threads),
-                              "distributed.nanny.pre-spawn-environ.PYOPENGL_PLATFORM": "egl"}):
-            cluster = start_local_cluster(n_workers=n, threads_per_worker=1)
+        cpus = os.cpu_count() or 1
+        first = list(itertools.islice(calls, cpus))  # fewer tasks than cores: fewer, wider workers
+        devices = visible_devices()
+        plan = plan_workers(cpus, devices, importlib.util.find_spec("dask_cuda") is not None, workers, len(first))
+        calls, threads = itertools.chain(first, calls), plan.threads
+        cluster = start_workers(plan)
         client = Client(cluster)
     else:
         cluster, client = None, connect(scheduler)
     echo(f"dask dashboard: {client.dashboard_link}")
-    total = 0
     try:
-        futures = [client.submit(fn, *args, threads=threads, pure=False, key=key) for key, fn, args in calls]
-        for future in as_completed(futures):
-            total += on_result(future.result())
+        return run_windowed(client, calls, on_result, threads, window)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def run_windowed(client: Client, calls: Iterable[Call], on_result: Callable[[Any], int], threads: int | None = None,
+                 window: int | None = None) -> int:
+    """Run ``calls`` on ``client``'s cluster, at most ``window`` futures in flight
+    (default: :func:`window_size` of its worker threads, looked at again every
+    few seconds); the sum of ``on_result`` over the results, each seen as its task finishes."""
+    calls = iter(calls)
+    size = window or window_size(sum(client.nthreads().values()))
+    looked = time.monotonic()
+    pending = as_completed()
+
+    def top_up() -> None:
+        for key, fn, args in itertools.islice(calls, max(0, size - pending.count())):
+            pending.add(client.submit(fn, *args, threads=threads, pure=False, key=key))
+
+    top_up()
+    total = 0
+    for future in pending:
+        result = future.result()
+        future.release()
+        total += on_result(result)
+        if window is None and time.monotonic() - looked > WINDOW_REFRESH_S:
+            size, looked = window_size(sum(client.nthreads().values())), time.monotonic()
+        top_up()
     return total

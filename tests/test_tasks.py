@@ -1,0 +1,132 @@
+"""Running Dask tasks: bounded submission and the local cluster's workers, on real LocalClusters."""
+
+import os
+import sys
+import time
+
+import cloudpickle
+import pytest
+from distributed import Client
+
+from perturber.pipeline import tasks
+
+# The workers do not have tests/ on their path: this module's functions travel by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _square(x, threads=None):
+    time.sleep(0.005)  # long enough that several tasks are in flight at once
+    return x * x
+
+
+def _fail_at(x, bad, threads=None):
+    if x == bad:
+        raise ValueError(f"task {x} failed")
+    return x
+
+
+def _where(x, threads=None):
+    """(process id, torch threads) of the worker that ran the task."""
+    tasks.use_threads(threads)
+    import torch
+
+    time.sleep(0.2)  # every worker gets a task
+    return os.getpid(), torch.get_num_threads()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with tasks.start_local_cluster(n_workers=2, threads_per_worker=1) as c:
+        yield c
+
+
+def _observed_run(cluster, n, window):
+    """Run n squares from a generator; (total, most calls pulled ahead of the results,
+    most tasks the scheduler held when a result arrived, results seen)."""
+    results, ahead, held = [], [0], [0]
+
+    def calls():
+        for i in range(n):
+            ahead[0] = max(ahead[0], i + 1 - len(results))  # this call's future and those not yet back
+            yield f"square-{i}", _square, (i,)
+
+    def on_result(r):
+        held[0] = max(held[0], len(cluster.scheduler.tasks))
+        results.append(r)
+        return r
+
+    total = tasks.run_tasks(calls(), cluster.scheduler_address, None, on_result, echo=lambda _: None, window=window)
+    return total, ahead[0], held[0], results
+
+
+@pytest.mark.parametrize("window", [3, None])
+def test_a_generator_never_has_more_than_the_window_in_flight(cluster, window):
+    n = 300
+    total, ahead, held, results = _observed_run(cluster, n, window)
+    expected_window = window or tasks.window_size(2)  # two workers of one thread
+    assert total == sum(i * i for i in range(n)) and sorted(results) == [i * i for i in range(n)]
+    assert ahead == expected_window  # the window is filled, never passed
+    assert 1 < held <= expected_window  # the scheduler never knew more tasks than that
+
+
+def test_an_exception_in_one_task_is_raised_and_the_rest_not_submitted(cluster):
+    pulled = []
+
+    def calls():
+        for i in range(1000):
+            pulled.append(i)
+            yield f"fail-{i}", _fail_at, (i, 5)
+
+    with pytest.raises(ValueError, match="task 5 failed"):
+        tasks.run_tasks(calls(), cluster.scheduler_address, None, lambda r: 1, echo=lambda _: None, window=4)
+    assert len(pulled) < 20  # the generator stopped soon after the failure
+
+
+@pytest.mark.slow
+def test_the_local_cluster_shares_the_cores_among_its_workers():
+    cpus = os.cpu_count() or 1
+    workers = min(2, cpus)
+    seen = []
+    total = tasks.run_tasks(((f"where-{i}", _where, (i,)) for i in range(4 * workers)), None, workers,
+                            lambda r: seen.append(r) or 1, echo=lambda _: None)
+    assert total == 4 * workers
+    assert len({pid for pid, _ in seen}) == workers and os.getpid() not in {pid for pid, _ in seen}
+    assert {threads for _, threads in seen} == {max(1, cpus // workers)}
+
+
+def test_the_plan_for_a_cpu_machine():
+    assert tasks.plan_workers(2) == tasks.WorkerPlan("cpu", 2, 1)
+    assert tasks.plan_workers(8, workers=2) == tasks.WorkerPlan("cpu", 2, 4)
+    assert tasks.plan_workers(8, tasks=1) == tasks.WorkerPlan("cpu", 1, 8)  # one task: one worker, every core
+    assert tasks.plan_workers(2, tasks=0) == tasks.WorkerPlan("cpu", 1, 2)
+
+
+def test_the_plan_for_gpus_is_one_worker_per_device():
+    four = ("0", "1", "2", "3")
+    assert tasks.plan_workers(16, four) == tasks.WorkerPlan("devices", 4, 4, four)
+    assert tasks.plan_workers(16, four, dask_cuda=True) == tasks.WorkerPlan("dask-cuda", 4, 4, four)
+    assert tasks.plan_workers(16, four, workers=2) == tasks.WorkerPlan("devices", 2, 8, ("0", "1"))
+    assert tasks.plan_workers(2, four).threads == 1  # fewer cores than devices: still one worker each
+    uuids = ("GPU-5c1a", "GPU-77d0")  # CUDA_VISIBLE_DEVICES may name devices by UUID
+    assert tasks.plan_workers(8, uuids).devices == uuids
+
+
+def test_each_device_worker_sees_only_its_device():
+    """The fallback without dask-cuda really starts: one worker process per device name,
+    CUDA_VISIBLE_DEVICES set in each (no CUDA needed to check the pinning)."""
+    plan = tasks.WorkerPlan("devices", 2, 1, ("0", "1"))
+    before = dict(os.environ)
+    with tasks.start_workers(plan) as c, Client(c) as client:
+        client.wait_for_workers(2)
+        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        threads = client.run(lambda: os.environ.get("OMP_NUM_THREADS"))
+    assert sorted(seen.values()) == ["0", "1"]
+    assert set(threads.values()) == {"1"}
+    assert dict(os.environ) == before  # this process's environment is left as it was
+
+
+@pytest.mark.gpu
+def test_visible_devices_are_the_cuda_devices():
+    import torch
+
+    assert len(tasks.visible_devices()) == torch.cuda.device_count() > 0
