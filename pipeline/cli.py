@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="a sweep spec (workflows/*.yaml)")
     p.add_argument("--out", required=True, help="the Zarr store: a path or an fsspec URL")
     p.add_argument("--dry-run", action="store_true", help="print each cube's shape, samples, size and time, then stop")
+    p.add_argument("--compile", action="store_true",
+                   help="run the models through torch.compile (compiled once per worker and model: minutes; "
+                        "needs a C++ compiler on a CPU, Triton on a GPU)")
 
     p = sub.add_parser("attack", parents=[registries], help="PGD on one scene: the perturbation and every model's predictions",
                        description="Run projected gradient descent (L2 or L-infinity) against one model on a scene's "

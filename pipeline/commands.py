@@ -279,7 +279,7 @@ def cmd_precompute(args: argparse.Namespace) -> int:
         scheduler = cluster.scheduler_address
     try:
         report = run.precompute(sweep, args.out, scheduler=scheduler, workers=args.workers,
-                                overwrite=args.overwrite, progress=not args.quiet)
+                                overwrite=args.overwrite, progress=not args.quiet, compile=args.compile)
     finally:
         if cluster is not None:
             cluster.close()

@@ -66,7 +66,8 @@ def _chunk_groups(cube: CubeSpec, region: tuple[slice, ...]) -> list[list[tuple[
 def compute_task(cube: CubeSpec, index: tuple[int, ...], region: tuple[slice, ...], out: Any,
                  storage_options: Mapping | None = None, device: str | None = None,
                  batch_sizes: Mapping[str, int] | None = None,
-                 threads: int | None = None) -> tuple[str, tuple[int, ...], int, dict[str, np.ndarray]]:
+                 threads: int | None = None, precision: Mapping[str, str] | None = None,
+                 compile: bool = False) -> tuple[str, tuple[int, ...], int, dict[str, np.ndarray]]:
     """Evaluate and write one task (``region``: its shard of the cube); returns
     (cube name, task index, samples, summaries ((*region, model) each)).
 
@@ -79,11 +80,14 @@ def compute_task(cube: CubeSpec, index: tuple[int, ...], region: tuple[slice, ..
     n_models, k = len(cube.models), cube.top_k
     values: dict[str, np.ndarray] = {}
     expected = np.full(size + (n_models,), np.nan, dtype=np.float32)
-    for group in _chunk_groups(cube, region):
-        global_slices = [tuple(slice(r.start + c.start, r.start + c.stop) for r, c in zip(region, chunk)) for chunk in group]
-        points = [p for g in global_slices for p in points_of(cube, g)]
-        ev = engine.evaluate(points, list(cube.models), layers=list(cube.layers), neurons=_neuron_lists(cube),
-                             size=cube.size, k=cube.top_k, device=device, batch_size=batch_sizes)
+    groups = _chunk_groups(cube, region)
+    batches = [[p for chunk in group for p in points_of(cube, tuple(slice(r.start + c.start, r.start + c.stop)
+                                                                    for r, c in zip(region, chunk)))] for group in groups]
+    # One generator for the task: the render threads work ahead across its groups (a GPU never waits for a render).
+    evaluations = engine.evaluate_batches(batches, list(cube.models), layers=list(cube.layers), neurons=_neuron_lists(cube),
+                                          size=cube.size, k=cube.top_k, device=device, batch_size=batch_sizes,
+                                          precision=precision, compile=compile)
+    for group, points, ev in zip(groups, batches, evaluations):
         stack = lambda per_model: np.stack([per_model[m].numpy() for m in cube.models], axis=1)  # noqa: E731
         results = {names.LOGITS: stack(ev.logits), names.TOP_CLASS: stack(ev.top_class), names.TOP_PROB: stack(ev.top_prob)}
         if cube.images:
@@ -104,6 +108,7 @@ def compute_task(cube: CubeSpec, index: tuple[int, ...], region: tuple[slice, ..
                 values[name][chunk] = arr[at:at + n].reshape(shape + arr.shape[1:])
             expected[chunk] = probs[at:at + n].reshape(shape + (n_models,))
             at += n
+    evaluations.close()
     zstore.write_task(cube, out, region, values, storage_options)
     assert values[names.TOP_CLASS].shape == size + (n_models, k)
     return cube.name, index, math.prod(size), summaries.summarise(values[names.TOP_CLASS], values[names.TOP_PROB], expected)
@@ -169,13 +174,21 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _device_settings(cube: CubeSpec):
+    """Each model's precision and batch size on this process's best device (what a new template records)."""
+    from perturber.pipeline import engine  # reference renders on a GPU: the renderer loads only to write a template
+
+    return engine.device_settings(list(cube.models))
+
+
 def run_task(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_options: Mapping | None = None) -> int:
     """Compute, write and mark one task of a cube whose template is in ``out``
     (in this process: what a precompute killed after that task leaves); returns its samples."""
     tasks = zstore.tasks(cube, out, storage_options)
     writer = summaries.SummaryWriter(cube, out, tasks, zstore.done_mask(cube, out, storage_options), storage_options)
     _, _, n, result = compute_task(cube, tuple(index), tasks.region(tuple(index)), out, storage_options,
-                                   batch_sizes=zstore.batch_sizes(cube, out, storage_options))
+                                   batch_sizes=zstore.batch_sizes(cube, out, storage_options),
+                                   precision=zstore.precision(cube, out, storage_options))
     writer.add(tuple(index), result)
     writer.close()
     return n
@@ -183,12 +196,13 @@ def run_task(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_options: 
 
 def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers: int | None = None,
                overwrite: bool = False, storage_options: Mapping | None = None, progress: bool = True,
-               echo: Callable[[str], None] = print) -> RunReport:
+               echo: Callable[[str], None] = print, compile: bool = False) -> RunReport:
     """Compute every missing task of every cube of ``spec`` into the store ``out``.
 
     ``scheduler``: None starts a LocalCluster sized to the machine (``workers``
     processes, one thread each); 'synchronous' runs in this process (no Dask);
-    anything else is the address of a running Dask scheduler. Tasks are
+    anything else is the address of a running Dask scheduler. ``compile``: the
+    models through torch.compile (once per worker and model). Tasks are
     generated as they are submitted; the summaries of every task that
     finished are written even when the run fails.
     """
@@ -197,13 +211,16 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
     report = RunReport()
     plans = []
     for cube in spec.cubes:
-        zstore.create_or_check(cube, out, overwrite=overwrite, storage_options=storage_options)
+        zstore.create_or_check(cube, out, overwrite=overwrite, storage_options=storage_options,
+                               settings=functools.partial(_device_settings, cube))
         tasks = zstore.tasks(cube, out, storage_options)
         done = zstore.done_mask(cube, out, storage_options)
         report.written[cube.name] = int((~done).sum())
         report.skipped[cube.name] = int(done.sum())
         writer = summaries.SummaryWriter(cube, out, tasks, done, storage_options)
-        plans.append((cube, tasks, done, writer, zstore.batch_sizes(cube, out, storage_options)))
+        settings = dict(batch_sizes=zstore.batch_sizes(cube, out, storage_options),
+                        precision=zstore.precision(cube, out, storage_options), compile=compile)
+        plans.append((cube, tasks, done, writer, settings))
     if not any(report.written.values()):
         echo(f"nothing to do: every task is already in the store (`perturber verify {out}` checks them for damage)")
         report.seconds = time.perf_counter() - start
@@ -227,7 +244,7 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
     try:
         if scheduler == "synchronous":
             for cube, index, region, sizes in jobs():
-                report.samples += finished(compute_task(cube, index, region, out, storage_options, batch_sizes=sizes))
+                report.samples += finished(compute_task(cube, index, region, out, storage_options, **sizes))
         else:
             report.samples = _run_dask(jobs(), out, storage_options, scheduler, workers, finished, echo)
     finally:
@@ -240,7 +257,7 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
 
 def _run_dask(jobs, out, storage_options, scheduler, workers, finished, echo) -> int:
     # A generator: run_tasks reads it as tasks finish (a bounded window of futures).
-    calls = ((f"task-{cube.name}-{'-'.join(map(str, index))}", functools.partial(compute_task, batch_sizes=sizes),
+    calls = ((f"task-{cube.name}-{'-'.join(map(str, index))}", functools.partial(compute_task, **sizes),
               (cube, index, region, out, storage_options)) for cube, index, region, sizes in jobs)
     return run_tasks(calls, scheduler, workers, finished, echo)
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import dask.array as da
 import numpy as np
@@ -215,8 +215,14 @@ def encoding(ds: xr.Dataset, cube: CubeSpec, lay: Layout) -> dict[str, dict[str,
     return checksummed(ds, enc)
 
 
-def create_or_check(cube: CubeSpec, store: Any, overwrite: bool = False, storage_options: Mapping | None = None) -> bool:
+def create_or_check(cube: CubeSpec, store: Any, overwrite: bool = False, storage_options: Mapping | None = None,
+                    settings: Callable[[], Any] | None = None) -> bool:
     """Make sure ``store`` holds this cube's template. Returns True if it was written.
+
+    ``settings()``: the device settings to record with a new template
+    (:class:`perturber.pipeline.devices.Settings`: per-model precision and batch
+    size, and the device; called only when a template is written); without it,
+    the batch sizes tuned on this process's best device in channels_last.
 
     An existing group written from another spec is an error unless
     ``overwrite`` (then it is replaced); a group of the same spec is kept; an
@@ -242,9 +248,16 @@ def create_or_check(cube: CubeSpec, store: Any, overwrite: bool = False, storage
             del zarr.open_group(store, path=cube.name, mode="r+", storage_options=storage_options, zarr_format=3).attrs[MARK]
     lay = layout(cube)
     ds = template(cube, lay)
-    # The batch sizes are fixed with the store: a resumed run batches exactly as
-    # the first did, so its chunks come out bit for bit the same.
-    ds.attrs["batch_sizes"] = json.dumps({m: inference.tuned_batch_size(m, str(models.best_device())) for m in cube.models})
+    # The batch sizes and precisions are fixed with the store: a resumed run
+    # batches and rounds exactly as the first did, so its chunks come out bit
+    # for bit the same.
+    if settings is None:
+        ds.attrs["batch_sizes"] = json.dumps({m: inference.tuned_batch_size(m, str(models.best_device())) for m in cube.models})
+    else:
+        chosen = settings()
+        ds.attrs["batch_sizes"] = json.dumps(chosen.batch_sizes)
+        ds.attrs["precision"] = json.dumps(chosen.precision)
+        ds.attrs["device"] = chosen.device
     write_template(ds, store, cube.name, encoding(ds, cube, lay), storage_options)
     return True
 
@@ -267,6 +280,13 @@ def batch_sizes(cube: CubeSpec, store: Any, storage_options: Mapping | None = No
     """The per-model batch sizes recorded when the cube's template was written."""
     attrs = _read_attrs(store, cube.name, storage_options) or {}
     return {k: int(v) for k, v in json.loads(attrs.get("batch_sizes", "{}")).items()}
+
+
+def precision(cube: CubeSpec, store: Any, storage_options: Mapping | None = None) -> dict[str, str]:
+    """The per-model precision recorded with the cube's template (empty for a
+    template written before precisions were: every model in channels_last)."""
+    attrs = _read_attrs(store, cube.name, storage_options) or {}
+    return dict(json.loads(attrs.get("precision", "{}")))
 
 
 def open_cube(store: Any, cube: str, storage_options: Mapping | None = None, chunks: Any = "auto") -> xr.Dataset:
