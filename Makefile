@@ -33,6 +33,10 @@ benchmark: setup
 	.venv/bin/python benchmarks/render_throughput.py --write docs/benchmarks.md
 	.venv/bin/python benchmarks/engine_throughput.py --write docs/benchmarks.md
 	.venv/bin/python benchmarks/precompute_throughput.py --write docs/benchmarks.md
+	.venv/bin/python benchmarks/scheduler_overhead.py --write docs/benchmarks.md
+	@if .venv/bin/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		.venv/bin/python benchmarks/gpu_precompute.py --write docs/benchmarks.md; \
+	else echo "benchmark: no GPU here, benchmarks/gpu_precompute.py skipped (benchmarks/gpu/run.sh runs it on a GPU machine)"; fi
 	.venv/bin/python benchmarks/viewer_latency.py --write docs/benchmarks.md
 	.venv/bin/python benchmarks/featureviz_throughput.py --write docs/benchmarks.md
 	.venv/bin/python benchmarks/live_latency.py --write docs/benchmarks.md
