@@ -284,8 +284,8 @@ def cmd_precompute(args: argparse.Namespace) -> int:
         if cluster is not None:
             cluster.close()
     written = sum(report.written.values())
-    print(f"wrote {written} chunks ({report.samples} samples) in {report.seconds:.1f} s; "
-          f"{sum(report.skipped.values())} chunks were already done")
+    print(f"wrote {written} tasks ({report.samples} samples) in {report.seconds:.1f} s; "
+          f"{sum(report.skipped.values())} tasks were already done")
     print(run.summary(sweep, args.out))
     return 0
 
