@@ -109,13 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("precompute", parents=[registries, compute], help="compute a sweep spec into a Zarr store (resumable)",
-                       description="Compute every missing chunk of every cube of a sweep spec into a Zarr store.")
+                       description="Compute every missing task (a shard of a cube) of a sweep spec into a Zarr store.")
     p.add_argument("spec", help="a sweep spec (workflows/*.yaml)")
     p.add_argument("--out", required=True, help="the Zarr store: a path or an fsspec URL")
     p.add_argument("--dry-run", action="store_true", help="print each cube's shape, samples, size and time, then stop")
     p.add_argument("--compile", action="store_true",
                    help="run the models through torch.compile (compiled once per worker and model: minutes; "
                         "needs a C++ compiler on a CPU, Triton on a GPU)")
+    p.add_argument("--render-threads", type=whole_option(0, 64), default=None, metavar="N",
+                   help="threads per worker rendering ahead of the models (default: 1 on a GPU, 0 on a CPU; "
+                        "more when rendering is the bottleneck)")
 
     p = sub.add_parser("attack", parents=[registries], help="PGD on one scene: the perturbation and every model's predictions",
                        description="Run projected gradient descent (L2 or L-infinity) against one model on a scene's "

@@ -279,7 +279,8 @@ def cmd_precompute(args: argparse.Namespace) -> int:
         scheduler = cluster.scheduler_address
     try:
         report = run.precompute(sweep, args.out, scheduler=scheduler, workers=args.workers,
-                                overwrite=args.overwrite, progress=not args.quiet, compile=args.compile)
+                                overwrite=args.overwrite, progress=not args.quiet, compile=args.compile,
+                                render_threads=args.render_threads)
     finally:
         if cluster is not None:
             cluster.close()

@@ -67,7 +67,7 @@ def compute_task(cube: CubeSpec, index: tuple[int, ...], region: tuple[slice, ..
                  storage_options: Mapping | None = None, device: str | None = None,
                  batch_sizes: Mapping[str, int] | None = None,
                  threads: int | None = None, precision: Mapping[str, str] | None = None,
-                 compile: bool = False) -> tuple[str, tuple[int, ...], int, dict[str, np.ndarray]]:
+                 compile: bool = False, render_threads: int | None = None) -> tuple[str, tuple[int, ...], int, dict[str, np.ndarray]]:
     """Evaluate and write one task (``region``: its shard of the cube); returns
     (cube name, task index, samples, summaries ((*region, model) each)).
 
@@ -86,7 +86,7 @@ def compute_task(cube: CubeSpec, index: tuple[int, ...], region: tuple[slice, ..
     # One generator for the task: the render threads work ahead across its groups (a GPU never waits for a render).
     evaluations = engine.evaluate_batches(batches, list(cube.models), layers=list(cube.layers), neurons=_neuron_lists(cube),
                                           size=cube.size, k=cube.top_k, device=device, batch_size=batch_sizes,
-                                          precision=precision, compile=compile)
+                                          precision=precision, compile=compile, render_threads=render_threads)
     for group, points, ev in zip(groups, batches, evaluations):
         stack = lambda per_model: np.stack([per_model[m].numpy() for m in cube.models], axis=1)  # noqa: E731
         results = {names.LOGITS: stack(ev.logits), names.TOP_CLASS: stack(ev.top_class), names.TOP_PROB: stack(ev.top_prob)}
@@ -196,13 +196,16 @@ def run_task(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_options: 
 
 def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers: int | None = None,
                overwrite: bool = False, storage_options: Mapping | None = None, progress: bool = True,
-               echo: Callable[[str], None] = print, compile: bool = False) -> RunReport:
+               echo: Callable[[str], None] = print, compile: bool = False, render_threads: int | None = None) -> RunReport:
     """Compute every missing task of every cube of ``spec`` into the store ``out``.
 
     ``scheduler``: None starts a LocalCluster sized to the machine (``workers``
     processes, one thread each); 'synchronous' runs in this process (no Dask);
     anything else is the address of a running Dask scheduler. ``compile``: the
-    models through torch.compile (once per worker and model). Tasks are
+    models through torch.compile (once per worker and model);
+    ``render_threads``: threads per worker rendering ahead of the models
+    (None: one on a GPU, none on a CPU; more when rendering is the
+    bottleneck). Tasks are
     generated as they are submitted; the summaries of every task that
     finished are written even when the run fails.
     """
@@ -219,7 +222,8 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
         report.skipped[cube.name] = int(done.sum())
         writer = summaries.SummaryWriter(cube, out, tasks, done, storage_options)
         settings = dict(batch_sizes=zstore.batch_sizes(cube, out, storage_options),
-                        precision=zstore.precision(cube, out, storage_options), compile=compile)
+                        precision=zstore.precision(cube, out, storage_options), compile=compile,
+                        render_threads=render_threads)
         plans.append((cube, tasks, done, writer, settings))
     if not any(report.written.values()):
         echo(f"nothing to do: every task is already in the store (`perturber verify {out}` checks them for damage)")

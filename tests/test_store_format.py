@@ -34,12 +34,14 @@ def _files(folder: Path) -> int:
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
-    """The same cube with shards of 3 yaws (4 tasks) and of 1 yaw (12 tasks, one chunk each)."""
+    """The same cube with shards of 3 yaws (4 tasks) and of 1 yaw (12 tasks, one chunk each, rendered
+    ahead of the models by a render thread)."""
     folder = tmp_path_factory.mktemp("format2")
     out = {}
     for n in (3, 1):
         path = str(folder / f"shards{n}.zarr")
-        run.precompute(_spec(n), path, scheduler="synchronous", progress=False, echo=lambda _: None)
+        run.precompute(_spec(n), path, scheduler="synchronous", progress=False, echo=lambda _: None,
+                       render_threads=1 if n == 1 else None)
         out[n] = path
     return out
 
