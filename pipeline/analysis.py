@@ -218,13 +218,16 @@ class Cube:
         m = self.models.index(model)
         if m not in self._misread:
             top = self.top1[0][..., m]
+            with np.errstate(invalid="ignore"):
+                computed = top >= 0  # NaN (float) or -1 (int16 summaries): not computed
+            codes = np.where(computed, top, 1000).astype(np.intp)  # 1000: not computed
             right = np.zeros(top.shape, dtype=bool)
             for obj, index in self._object_slices(top.ndim):
                 indices = class_indices(obj)
                 if indices is not None:
-                    right[index] = np.isin(top[index], indices)
-            with np.errstate(invalid="ignore"):
-                computed = top >= 0  # NaN (float) or -1 (int16 summaries): not computed
+                    table = np.zeros(1001, dtype=bool)  # class → one of the object's (a lookup, not np.isin's sort)
+                    table[indices] = True
+                    right[index] = table[codes[index]]
             self._misread[m] = ~right & computed
         return self._misread[m]
 
@@ -253,7 +256,7 @@ class Cube:
         prob = self.top1[1]
         out: dict[str, dict[str, float]] = {}
         for m, model in enumerate(self.models):
-            p = prob[..., m]
+            p = np.ascontiguousarray(prob[..., m])  # reductions over a strided view take twice as long
             out[model] = {}
             for k, axis in enumerate(self.axes):
                 with np.errstate(all="ignore"), warnings.catch_warnings():

@@ -61,7 +61,7 @@ SECTIONS: list[Section] = [
     Section("Adversarial (PGD): attack one model, see whether the others are fooled too", lambda v: AttackPanel(v.state)),
     Section("Failure finder", lambda v: FailurePanel(v.state, v.settled)),
     Section("Sensitivity: how much each axis moves each model", lambda v: SensitivityPanel(v.state)),
-    Section("Model against model (datashader, every sample)", lambda v: ScatterPanel(v.state, v.settled)),
+    Section("Model against model (every sample, counted per pixel)", lambda v: ScatterPanel(v.state, v.settled)),
     Section("Studies: findings computed into this store (`perturber study`)", lambda v: StudiesPanel(v.path, v.state)),
     Section("Searches: fooling images (`perturber fool`) and failures off the grid (`perturber search`)",
             lambda v: SearchesPanel(v.path, v.state)),

@@ -30,10 +30,11 @@ from perturber.pipeline import names
 from perturber.pipeline.analysis import Cube
 from perturber.pipeline.errors import one_line
 from perturber.pipeline.store import StoreError, open_cube
+from perturber.viewer import chunks
 from perturber.viewer.html import png
 
 __all__ = ["open_store", "done_marks", "analysis", "cube_names", "featureviz", "fv_png", "DamagedChunk", "repair_hint",
-           "read_point", "point_png", "tolerant", "group_grid", "GROUP_CHUNKS"]
+           "read_point", "read_values", "point_png", "tolerant", "group_grid", "GROUP_CHUNKS"]
 
 log = logging.getLogger("perturber.viewer")
 
@@ -182,9 +183,28 @@ def _read(path: str, cube: str, variable: str, sel: tuple[tuple[str, Any], ...])
     var = open_store(path, cube)[variable]
     if not _files_present(path, cube, var, dict(sel)):
         raise _Missing(variable)
-    values = np.asarray(var.isel(**dict(sel)).values)
+    values = read_values(path, cube, variable, dict(sel))
     values.flags.writeable = False
     return values
+
+
+def read_values(path: str, cube: str, variable: str, sel: Mapping[str, int], on_bad: Any = None) -> np.ndarray:
+    """``variable.isel(sel).values`` (integer positions), decoded as xarray decodes it
+    (an integer fill value reads as NaN), its chunks read by :mod:`perturber.viewer.chunks`
+    when it can (``on_bad``: the value of a damaged chunk's cells; None raises),
+    else through xarray and Zarr."""
+    var = open_store(path, cube)[variable]
+    fast = chunks.reader(path, cube, variable)
+    if fast is None or "scale_factor" in var.encoding or "add_offset" in var.encoding:
+        return np.asarray(var.isel(**sel).values) if on_bad is None else tolerant(var.isel(**sel), on_bad)
+    raw = fast.select({var.dims.index(d): int(i) for d, i in sel.items()}, on_bad)
+    if raw.dtype == var.dtype:
+        return raw
+    out = raw.astype(var.dtype)
+    fill = var.encoding.get("_FillValue")
+    if fill is not None:
+        out[raw == fill] = np.nan
+    return out
 
 
 @functools.lru_cache(maxsize=256)

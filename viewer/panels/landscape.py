@@ -1,17 +1,28 @@
 """The response landscape: a class's probability along one axis for both
-models (curves), and over two axes as a heatmap whose cells move the controls."""
+models (curves), and over two axes as a heatmap whose cells move the controls.
+
+Both are plain Bokeh figures made once per session; a new point, target or
+axis replaces their data sources' columns in place (one small message each),
+so a control change costs the data it shows, not a new plot.
+"""
 
 from __future__ import annotations
 
-import holoviews as hv
+from typing import Any
+
 import numpy as np
 import panel as pn
+from bokeh.core.property.vectorization import value
+from bokeh.models import ColorBar, ColumnDataSource, FactorRange, FixedTicker, HoverTool, LinearColorMapper, Span, TapTool
+from bokeh.palettes import Category10, Viridis256
+from bokeh.plotting import figure
 
 from perturber.viewer import widgets
-from perturber.viewer.panels import bokeh_plots
 from perturber.viewer.state import CubeState, Landscape, Settled
 
 __all__ = ["LandscapePanel", "label"]
+
+TOOLS = "pan,wheel_zoom,box_zoom,save,reset"
 
 
 def label(value) -> str:
@@ -24,78 +35,105 @@ class LandscapePanel:
     when the point has settled; clicking a heatmap cell goes there."""
 
     def __init__(self, state: CubeState, settled: Settled):
-        bokeh_plots()
         self.state, self.settled = state, settled
-        self.land = Landscape(state)
-        self.tap = hv.streams.Tap(x=None, y=None)
-        self.tap.add_subscriber(self._on_tap)
-        land = self.land
+        self.land = land = Landscape(state)
         controls = pn.Row(
             widgets.int_input(land, "target", "class (-1: top class here)", width=170),
             widgets.select(land, "axis", "curve axis", width=120),
             widgets.select(land, "x", "heatmap x", width=120),
             widgets.select(land, "y", "heatmap y", width=120),
         )
-        heatmap = hv.DynamicMap(self._heatmap, streams=[
-            self.tap,
-            hv.streams.Params(settled, ["tick"]),
-            hv.streams.Params(land, ["target", "x", "y"]),
-        ])
-        self.view = pn.Column(controls, pn.Row(pn.bind(self._curves, land.param.axis),
-                                               pn.pane.HoloViews(heatmap, css_classes=["pt-heatmap"])))
+        self.here = Span(location=0, dimension="height", line_color="black", line_dash="dashed")  # the curves' current point
+        self.curves, self.curve_source = self._curves_figure()
+        self.heat, self.heat_source = self._heatmap_figure()
+        self._cells: list[tuple[Any, Any]] = []  # (x value, y value) of each heatmap cell, in the source's order
+        self.draw_curves()
+        self.draw_heatmap()
+        settled.param.watch(self._redraw, ["tick"])
+        land.param.watch(self._redraw, ["target"])
+        land.param.watch(self.draw_curves, ["axis"])
+        land.param.watch(self.draw_heatmap, ["x", "y"])
+        self.curves.css_classes, self.heat.css_classes = ["pt-curves"], ["pt-heatmap"]  # on the figures' own elements
+        self.view = pn.Column(controls, pn.Row(pn.pane.Bokeh(self.curves), pn.pane.Bokeh(self.heat)))
 
     def __panel__(self) -> pn.Column:
         return self.view
 
-    def _curve_frame(self, **_):
-        # Always two curves (left, right) with NaN where there is nothing: the
-        # plot then updates its data in place as the point moves.
-        state, land = self.state, self.land
+    def _redraw(self, *_: Any) -> None:
+        self.draw_curves()
+        self.draw_heatmap()
+
+    # ------------------------------------------------------------ curves
+
+    def _curves_figure(self) -> tuple[Any, ColumnDataSource]:
+        source = ColumnDataSource({"index": [], "left": [], "right": []})
+        fig = figure(width=420, height=240, y_range=(0, 1), tools=TOOLS, y_axis_label="probability")
+        for side, color in (("left", Category10[3][0]), ("right", Category10[3][1])):
+            fig.line("index", side, source=source, color=color, line_width=2, legend_label=side)
+        fig.add_tools(HoverTool(tooltips=[("index", "@index"), ("left", "@left{0.000}"), ("right", "@right{0.000}")]))
+        fig.add_layout(self.here)
+        fig.legend.location = "top_left"
+        fig.xaxis.ticker = FixedTicker(ticks=[])
+        return fig, source
+
+    def draw_curves(self, *_: Any) -> None:
+        """Both models' probability of the target along the curve axis (NaN where there is nothing)."""
+        state, land, fig = self.state, self.land, self.curves
         values = state.param[land.axis].objects
         data = land.curves()
-        target = land.target_class()
         nan = np.full(len(values), np.nan)
-        plots = []
-        for side, model in (("left", state.model_a), ("right", state.model_b)):
-            p = data[model][1] if data is not None else nan
-            plots.append(hv.Curve((list(range(len(values))), p), "index", "probability", label=f"{side}: {model}"))
-        here = values.index(getattr(state, land.axis))
-        title = f"{state.missing()} here" if target is None else f"p({state.analysis.class_names[target]}) along {land.axis}"
-        return (hv.Overlay(plots) * hv.VLine(here).opts(color="black", line_dash="dashed")).opts(title=title)
+        columns = {"index": list(range(len(values)))}
+        for side, model, item in zip(("left", "right"), (state.model_a, state.model_b), fig.legend[0].items):
+            columns[side] = data[model][1] if data is not None else nan
+            item.label = value(f"{side}: {model}")
+        self.curve_source.data = columns
+        fig.xaxis.ticker.ticks = list(range(len(values)))
+        fig.xaxis.major_label_overrides = {i: label(v) for i, v in enumerate(values)}
+        fig.xaxis.axis_label = land.axis
+        self.here.location = values.index(getattr(state, land.axis))
+        target = land.target_class()
+        fig.title.text = (f"{state.missing()} here" if target is None
+                          else f"p({state.analysis.class_names[target]}) along {land.axis}")
 
-    def _curves(self, axis: str) -> pn.pane.HoloViews:
-        values = self.state.param[axis].objects
-        ticks = [(i, label(v)) for i, v in enumerate(values)]
-        dynamic = hv.DynamicMap(self._curve_frame, streams=[hv.streams.Params(self.settled, ["tick"]),
-                                                            hv.streams.Params(self.land, ["target"])])
-        return pn.pane.HoloViews(dynamic.opts(hv.opts.Curve(tools=["hover"]), hv.opts.Overlay(
-            xticks=ticks, xlabel=axis, ylim=(0, 1), width=420, height=240, legend_position="top_left")),
-            css_classes=["pt-curves"])
+    # ------------------------------------------------------------ heatmap
 
-    def _heatmap(self, **_):
-        # The same cells every time (NaN where there is nothing to show): Bokeh
-        # updates its data source in place and rejects columns changing length.
-        state, land = self.state, self.land
+    def _heatmap_figure(self) -> tuple[Any, ColumnDataSource]:
+        source = ColumnDataSource({"hx": [], "hy": [], "probability": []})
+        fig = figure(width=460, height=280, x_range=FactorRange(), y_range=FactorRange(), tools="save,reset")
+        mapper = LinearColorMapper(palette=Viridis256, low=0, high=1, nan_color="rgba(0, 0, 0, 0)")
+        fig.rect("hx", "hy", 1, 1, source=source, fill_color={"field": "probability", "transform": mapper},
+                 line_color=None, nonselection_fill_alpha=1.0)
+        fig.add_tools(TapTool(), HoverTool(tooltips=[("x", "@hx"), ("y", "@hy"), ("probability", "@probability{0.000}")]))
+        fig.add_layout(ColorBar(color_mapper=mapper, width=10), "right")
+        fig.grid.visible = False
+        source.selected.on_change("indices", self._on_tap)
+        return fig, source
+
+    def draw_heatmap(self, *_: Any) -> None:
+        """The left model's probability of the target over the heatmap's two axes
+        (the same cells every time the axes stay: NaN where there is nothing)."""
+        state, land, fig = self.state, self.land, self.heat
         xs, ys = state.param[land.x].objects, state.param[land.y].objects
         data = land.heatmap()
         p = data[2] if data is not None else np.full((len(ys), len(xs)), np.nan)
         target = land.target_class()
         if land.x == land.y:
-            title = "choose two different axes"
+            fig.title.text = "choose two different axes"
         elif target is None:
-            title = f"{state.missing()} here"
+            fig.title.text = f"{state.missing()} here"
         else:
-            title = f"p({state.analysis.class_names[target]}), {state.model_a}: click a cell to go there"
-        cells = [(label(x), label(y), float(p[j, i])) for j, y in enumerate(ys) for i, x in enumerate(xs)]
-        return hv.HeatMap(cells, [hv.Dimension("hx", label=land.x), hv.Dimension("hy", label=land.y)], "probability").opts(
-            title=title, cmap="viridis", clim=(0, 1), colorbar=True, width=460, height=280, tools=["tap", "hover"])
+            fig.title.text = f"p({state.analysis.class_names[target]}), {state.model_a}: click a cell to go there"
+        self._cells = [(x, y) for y in ys for x in xs]
+        fig.x_range.factors = list(dict.fromkeys(label(x) for x in xs))
+        fig.y_range.factors = list(dict.fromkeys(label(y) for y in ys))
+        fig.xaxis.axis_label, fig.yaxis.axis_label = land.x, land.y
+        self.heat_source.data = {"hx": [label(x) for x, _ in self._cells], "hy": [label(y) for _, y in self._cells],
+                                 "probability": np.asarray(p, dtype=float).ravel()}
 
-    def _on_tap(self, x=None, y=None) -> None:
-        if x is None or y is None:
+    def _on_tap(self, _attr: str, _old: list[int], new: list[int]) -> None:
+        if not new or new[0] >= len(self._cells):
             return
-        moves = {}
-        for axis, text in ((self.land.x, x), (self.land.y, y)):
-            for value in self.state.param[axis].objects:
-                if label(value) == str(text):
-                    moves[axis] = value
+        x, y = self._cells[new[0]]
+        self.heat_source.selected.indices = []
+        moves = {self.land.x: x} if self.land.x == self.land.y else {self.land.x: x, self.land.y: y}
         self.state.param.update(**moves)  # one 'changed' for both axes

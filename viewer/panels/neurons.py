@@ -31,6 +31,7 @@ class NeuronPanel(html.HTMLPanel):
 
     def __init__(self, state: CubeState, per_model: int = NEURONS_PER_GROUP):
         self.per_model = per_model
+        self.grid = stores.group_grid(state.path, state.cube)  # the sub-grid data-driven groups are computed on
         acts = state.analysis.activations()
         layers = state.layers()
         most = max((state.ds.sizes[a.neuron] for a in acts), default=0)
@@ -58,7 +59,7 @@ class NeuronPanel(html.HTMLPanel):
         if not missing:
             super().redraw()
             return
-        self.pane.object = f"<p class='pt-missing'>computing the groups “{escape(label)}” over every stored sample…</p>"
+        self.pane.object = f"<p class='pt-missing'>computing the groups “{escape(label)}” over {escape(self.sampled())}…</p>"
         try:
             LOCAL.start(f"{self.state.session}/groups/{'/'.join(missing)}", self._groups, missing, deliver)
         except EngineError as exc:
@@ -67,7 +68,7 @@ class NeuronPanel(html.HTMLPanel):
     def _groups(self, variables: list[str], deliver: Callable) -> None:
         for variable in variables:
             try:
-                self.state.analysis.neuron_groups(variable, NEURONS_PER_GROUP)
+                self.state.analysis.neuron_groups(variable, NEURONS_PER_GROUP, self.grid)
             except Exception as exc:  # shown by the redraw below, which asks again
                 sessions.failure("neuron groups", exc)
             _GROUPS_KNOWN.add((self.state.path, self.state.cube, variable))
@@ -78,7 +79,7 @@ class NeuronPanel(html.HTMLPanel):
         if label.startswith("stored "):
             lo, hi = (int(v) for v in label.split()[-1].split("-"))
             return list(range(lo, min(hi + 1, self.state.ds.sizes[act.neuron])))
-        return self.state.analysis.neuron_groups(act.variable, NEURONS_PER_GROUP).get(label, [])
+        return self.state.analysis.neuron_groups(act.variable, NEURONS_PER_GROUP, self.grid).get(label, [])
 
     def html(self) -> str:
         state, layer = self.state, self.layer.value
@@ -106,4 +107,15 @@ class NeuronPanel(html.HTMLPanel):
                            f"{''.join(tiles)}</div>")
         if not columns:
             return f"<p class='pt-missing'>{state.missing() if image is None else 'no activations stored'}</p>"
+        if not str(self.group.value).startswith("stored "):
+            columns.append(f"<p class='pt-small pt-groups-from'>Groups computed over {escape(self.sampled())}.</p>")
         return "".join(columns)
+
+    def sampled(self) -> str:
+        """What the data-driven groups are computed over, as the page says it."""
+        sizes = [self.state.ds.sizes[a] for a in self.state.axes]
+        total, used = int(np.prod(sizes)), int(np.prod([len(self.grid[a]) for a in self.state.axes]))
+        if used == total:
+            return f"every sample of the cube ({total:,})"
+        return (f"{used:,} of the cube's {total:,} samples (a regular sub-grid of at most about {stores.GROUP_CHUNKS} "
+                "stored chunks: every object, evenly spaced values of the other axes)")

@@ -1,19 +1,37 @@
 """What the response landscape shows: a class's probability along one axis
-(curves, one per compared model) and over two axes (a heatmap of the left model)."""
+(curves, one per compared model) and over two axes (a heatmap of the left model).
+
+A control change reads the logits of the heatmap's cells, one stored chunk
+per cell (all of a chunk's models and image factors come with it): the
+default heatmap therefore puts an axis that lies whole inside a chunk (an
+image factor, e.g. hue) on its rows when the cube has one, and the curves
+are taken from the heatmap's cells when their axis is one of its axes.
+"""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import param
 
 from perturber.pipeline import factors, names
-from perturber.pipeline.analysis import softmax
 from perturber.viewer import stores
 from perturber.viewer.state.cube import CubeState
 
-__all__ = ["Landscape"]
+__all__ = ["Landscape", "target_probability"]
+
+
+def target_probability(logits: np.ndarray, target: int) -> np.ndarray:
+    """(...) the softmax probability of class ``target`` from (..., class) logits
+    (float32 arithmetic; NaN where the logits are NaN)."""
+    z = np.array(logits, dtype=np.float32)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: not computed
+        z -= np.nanmax(z, axis=-1, keepdims=True)
+    np.exp(z, out=z)
+    return z[..., target] / z.sum(axis=-1)
 
 
 class Landscape(param.Parameterized):
@@ -27,15 +45,18 @@ class Landscape(param.Parameterized):
     def __init__(self, state: CubeState, **params: Any):
         super().__init__(**params)
         self.state = state
-        self._cache: dict[tuple, np.ndarray] = {}
+        self._cache: dict[tuple, np.ndarray] = {}  # probabilities shown lately
+        self._logit_blocks: dict[tuple, np.ndarray] = {}  # the last logits read (a heatmap's: ~10 MB)
         numeric = [a for a in state.axes if factors.get(a).numeric] or state.axes
+        chunk = dict(zip(state.axes, state.ds[names.DONE].attrs["chunk_shape"]))
         self.param.axis.objects = state.axes
         self.param.x.objects = state.axes
         self.param.y.objects = state.axes
         self.axis = numeric[0]
         self.x = numeric[0]
         others = [a for a in numeric if a != self.x] + [a for a in state.axes if a != self.x]
-        self.y = others[0] if others else self.x
+        inside = [a for a in others if chunk[a] >= state.ds.sizes[a] >= 2]  # read with the x axis' chunks
+        self.y = (inside or others or [self.x])[0]
 
     def target_class(self) -> int | None:
         if self.target >= 0:
@@ -45,30 +66,52 @@ class Landscape(param.Parameterized):
             return None
         return self.state.analysis.class_names.index(top[0][0])
 
-    def _probs(self, free: list[str], model: str) -> np.ndarray | None:
-        """Probability of the target class with ``free`` axes varying, the others at the current point."""
+    def _logits(self, free: list[str]) -> np.ndarray:
+        """(*free, model, class) logits with ``free`` axes varying, the others at the
+        current point (NaN where not computed or damaged); the last few reads kept."""
+        s = self.state
+        sel = {a: i for a, i in zip(s.axes, s.index()) if a not in free}
+        key = (tuple(free), tuple(sel.items()))
+        if key not in self._logit_blocks:  # moving along a shown axis redraws the same cells: read them once
+            if len(self._logit_blocks) >= 2:
+                self._logit_blocks.pop(next(iter(self._logit_blocks)))
+            logits = stores.read_values(s.path, s.cube, names.LOGITS, sel, on_bad=np.nan)  # the chunks of these cells
+            dims = [d for d in s.ds[names.LOGITS].dims if d not in sel]
+            self._logit_blocks[key] = np.transpose(logits, [dims.index(d) for d in (*free, names.MODEL, names.CLASS)])
+        return self._logit_blocks[key]
+
+    def _probs(self, free: list[str], model: str, along: str | None = None) -> np.ndarray | None:
+        """(*free) probability of the target class for ``model`` with ``free`` axes
+        varying, the others at the current point; ``along``: only that one of the
+        free axes varies, the others at the current point too (NaN where not computed)."""
         target = self.target_class()
         if target is None:
             return None
         s = self.state
-        sel = {a: i for a, i in zip(s.axes, s.index()) if a not in free}
-        sel[names.MODEL] = s.analysis.models.index(model)
-        key = (tuple(free), target, tuple(sel.items()))
-        if key not in self._cache:  # moving along a shown axis redraws the same values: read them once
+        here = dict(zip(s.axes, s.index()))
+        at = tuple(slice(None) if along in (None, a) else here[a] for a in free)
+        fixed = [a for a in s.axes if (a not in free if along is None else a != along)]  # what the values depend on
+        key = (tuple(free), along, model, target, tuple((a, here[a]) for a in fixed))
+        if key not in self._cache:
             if len(self._cache) > 32:
                 self._cache.clear()
-            logits = stores.tolerant(s.ds[names.LOGITS].isel(**sel).transpose(*free, names.CLASS))  # damaged: NaN
-            self._cache[key] = softmax(logits)[..., target]
+            self._cache[key] = target_probability(self._logits(free)[at + (self._model(model),)], target)
         return self._cache[key]
 
+    def _model(self, model: str) -> int:
+        return self.state.analysis.models.index(model)
+
     def curves(self) -> dict[str, tuple[list, np.ndarray]] | None:
-        """model → (axis values, probabilities); NaN where not computed."""
+        """model → (axis values, probabilities); NaN where not computed. When the
+        curve axis is one of the heatmap's, from the heatmap's cells (no read)."""
+        s = self.state
+        free = [self.y, self.x] if self.x != self.y and self.axis in (self.x, self.y) else [self.axis]
         out = {}
-        for model in dict.fromkeys([self.state.model_a, self.state.model_b]):
-            p = self._probs([self.axis], model)
+        for model in dict.fromkeys([s.model_a, s.model_b]):
+            p = self._probs(free, model, along=self.axis)
             if p is None:
                 return None
-            out[model] = (list(self.state.param[self.axis].objects), p)
+            out[model] = (list(s.param[self.axis].objects), p)
         return out
 
     def heatmap(self) -> tuple[list, list, np.ndarray] | None:
