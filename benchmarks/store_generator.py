@@ -15,7 +15,8 @@ large chunks, the done marks in one file), at the disk cost of a few shards:
    each variant's own, so that neighbouring scenes differ) and written with
    ``store.write_task`` (the real codecs: sharding, zstd, crc32c);
 3. every other shard position of every per-sample variable is a hard link to
-   a source shard of its object (Zarr's chunk key encoding names the files);
+   a source shard of its object, the variants alternating along every axis
+   (Zarr's chunk key encoding names the files);
 4. the summaries (top-1 class and probability, expected-class probability)
    are those of the linked shards, written whole; every task is marked done.
 
@@ -121,17 +122,18 @@ def real_chunks(path: str) -> dict[str, list[tuple[dict, dict]]]:
 def _tile(pool: list[tuple[dict, dict]], shard: tuple[int, ...], chunk: tuple[int, ...], variant: int) -> tuple[dict, dict]:
     """(values, summaries) of one source shard: each inner chunk one of ``pool``'s
     chunks with its hues rolled (hue is the last axis, whole in a chunk), the
-    (chunk, roll) pairs in an order of ``variant``'s own, so neighbouring
-    scenes and the variants differ."""
+    (chunk, roll) pairs in a shuffled order that each variant starts at another
+    place of, so neighbouring scenes differ, and the variants at every scene."""
     per_axis = [s // c for s, c in zip(shard, chunk)]
     pairs = [(p, r) for p in range(len(pool)) for r in range(chunk[-1])]
-    random.Random(variant).shuffle(pairs)
+    random.Random(0).shuffle(pairs)
+    start = variant * (len(pairs) // VARIANTS + 1)  # the variants differ at every position
     values = {name: np.empty(shard + arr.shape[len(shard):], arr.dtype) for name, arr in pool[0][0].items()}
     summaries = {name: np.empty(shard + arr.shape[len(shard):], arr.dtype) for name, arr in pool[0][1].items()}
     hue = len(shard) - 1
     for j, at in enumerate(itertools.product(*(range(n) for n in per_axis))):
         block = tuple(slice(a * c, (a + 1) * c) for a, c in zip(at, chunk))
-        p, roll = pairs[j % len(pairs)]
+        p, roll = pairs[(start + j) % len(pairs)]
         for out, source in ((values, pool[p][0]), (summaries, pool[p][1])):
             for name in out:
                 out[name][block] = np.roll(source[name], roll, axis=hue)
@@ -157,7 +159,8 @@ def make_store(path: str, samples: int, seed: int = 0, echo=print) -> spec.CubeS
     whole = [i for i in every if tasks.samples(i) == math.prod(shard)]
     sources: dict[tuple[int, int], tuple[tuple[int, ...], dict]] = {}  # (object, variant) → (task index, summaries)
     for o in range(SHAPES[samples][0]):
-        for v, index in enumerate(rng.sample([i for i in whole if i[0] == o], VARIANTS)):
+        for v in range(VARIANTS):  # variants alternate along every axis (a checkerboard): neighbouring shards differ
+            index = rng.choice([i for i in whole if i[0] == o and sum(i) % VARIANTS == v])
             values, summaries = _tile(pool[OBJECTS[o]], shard, chunk, v)
             zstore.write_task(cube, path, tasks.region(index), values)
             sources[(o, v)] = (index, summaries)
@@ -169,7 +172,7 @@ def make_store(path: str, samples: int, seed: int = 0, echo=print) -> spec.CubeS
     linked = 0
     own = {index: summaries for index, summaries in sources.values()}  # the source shards stay themselves
     for index in every:
-        source, summaries = (index, own[index]) if index in own else sources[(index[0], rng.randrange(VARIANTS))]
+        source, summaries = (index, own[index]) if index in own else sources[(index[0], sum(index) % VARIANTS)]
         region = tasks.region(index)
         local = tuple(slice(0, r.stop - r.start) for r in region)
         for name in names.SUMMARIES:

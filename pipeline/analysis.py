@@ -319,9 +319,10 @@ class Cube:
         key = (variable, None if grid is None else tuple((a, tuple(grid[a])) for a in self.axes))
         if key not in self._mean_activation:
             act = next(a for a in self.activations() if a.variable == variable)
-            values = lazy(self.ds[variable])
-            if grid is not None:
+            values = self.ds[variable]
+            if grid is not None:  # selected before chunking: a lazily indexed store then reads only these chunks
                 values = values.isel({a: list(grid[a]) for a in self.axes})
+            values = lazy(values)
             self._mean_activation[key] = values.astype("float32").mean([act.ay, act.ax]).values
         return self._mean_activation[key]
 

@@ -215,3 +215,24 @@ def test_a_damaged_or_missing_shard_reads_as_zarr_says(real_store, tmp_path):
     assert np.isnan(tolerant[0]).all() and np.isfinite(tolerant[1]).all()
     Path(shard).unlink()
     assert np.isnan(reader.select({0: 0, 1: 0, 2: 0, 3: 0})).all()  # no file: the fill value, as Zarr reads it
+
+
+@pytest.mark.slow
+def test_a_large_landscape_read_runs_in_a_thread_and_draws_when_read(real_store):
+    import queue
+
+    from perturber.viewer.panels.landscape import LandscapePanel
+    from perturber.viewer.state import CubeState, Settled
+
+    state = CubeState(real_store, "views")
+    panel = LandscapePanel(state, Settled(state))
+    drawn = panel.heat_source.data["probability"].copy()
+    panel.read_at_once = 0  # every read counts as large here
+    panel.land._logit_blocks.clear()  # nothing read
+    assert panel.land.unread() == 3  # the heatmap's: yaw x hue, a chunk per yaw
+    inbox = queue.Queue()
+    panel._redraw(deliver=inbox.put)
+    assert panel.heat.title.text == "reading 3 stored chunks…"  # the caller did not wait for the read
+    inbox.get(timeout=120)()  # the thread read the chunks and hands the drawing to this ("the event loop's") thread
+    assert panel.land.unread() == 0 and panel.heat.title.text.endswith("click a cell to go there")
+    assert np.array_equal(panel.heat_source.data["probability"], drawn, equal_nan=True)

@@ -30,6 +30,8 @@ import numpy as np
 import zarr
 from numcodecs import Zstd
 
+from perturber.pipeline.errors import PerturberError
+
 __all__ = ["Reader", "reader", "BadChunk"]
 
 _ZSTD = Zstd()
@@ -37,8 +39,8 @@ log = logging.getLogger("perturber.viewer")
 _EMPTY = 2**64 - 1  # a shard index entry of a chunk that was never written
 
 
-class BadChunk(Exception):
-    """A stored chunk whose checksum or decoding fails."""
+class BadChunk(PerturberError):
+    """A stored chunk whose checksum or decoding fails (the message names its file: for the log, not the page)."""
 
 
 def _plain(codecs: list[dict]) -> bool:

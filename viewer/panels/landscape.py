@@ -8,7 +8,7 @@ so a control change costs the data it shows, not a new plot.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import panel as pn
@@ -17,12 +17,16 @@ from bokeh.models import ColorBar, ColumnDataSource, FactorRange, FixedTicker, H
 from bokeh.palettes import Category10, Viridis256
 from bokeh.plotting import figure
 
-from perturber.viewer import widgets
+from perturber.viewer import sessions, widgets
+from perturber.viewer.live import LOCAL, EngineError
 from perturber.viewer.state import CubeState, Landscape, Settled
 
 __all__ = ["LandscapePanel", "label"]
 
 TOOLS = "pan,wheel_zoom,box_zoom,save,reset"
+#: Served, a change needing more stored chunks than this (a heatmap over two axes outside the chunk,
+#: e.g. yaw x pitch: 5,000 at 10M samples, about a second) is read off the event loop.
+READ_AT_ONCE = 400
 
 
 def label(value) -> str:
@@ -37,6 +41,7 @@ class LandscapePanel:
     def __init__(self, state: CubeState, settled: Settled):
         self.state, self.settled = state, settled
         self.land = land = Landscape(state)
+        self.read_at_once = READ_AT_ONCE
         controls = pn.Row(
             widgets.int_input(land, "target", "class (-1: top class here)", width=170),
             widgets.select(land, "axis", "curve axis", width=120),
@@ -50,18 +55,38 @@ class LandscapePanel:
         self.draw_curves()
         self.draw_heatmap()
         settled.param.watch(self._redraw, ["tick"])
-        land.param.watch(self._redraw, ["target"])
-        land.param.watch(self.draw_curves, ["axis"])
-        land.param.watch(self.draw_heatmap, ["x", "y"])
+        land.param.watch(self._redraw, ["target", "axis", "x", "y"])
         self.curves.css_classes, self.heat.css_classes = ["pt-curves"], ["pt-heatmap"]  # on the figures' own elements
         self.view = pn.Column(controls, pn.Row(pn.pane.Bokeh(self.curves), pn.pane.Bokeh(self.heat)))
 
     def __panel__(self) -> pn.Column:
         return self.view
 
-    def _redraw(self, *_: Any) -> None:
-        self.draw_curves()
-        self.draw_heatmap()
+    def _redraw(self, *_: Any, deliver: Callable[[Callable[[], Any]], Any] | None = None) -> None:
+        """Both plots, at once when their cells are read or few; served (or given
+        ``deliver``: how a thread hands a callback to the event loop), more than
+        :attr:`read_at_once` chunks are read in a thread of :data:`~perturber.viewer.live.LOCAL`
+        (the event loop stays free for every session), and drawn when read."""
+        unread, deliver = self.land.unread(), deliver or sessions.on_loop()
+        if unread <= self.read_at_once or deliver is None:
+            self.draw_curves()
+            self.draw_heatmap()
+            return
+        self.heat.title.text = self.curves.title.text = f"reading {unread:,} stored chunks…"
+        try:
+            LOCAL.start(f"{self.state.session}/landscape", self._read, deliver)
+        except EngineError as exc:  # a read of this session still runs: it redraws when done (and reads again if moved)
+            if "already running" not in str(exc):
+                self.heat.title.text = self.curves.title.text = f"not read: {exc}"
+
+    def _read(self, deliver: Callable[[Callable[[], Any]], Any]) -> None:
+        try:
+            self.land.read()
+        except Exception as exc:
+            line = sessions.failure("reading the response landscape", exc)
+            deliver(lambda: self.heat.title.update(text=line))
+            return
+        deliver(self._redraw)
 
     # ------------------------------------------------------------ curves
 

@@ -10,6 +10,7 @@ are taken from the heatmap's cells when their axis is one of its axes.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Any
 
@@ -47,6 +48,7 @@ class Landscape(param.Parameterized):
         self.state = state
         self._cache: dict[tuple, np.ndarray] = {}  # probabilities shown lately
         self._logit_blocks: dict[tuple, np.ndarray] = {}  # the last logits read (a heatmap's: ~10 MB)
+        self._lock = threading.Lock()
         numeric = [a for a in state.axes if factors.get(a).numeric] or state.axes
         chunk = dict(zip(state.axes, state.ds[names.DONE].attrs["chunk_shape"]))
         self.param.axis.objects = state.axes
@@ -66,19 +68,43 @@ class Landscape(param.Parameterized):
             return None
         return self.state.analysis.class_names.index(top[0][0])
 
+    def _key(self, free: list[str]) -> tuple:
+        s = self.state
+        return tuple(free), tuple((a, i) for a, i in zip(s.axes, s.index()) if a not in free)
+
     def _logits(self, free: list[str]) -> np.ndarray:
         """(*free, model, class) logits with ``free`` axes varying, the others at the
         current point (NaN where not computed or damaged); the last few reads kept."""
         s = self.state
-        sel = {a: i for a, i in zip(s.axes, s.index()) if a not in free}
-        key = (tuple(free), tuple(sel.items()))
-        if key not in self._logit_blocks:  # moving along a shown axis redraws the same cells: read them once
-            if len(self._logit_blocks) >= 2:
-                self._logit_blocks.pop(next(iter(self._logit_blocks)))
+        key = self._key(free)
+        found = self._logit_blocks.get(key)
+        if found is None:  # moving along a shown axis redraws the same cells: read them once
+            sel = dict(key[1])
             logits = stores.read_values(s.path, s.cube, names.LOGITS, sel, on_bad=np.nan)  # the chunks of these cells
             dims = [d for d in s.ds[names.LOGITS].dims if d not in sel]
-            self._logit_blocks[key] = np.transpose(logits, [dims.index(d) for d in (*free, names.MODEL, names.CLASS)])
-        return self._logit_blocks[key]
+            found = np.transpose(logits, [dims.index(d) for d in (*free, names.MODEL, names.CLASS)])
+            with self._lock:  # read in a thread too (:meth:`read`)
+                while len(self._logit_blocks) >= 2:
+                    self._logit_blocks.pop(next(iter(self._logit_blocks)))
+                self._logit_blocks[key] = found
+        return found
+
+    def blocks(self) -> list[list[str]]:
+        """The free axes of each block of logits the current settings show."""
+        heat = [self.y, self.x] if self.x != self.y else []
+        return ([heat] if heat else []) + ([] if self.axis in heat else [[self.axis]])
+
+    def unread(self) -> int:
+        """Stored chunks the current settings need that are not read yet."""
+        s = self.state
+        chunk = dict(zip(s.axes, s.ds[names.DONE].attrs["chunk_shape"]))
+        return sum(int(np.prod([-(-s.ds.sizes[a] // chunk[a]) for a in free]))
+                   for free in self.blocks() if self._key(free) not in self._logit_blocks)
+
+    def read(self) -> None:
+        """Read what the current settings show (in a thread: :class:`LandscapePanel` does for large heatmaps)."""
+        for free in self.blocks():
+            self._logits(free)
 
     def _probs(self, free: list[str], model: str, along: str | None = None) -> np.ndarray | None:
         """(*free) probability of the target class for ``model`` with ``free`` axes
