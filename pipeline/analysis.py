@@ -146,12 +146,14 @@ class SummaryRow:
 
 
 def lazy(var: xr.DataArray) -> xr.DataArray:
-    """``var`` as a dask array in its stored chunks (as it is when opened with dask),
+    """``var`` as a dask array in its stored files (shards, or chunks when unsharded),
     without its non-index coordinates (class names and the like)."""
     var = var.reset_coords(drop=True)
     if var.chunks is not None:
         return var
-    chunks = var.encoding.get("preferred_chunks") or dict(zip(var.dims, var.encoding.get("chunks", ())))
+    shards = var.encoding.get("shards")  # a dask chunk per shard (a file), not per inner chunk: a smaller graph
+    chunks = (dict(zip(var.dims, shards)) if shards else
+              var.encoding.get("preferred_chunks") or dict(zip(var.dims, var.encoding.get("chunks", ()))))
     return var.chunk(chunks or "auto")
 
 

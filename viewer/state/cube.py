@@ -24,6 +24,7 @@ import param
 from perturber.pipeline import assets, factors, names
 from perturber.pipeline.analysis import softmax
 from perturber.pipeline.errors import one_line
+from perturber.pipeline.store import task_shape
 from perturber.viewer import html, stores
 from perturber.viewer.live import EngineError
 
@@ -59,7 +60,7 @@ class CubeState(param.Parameterized):
         self.analysis = stores.analysis(path, cube)
         self.axes: list[str] = list(self.analysis.axes)
         self.fixed: dict[str, Any] = dict(self.analysis.fixed)
-        self.chunk_shape = list(self.ds[names.DONE].attrs["chunk_shape"])
+        self.task_shape = list(task_shape(self.ds))
         self.done = stores.done_marks(path, cube)
         models = list(self.analysis.models)
         super().__init__(**params)
@@ -121,9 +122,9 @@ class CubeState(param.Parameterized):
         return ("live", id(self.live_result)) if self.live_on else ("grid", self.index())
 
     def computed(self) -> bool:
-        """Whether the current point's chunk has been written."""
-        chunk = tuple(i // c for i, c in zip(self.index(), self.chunk_shape))
-        return bool(self.done[chunk])
+        """Whether the current point's task has been written."""
+        task = tuple(i // c for i, c in zip(self.index(), self.task_shape))
+        return bool(self.done[task])
 
     def _sel(self) -> dict[str, Any]:
         return dict(zip(self.axes, self.index()))
