@@ -217,3 +217,19 @@ def test_precompute_refuses_a_format1_store_and_migrate_rewrites_it(tmp_path):
     same = subprocess.run([sys.executable, "-m", "perturber", "migrate", str(old), "--out", str(old)],
                           capture_output=True, text=True, timeout=120)
     assert same.returncode == 2 and same.stderr.count("\n") == 1 and "--out must be a new store" in same.stderr
+
+
+def test_the_viewer_looks_up_a_points_task(tmp_path):
+    from perturber.viewer.state import CubeState
+
+    path = str(tmp_path / "partial.zarr")
+    cube = _spec(3).cubes[0]
+    store.create_or_check(cube, path)
+    run.run_task(cube, (1, 1, 0), path)  # the cat at yaw 135, 180 and -90 (a task of 3 inner chunks)
+    s = CubeState(path, "views")
+    s.object, s.yaw = "cat", 180.0
+    assert s.computed() and s.image() is not None
+    s.yaw = 90.0  # the cat's first task: not computed
+    assert not s.computed() and s.missing() == "not computed"
+    s.object, s.yaw = "dog", -90.0
+    assert not s.computed()
