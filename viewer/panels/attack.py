@@ -9,7 +9,7 @@ import numpy as np
 import panel as pn
 
 from perturber.pipeline.analysis import softmax
-from perturber.viewer import html, sessions, widgets
+from perturber.viewer import classes, html, sessions, widgets
 from perturber.viewer.state import ALPHAS, AttackState, CubeState
 
 __all__ = ["AttackPanel"]
@@ -29,9 +29,10 @@ class AttackPanel:
         step.on_click(lambda _e: self._go(1))
         run.on_click(lambda _e: self._go(attack.steps))
         reset.on_click(lambda _e: attack.reset())
+        self.target_field = classes.ClassField(attack, "target", "target class", width=250, css_classes=["pt-pgd-target"])
         controls = pn.Row(
             widgets.select(attack, "model", "attacked model", width=170),
-            widgets.int_input(attack, "target", "target (-1: suppress)", width=130),
+            self.target_field,
             widgets.float_input(attack, "eps", "ε", width=90),
             widgets.select(attack, "norm", "norm", width=70),
             widgets.int_input(attack, "steps", "N", width=70, css_classes=["pt-pgd-n"]),

@@ -17,7 +17,7 @@ from bokeh.models import ColorBar, ColumnDataSource, FactorRange, FixedTicker, H
 from bokeh.palettes import Category10, Viridis256
 from bokeh.plotting import figure
 
-from perturber.viewer import sessions, widgets
+from perturber.viewer import classes, sessions, widgets
 from perturber.viewer.live import LOCAL, EngineError
 from perturber.viewer.state import CubeState, Landscape, Settled
 
@@ -42,8 +42,10 @@ class LandscapePanel:
         self.state, self.settled = state, settled
         self.land = land = Landscape(state)
         self.read_at_once = READ_AT_ONCE
+        self.target_field = classes.ClassField(land, "target", "class (or class set)", width=250,
+                                               css_classes=["pt-landscape-class"])
         controls = pn.Row(
-            widgets.int_input(land, "target", "class (-1: top class here)", width=170),
+            self.target_field,
             widgets.select(land, "axis", "curve axis", width=120),
             widgets.select(land, "x", "heatmap x", width=120),
             widgets.select(land, "y", "heatmap y", width=120),
@@ -102,7 +104,7 @@ class LandscapePanel:
         return fig, source
 
     def draw_curves(self, *_: Any) -> None:
-        """Both models' probability of the target along the curve axis (NaN where there is nothing)."""
+        """Both models' probability of the target (a set's: summed) along the curve axis (NaN where there is nothing)."""
         state, land, fig = self.state, self.land, self.curves
         values = state.param[land.axis].objects
         data = land.curves()
@@ -116,9 +118,8 @@ class LandscapePanel:
         fig.xaxis.major_label_overrides = {i: label(v) for i, v in enumerate(values)}
         fig.xaxis.axis_label = land.axis
         self.here.location = values.index(getattr(state, land.axis))
-        target = land.target_class()
-        fig.title.text = (f"{state.missing()} here" if target is None
-                          else f"p({state.analysis.class_names[target]}) along {land.axis}")
+        target = land.target_label()
+        fig.title.text = f"{state.missing()} here" if target is None else f"p({target}) along {land.axis}"
 
     # ------------------------------------------------------------ heatmap
 
@@ -141,13 +142,13 @@ class LandscapePanel:
         xs, ys = state.param[land.x].objects, state.param[land.y].objects
         data = land.heatmap()
         p = data[2] if data is not None else np.full((len(ys), len(xs)), np.nan)
-        target = land.target_class()
+        target = land.target_label()
         if land.x == land.y:
             fig.title.text = "choose two different axes"
         elif target is None:
             fig.title.text = f"{state.missing()} here"
         else:
-            fig.title.text = f"p({state.analysis.class_names[target]}), {state.model_a}: click a cell to go there"
+            fig.title.text = f"p({target}), {state.model_a}: click a cell to go there"
         self._cells = [(x, y) for y in ys for x in xs]
         fig.x_range.factors = list(dict.fromkeys(label(x) for x in xs))
         fig.y_range.factors = list(dict.fromkeys(label(y) for y in ys))

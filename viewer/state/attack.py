@@ -12,6 +12,7 @@ import numpy as np
 import param
 
 from perturber.pipeline.errors import one_line
+from perturber.viewer import classes
 from perturber.viewer.live import LOCAL, EngineError, attack_task
 from perturber.viewer.state.cube import CubeState
 
@@ -20,11 +21,18 @@ __all__ = ["AttackState", "ALPHAS"]
 ALPHAS = tuple(round(a / 10, 1) for a in range(11))  # the transfer view's alpha grid, evaluated after each step
 
 
+class Target(classes.ClassChoice):
+    """PGD's target: one class index (PGD pushes towards one class, not a set) or
+    :data:`~perturber.viewer.classes.UNTARGETED`."""
+
+    special = (classes.UNTARGETED,)
+
+
 class AttackState(param.Parameterized):
     """PGD at the current point: δ kept across steps, the models on x + αδ."""
 
     model = param.Selector(doc="Attacked model")
-    target = param.Integer(default=-1, bounds=(-1, 999), doc="Target class (-1: suppress the original prediction)")
+    target = Target(default=classes.UNTARGETED, doc="Target class index, or 'none': suppress the original prediction")
     eps = param.Number(default=8 / 255, bounds=(1e-4, 64.0), doc="Bound, in [0, 1] pixel units")
     norm = param.Selector(default="linf", objects=["linf", "l2"])
     steps = param.Integer(default=10, bounds=(1, 500), doc="Steps of the 'run' button")
@@ -92,7 +100,7 @@ class AttackState(param.Parameterized):
             return None
         delta = self.delta if self.delta is not None else np.zeros((3, *image.shape[:2]), dtype=np.float32)
         return dict(steps=steps, image=image, delta=delta, label=self.label, model=self.model, eps=float(self.eps),
-                    norm=self.norm, target=None if self.target < 0 else self.target, generation=self._generation,
+                    norm=self.norm, target=None if self.target == classes.UNTARGETED else int(self.target), generation=self._generation,
                     engine=self.state.engine)
 
     def _steps(self, job: dict[str, Any], deliver: Callable[[Callable[[], Any]], Any],

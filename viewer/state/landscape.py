@@ -1,5 +1,6 @@
-"""What the response landscape shows: a class's probability along one axis
-(curves, one per compared model) and over two axes (a heatmap of the left model).
+"""What the response landscape shows: a class's probability (a class set's: the
+sum over its classes) along one axis (curves, one per compared model) and over
+two axes (a heatmap of the left model).
 
 A control change reads the logits of the heatmap's cells, one stored chunk
 per cell (all of a chunk's models and image factors come with it): the
@@ -12,33 +13,42 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import param
 
 from perturber.pipeline import factors, names
-from perturber.viewer import stores
+from perturber.viewer import classes, stores
 from perturber.viewer.state.cube import CubeState
 
 __all__ = ["Landscape", "target_probability"]
 
 
-def target_probability(logits: np.ndarray, target: int) -> np.ndarray:
-    """(...) the softmax probability of class ``target`` from (..., class) logits
-    (float32 arithmetic; NaN where the logits are NaN)."""
+def target_probability(logits: np.ndarray, target: int | Sequence[int]) -> np.ndarray:
+    """(...) the softmax probability of class ``target`` (of a list of classes: their
+    sum, a class set's probability) from (..., class) logits (float32 arithmetic;
+    NaN where the logits are NaN)."""
     z = np.array(logits, dtype=np.float32)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: not computed
         z -= np.nanmax(z, axis=-1, keepdims=True)
     np.exp(z, out=z)
-    return z[..., target] / z.sum(axis=-1)
+    chosen = z[..., target] if isinstance(target, (int, np.integer)) else z[..., list(target)].sum(axis=-1)
+    return chosen / z.sum(axis=-1)
+
+
+class Target(classes.ClassChoice):
+    """The landscape's class: an index, a class set (its summed probability) or :data:`~perturber.viewer.classes.TOP`."""
+
+    special = (classes.TOP,)
+    sets = True
 
 
 class Landscape(param.Parameterized):
     """The landscape's settings, and the probabilities it shows at the current point."""
 
-    target = param.Integer(default=-1, bounds=(-1, 999), doc="ImageNet class (-1: the left model's top class here)")
+    target = Target(default=classes.TOP, doc="ImageNet class index, class set ('@dogs') or 'top' (the left model's top class here)")
     axis = param.Selector(doc="Axis of the curves")
     x = param.Selector(doc="Heatmap columns")
     y = param.Selector(doc="Heatmap rows")
@@ -61,12 +71,28 @@ class Landscape(param.Parameterized):
         self.y = (inside or others or [self.x])[0]
 
     def target_class(self) -> int | None:
-        if self.target >= 0:
-            return self.target
+        """The one class shown (the top class here for ``top``); None for a class
+        set, or when the top class here cannot be read."""
+        if self.target != classes.TOP:
+            return None if isinstance(self.target, str) else self.target
         top = self.state.top5(self.state.model_a)
         if top is None:
             return None
         return self.state.analysis.class_names.index(top[0][0])
+
+    def target_classes(self) -> list[int] | None:
+        """The classes whose summed probability is shown (one, or a class set's); None as :meth:`target_class`."""
+        if self.target == classes.TOP:
+            one = self.target_class()
+            return None if one is None else [one]
+        return classes.indices(self.target)
+
+    def target_label(self) -> str | None:
+        """The shown class as plots name it: ``golden retriever``, ``any dog breed``; None: nothing to show."""
+        if isinstance(self.target, str) and self.target != classes.TOP:
+            return classes.SET_LABELS.get(self.target, self.target)
+        one = self.target_class()
+        return None if one is None else str(self.state.analysis.class_names[one])
 
     def _key(self, free: list[str]) -> tuple:
         s = self.state
@@ -110,18 +136,19 @@ class Landscape(param.Parameterized):
         """(*free) probability of the target class for ``model`` with ``free`` axes
         varying, the others at the current point; ``along``: only that one of the
         free axes varies, the others at the current point too (NaN where not computed)."""
-        target = self.target_class()
+        target = self.target_classes()
         if target is None:
             return None
         s = self.state
         here = dict(zip(s.axes, s.index()))
         at = tuple(slice(None) if along in (None, a) else here[a] for a in free)
         fixed = [a for a in s.axes if (a not in free if along is None else a != along)]  # what the values depend on
-        key = (tuple(free), along, model, target, tuple((a, here[a]) for a in fixed))
+        key = (tuple(free), along, model, tuple(target), tuple((a, here[a]) for a in fixed))
         if key not in self._cache:
             if len(self._cache) > 32:
                 self._cache.clear()
-            self._cache[key] = target_probability(self._logits(free)[at + (self._model(model),)], target)
+            self._cache[key] = target_probability(self._logits(free)[at + (self._model(model),)],
+                                                  target[0] if len(target) == 1 else target)
         return self._cache[key]
 
     def _model(self, model: str) -> int:
