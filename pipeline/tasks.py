@@ -138,12 +138,16 @@ def start_workers(plan: WorkerPlan):
     Dask's workers start with MALLOC_TRIM_THRESHOLD_=65536; setting it also
     turns off glibc's adaptive mmap threshold, so every activation buffer over
     128 KiB is mmapped and unmapped per layer (measured: 2.2x slower chunks,
-    half the time in the kernel). Both thresholds are raised; they must be
-    set before a worker starts, hence pre-spawn-environ.
+    half the time in the kernel). Both thresholds are raised. OpenMP threads
+    wait passively (OMP_WAIT_POLICY): torch's spinning threads, on cores that
+    anything else also uses, made a 2-thread worker 4-10x slower on a 2-core
+    CPU (docs/benchmarks.md). All must be set before a worker starts, hence
+    pre-spawn-environ; a variable already in the environment wins.
     """
     settings = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": str(1 << 30),
                 "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": str(1 << 25),
                 "distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": str(plan.threads),
+                "distributed.nanny.pre-spawn-environ.OMP_WAIT_POLICY": "PASSIVE",
                 "distributed.nanny.pre-spawn-environ.PYOPENGL_PLATFORM": "egl"}
     with dask.config.set(settings):
         if plan.kind == "cpu":
