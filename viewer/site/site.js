@@ -258,7 +258,7 @@
     document.title = "Perturber: " + meta.store + " · " + meta.cube;
     $("title").textContent = "Perturber · " + meta.store + " · cube " + meta.cube;
     $("held").textContent = meta.held.length ? "Held: " + meta.held.map(
-      (h) => h.name + "=" + text(h.value) + (h.units ? " " + h.units : "") + (h.why === "canonical" ? " (canonical)" : "")).join(", ") : "";
+      (h) => h.name + "=" + text(h.value) + (h.units ? " " + h.units : "") + " (" + (h.why === "canonical" ? "canonical" : "selected") + ")").join(", ") : "";
     $("models").textContent = "";
     meta.models.forEach((m, i) => $("models").appendChild(el("div", {"class": "model", id: "model-" + i})));
     $("layer").textContent = meta.layer ? "· layer " + meta.layer + " · neurons " + meta.neurons.map((n) => "#" + n).join(" ") : "";
