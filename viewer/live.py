@@ -6,6 +6,8 @@ LocalCluster by default, or a running scheduler), whose worker processes keep
 the models loaded between requests. Work is bounded: results are cached (LRU),
 at most ``max_pending`` requests run at once, each waits at most ``timeout``
 seconds, and a new request of a session cancels that session's stale one.
+:meth:`LiveEngine.with_values` is a view of the engine that sets some factors
+in every point it is asked for (a session's uploaded mesh as the object).
 
 :class:`Work` is that bound, for any long call: a served viewer never runs
 one on its event loop, but in a thread of :meth:`Work.start` (PGD, saliency),
@@ -19,11 +21,13 @@ from __future__ import annotations
 import collections
 import json
 import os
+import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -36,7 +40,7 @@ from perturber.pipeline.errors import PerturberError, one_line
 from perturber.pipeline.imageops import to_tensor
 from perturber.pipeline.tasks import start_local_cluster, use_threads
 
-__all__ = ["Work", "LOCAL", "LiveEngine", "LiveResult", "EngineError", "evaluate_point", "attack_task"]
+__all__ = ["Work", "LOCAL", "LiveEngine", "Overlay", "LiveResult", "EngineError", "evaluate_point", "attack_task"]
 
 
 class EngineError(PerturberError):
@@ -208,11 +212,51 @@ class LiveEngine(Work):
         (PGD steps); one-line EngineError on failure or timeout."""
         return self._wait(self.client.submit(fn, *args, threads=self.threads, pure=False))
 
+    def with_values(self, values: Mapping[str, Any]) -> "Overlay":
+        """This engine, setting ``values`` (factor → value) in every point it is asked for."""
+        return Overlay(self, values)
+
+    def on_this_machine(self) -> bool:
+        """Whether every worker runs on this machine, so it can read a file the viewer
+        wrote (a local cluster's do; a scheduler's workers are asked where they are)."""
+        if self._cluster is not None:
+            return True
+        try:
+            hosts = {urlparse(address).hostname for address in self.client.scheduler_info()["workers"]}
+            name = socket.gethostname()
+            here = {"127.0.0.1", "::1", "localhost", name, *socket.gethostbyname_ex(name)[2]}
+        except Exception:  # the scheduler went away, or the name does not resolve: not known to be here
+            return False
+        return bool(hosts) and hosts <= here
+
     def close(self) -> None:
         super().close()
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()
+
+
+class Overlay:
+    """A :class:`LiveEngine` that sets ``values`` in every point: its cache keys,
+    requests and results are the engine's for the point with those values, and
+    everything else (the bound on pending work, :meth:`Work.start`, ``call``,
+    ``timeout``) is the engine's own. A session swaps its engine for one to show
+    an uploaded mesh at every point it visits (``{"object": path}``)."""
+
+    def __init__(self, engine: LiveEngine, values: Mapping[str, Any]):
+        self.engine, self.values = engine, dict(values)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def key(self, point: Mapping[str, Any], *args: Any) -> str:
+        return self.engine.key({**point, **self.values}, *args)
+
+    def submit(self, session: str, point: Mapping[str, Any], *args: Any):
+        return self.engine.submit(session, {**point, **self.values}, *args)
+
+    def evaluate(self, session: str, point: Mapping[str, Any], *args: Any, **kwargs: Any) -> tuple[LiveResult, bool]:
+        return self.engine.evaluate(session, {**point, **self.values}, *args, **kwargs)
 
 
 def attack_task(x: np.ndarray, delta: np.ndarray, model: str, eps: float, norm: str, target: int | None,
