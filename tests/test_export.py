@@ -118,7 +118,7 @@ def test_export_writes_the_stored_values_and_replaces_only_an_earlier_export(sto
     assert np.array_equal(np.asarray(Image.open(out / "img" / "2_1.png")), image)  # lossless: the stored pixels
     point = json.loads((out / "data" / "p" / "2_1.json").read_text())
     assert [(name, round(p, 4)) for _, name, p, _, _ in point["top5"]["efficientnet_lite1"]] == [(n, round(p, 4)) for n, p in top]
-    assert Image.open(out / "act" / "2_1-0.png").size == (4 * export.TILE, export.TILE)  # the 4 stored head neurons
+    assert Image.open(out / "act" / "2_1-0.webp").size == (4 * export.TILE, export.TILE)  # the 4 stored head neurons
     # The curves' top-1 probability at a point is the top-5's first.
     flat = 2 * 2 + 1
     assert meta["curves"]["efficientnet_lite1"]["top1"][flat] == pytest.approx(top[0][1], abs=1e-4)
@@ -196,7 +196,11 @@ def test_site_in_chromium_moves_to_the_stored_values_without_leaving_its_folder(
         for i, model in enumerate(["efficientnet_lite0", "efficientnet_lite1"]):
             _, top = _stored(stores[0], {"object": 1, "yaw": 2, "hue": 0}, model)
             assert _shown_top5(page, i) == [(n, f"{p:.3f}") for n, p in top]
-        assert page.locator("#maps figure.maps img").count() == 2
+        maps = page.locator("#maps figure.maps img")
+        assert maps.count() == 2
+        for i in range(2):  # decoded by Chromium: a tile per stored neuron
+            maps.nth(i).evaluate("img => img.complete || new Promise(r => { img.onload = r; })")
+            assert maps.nth(i).evaluate("img => img.naturalWidth") == 4 * export.TILE
         # The curves along yaw: one solid and one dashed line per model; a click moves the point.
         assert page.locator("#curve-plot path.curve").count() == 4
         box = page.locator("#curve-plot svg").bounding_box()

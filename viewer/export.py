@@ -9,8 +9,9 @@ nothing fetched from elsewhere)::
                                             the curves' data, the assets' attribution
     site/data/p/<key>.json                  a point's top-5 of each model
     site/img/<key>.png                      the model input at a point (lossless: the stored pixels)
-    site/act/<key>-<m>.png                  model m's activation maps of the layer at the point,
-                                            one 96 px tile per neuron, side by side
+    site/act/<key>-<m>.webp                 model m's activation maps of the layer at the point,
+                                            one 96 px tile per neuron, side by side (lossy WebP:
+                                            a sixth of the PNG's bytes)
 
 ``<key>`` is the point's grid position along each slider axis, joined by
 ``_`` (``3_0_2``). The slice: ``axes`` vary (sliders), every other axis of
@@ -334,5 +335,5 @@ def _write_point(sl: Slice, folder: Path, key: str, sel: dict[str, int], values:
             continue
         shown = np.asarray(a)[sl.neurons[: a.shape[0]]].astype(np.float32)
         strip = np.concatenate([activation_overlay(small, m) for m in shown], axis=1)
-        Image.fromarray(strip).save(folder / "act" / f"{key}-{i}.png")
+        Image.fromarray(strip).save(folder / "act" / f"{key}-{i}.webp", quality=90)
     return "ok"

@@ -1,6 +1,6 @@
 // Perturber: a static site of one cube slice (written by `perturber export`).
 // Reads data/slice.json (the slice), data/p/<key>.json (a point's top-5),
-// img/<key>.png (the model input) and act/<key>-<m>.png (activation maps),
+// img/<key>.png (the model input) and act/<key>-<m>.webp (activation maps),
 // all relative to this page: it works from any static file host.
 // <key> is the point's grid position along each slider axis, joined by "_".
 "use strict";
@@ -181,7 +181,7 @@
       labels.forEach((s) => { s.style.width = meta.tile + "px"; });
       box.appendChild(el("figure", {"class": "maps"}, [
         el("figcaption", {text: m + " · " + meta.layer + " (red positive, blue negative)"}),
-        el("img", {src: "act/" + k + "-" + i + ".png", alt: m + " activation maps", height: meta.tile}),
+        el("img", {src: "act/" + k + "-" + i + ".webp", alt: m + " activation maps", height: meta.tile}),
         el("div", {"class": "labels"}, labels),
       ]));
     });
