@@ -1,10 +1,12 @@
 """Feature-visualisation precompute: the store's ``featureviz`` group (layout:
 :mod:`perturber.featureviz.group`) written by Dask tasks of one batch each,
-resumable like the cube precompute. The spec: :mod:`perturber.featureviz.spec`.
+resumable like the cube precompute. The spec: :mod:`perturber.featureviz.spec`;
+its ``logits: top5`` becomes the classes of the store's stored top-5 (:func:`resolve`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -15,19 +17,54 @@ from typing import Any, Callable
 import dask.array as da
 import numpy as np
 import xarray as xr
+import yaml
 import zarr
 from tqdm import tqdm
 
 from perturber.featureviz import FeatureVizError
 from perturber.featureviz.group import GROUP
 from perturber.featureviz.optimize import random_directions, visualise
-from perturber.featureviz.spec import FeatureVizSpec, Target, load_spec, parse_spec
+from perturber.featureviz.spec import TOP5, FeatureVizSpec, Target, load_spec, parse_spec
 from perturber.featureviz.spec import channels as layer_channels
-from perturber.pipeline import models
+from perturber.pipeline import models, names
 from perturber.pipeline.store import MARK, group_state, write_template
 from perturber.pipeline.tasks import run_tasks, use_threads
 
-__all__ = ["create_or_check", "missing", "compute_chunk", "precompute", "load_spec", "parse_spec"]
+__all__ = ["create_or_check", "missing", "compute_chunk", "precompute", "load_spec", "parse_spec", "top5_classes", "resolve"]
+
+
+def top5_classes(store: Any) -> tuple[int, ...]:
+    """Every class index (sorted) in the stored top-5 of any model at any computed
+    sample of any cube of ``store`` (read through dask, a task per shard)."""
+    try:
+        root = zarr.open_group(store, mode="r")
+    except Exception:
+        return ()
+    found: set[int] = set()
+    for name, group in root.groups():
+        if name in names.NOT_CUBES or names.TOP_CLASS not in group:
+            continue
+        array = group[names.TOP_CLASS]  # int16, -1 where not computed
+        values = da.unique(da.from_zarr(array, chunks=getattr(array, "shards", None) or array.chunks)).compute()
+        found.update(int(v) for v in values if v >= 0)
+    return tuple(sorted(found))
+
+
+def resolve(spec: FeatureVizSpec, store: Any) -> FeatureVizSpec:
+    """``spec`` with each ``logits: top5`` target given the classes of :func:`top5_classes`
+    (its source names them, so a store whose top-5 has changed since is told apart);
+    a spec without one is returned as it is."""
+    if not any(t.top5 for t in spec.targets):
+        return spec
+    units = top5_classes(store)
+    if not units:
+        raise FeatureVizError(f"logits: {TOP5} needs a cube with computed top-5 classes in {store} (run the precompute first)")
+    raw = yaml.safe_load(spec.source)
+    for entry in raw["models"].values():
+        if entry.get("logits") == TOP5:
+            entry["logits"] = list(units)
+    targets = tuple(dataclasses.replace(t, units=units, top5=False) if t.top5 else t for t in spec.targets)
+    return dataclasses.replace(spec, targets=targets, source=yaml.safe_dump(raw, sort_keys=True))
 
 
 def _directions(spec: FeatureVizSpec, target: Target) -> np.ndarray:
@@ -49,6 +86,7 @@ def _versions() -> dict[str, str]:
 def create_or_check(spec: FeatureVizSpec, store: Any) -> None:
     """Write the group's template, or check that the existing one is from this spec
     (an interrupted template is written again: :func:`perturber.pipeline.store.write_template`)."""
+    spec = resolve(spec, store)
     state, attrs = group_state(store, GROUP)
     if state == "complete":
         sha = attrs.get(MARK)
@@ -101,6 +139,7 @@ def create_or_check(spec: FeatureVizSpec, store: Any) -> None:
 
 def missing(spec: FeatureVizSpec, store: Any) -> list[tuple[Target, int, int]]:
     """(target, parameterisation index, chunk index) of every chunk not yet written."""
+    spec = resolve(spec, store)
     group = zarr.open_group(store, path=GROUP, mode="r")
     out = []
     for t in spec.targets:
@@ -129,7 +168,9 @@ def compute_chunk(spec: FeatureVizSpec, target: Target, p: int, chunk: int, stor
 
 def precompute(spec: FeatureVizSpec, store: Any, scheduler: str | None = None, workers: int | None = None,
                progress: bool = True, echo: Callable[[str], None] = print) -> int:
-    """Compute every missing batch into ``store``'s featureviz group; returns units written."""
+    """Compute every missing batch into ``store``'s featureviz group (``logits: top5``:
+    the classes of the store's top-5, :func:`resolve`); returns units written."""
+    spec = resolve(spec, store)
     create_or_check(spec, store)
     jobs = missing(spec, store)
     if not jobs:

@@ -11,7 +11,8 @@ Spec (``workflows/featureviz.yaml``)::
       efficientnet_lite0:
         layers: {stage6: 16, head: [0, 5, 9]}   # first n channels, or a list
         directions: {head: 8}                   # random unit directions per layer
-        logits: [207, 817]                      # class-logit visualisations
+        logits: [207, 817]                      # class-logit visualisations (or top5: every class in
+                                                #   the top-5 of the store's cubes, read when computing)
         checkpoints: [my_lite0_epoch5]          # registry entries: this model's checkpoints
 """
 
@@ -30,7 +31,11 @@ from perturber.featureviz.optimize import PARAMETERISATIONS, Settings
 from perturber.pipeline import inference, models, names, yamlsafe
 from perturber.pipeline.spec import has_module
 
-__all__ = ["FeatureVizSpec", "Target", "load_spec", "parse_spec", "channels"]
+__all__ = ["FeatureVizSpec", "Target", "load_spec", "parse_spec", "channels", "TOP5"]
+
+#: ``logits: top5``: every class that appears in the top-5 of the store's cubes
+#: (:func:`perturber.featureviz.precompute.resolve` reads them from the store).
+TOP5 = "top5"
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Target:
     kind: str  # channel | direction | logit
     units: tuple[int, ...]
     checkpoint_of: str | None = None
+    top5: bool = False  # logits: the classes of the store's stored top-5 (units empty until resolved)
 
     @property
     def names(self) -> names.FeatureVizNames:
@@ -151,7 +157,12 @@ def parse_spec(raw: Any, name: str = "spec") -> FeatureVizSpec:
                         raise FeatureVizError(f"{where}: {owner} has no layer {layer!r} ({path})")
                     limit = channels(owner, path) if kind == "channel" else 4096
                     targets.append(Target(owner, str(layer), kind, _units(f"{where}: {key}.{layer}", units, limit), of))
-            if what.get("logits") is not None:
+            if what.get("logits") == TOP5:
+                targets.append(Target(owner, "logits", "logit", (), of, top5=True))
+            elif isinstance(what.get("logits"), str):
+                raise FeatureVizError(f"{where}: logits: give a count, a list of class indices or {TOP5!r}, "
+                                      f"not {what['logits']!r}")
+            elif what.get("logits") is not None:
                 targets.append(Target(owner, "logits", "logit", _units(f"{where}: logits", what["logits"], 1000), of))
     if not targets:
         raise FeatureVizError(f"{name}: nothing to visualise")

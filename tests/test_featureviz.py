@@ -117,6 +117,7 @@ SPEC = {
     ({"models": {"efficientnet_lite0": {"logits": [1000]}}}, "index 1000 is outside 0..999"),
     ({"models": {"efficientnet_lite0": {"checkpoints": ["nope"], "logits": [1]}}}, "checkpoint"),
     ({"models": {"efficientnet_lite0": {}}}, "nothing to visualise"),
+    ({"models": {"efficientnet_lite0": {"logits": "top3"}}}, "or 'top5', not 'top3'"),
 ])
 def test_spec_errors_are_one_line(change, message):
     with pytest.raises(FeatureVizError, match=message) as err:
@@ -201,6 +202,30 @@ def test_cli_on_a_local_cluster_matches_in_process(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "perturber", "featureviz", str(tmp_path / "missing.yaml"), "--out", b],
                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "missing.yaml" in bad.stderr
+
+
+def test_logits_top5_visualises_every_class_of_the_stored_top5(tmp_path):
+    """``logits: top5`` on a small real store: the classes it computes are the
+    union of the stored top-5 classes (of every model and computed sample)."""
+    sweep = spec.parse_spec({"name": "t", "cubes": {"t": {
+        "axes": {"object": ["dog", "sports_car"], "yaw": [0.0, 180.0]},
+        "models": ["efficientnet_lite0", "efficientnet_lite1"], "images": False}}})
+    out = str(tmp_path / "t.zarr")
+    store.create_or_check(sweep.cubes[0], out)
+    run.run_task(sweep.cubes[0], (0, 0), out)  # the dog only: the car's samples stay unwritten (-1)
+    top = xr.open_zarr(out, group="t")["top_class"].values  # (object, yaw, model, rank), NaN where not computed
+    union = sorted({int(c) for c in top[~np.isnan(top)]})
+    assert np.isnan(top[1]).all() and 5 <= len(union) <= 20  # two views of a dog by two models
+    raw = {"size": 32, "steps": 1, "batch": 32, "parameterisations": ["pixel"], "models": {"efficientnet_lite0": {"logits": "top5"}}}
+    parsed = fv.parse_spec(raw)
+    assert [t.units for t in parsed.targets] == [()]  # read from the store when computing
+    assert list(fv.resolve(parsed, out).targets[0].units) == union
+    assert fv.precompute(parsed, out, scheduler="synchronous", progress=False, echo=lambda _: None) == len(union)
+    ds = xr.open_zarr(out, group="featureviz")
+    assert list(ds["unit_efficientnet_lite0_logits"].values) == union and ds["fvdone_efficientnet_lite0_logits"].values.all()
+    assert fv.precompute(parsed, out, scheduler="synchronous", progress=False, echo=lambda _: None) == 0  # resumes: all there
+    with pytest.raises(FeatureVizError, match="needs a cube with computed top-5"):
+        fv.precompute(parsed, str(tmp_path / "empty.zarr"), scheduler="synchronous", progress=False, echo=lambda _: None)
 
 
 def test_the_demo_spec_loads():
