@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--loads", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
+    load = os.getloadavg()[0]
     built = ""
     if not Path(args.store).exists():
         start = time.perf_counter()
@@ -154,7 +155,8 @@ def main() -> None:
              f"`perturber export` of the demo cube's default slice: the demo store (workflows/demo.yaml){built}, "
              f"cube {sl.cube}, sliders {shape} = {sl.points} points, held {held}; models {', '.join(sl.models)}, "
              f"layer {sl.layer} ({len(sl.neurons)} neurons). Machine: {report.cpu()}, "
-             f"Chromium {CHROMIUM}, a local static server (Python's http.server) on 127.0.0.1.", "",
+             f"load average {load:.1f} at the start (other work was running), Chromium {CHROMIUM}, "
+             "a local static server (Python's http.server) on 127.0.0.1.", "",
              f"Export: {seconds:.1f} s for {done.points} points ({done.computed} computed); "
              f"the site holds {done.files} files, {export_files.human(done.bytes)} ({done.bytes:,} bytes):", "",
              "| what | files | bytes |", "| --- | ---: | ---: |"]

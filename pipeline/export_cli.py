@@ -48,11 +48,11 @@ def add_parser(sub, parents: Sequence[argparse.ArgumentParser]) -> argparse.Argu
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from perturber.viewer import export, export_files
+    from perturber.viewer import export
 
     report = export.export(args.store, args.out, cube=args.cube, select=args.select, axes=args.axes, models=args.models,
                            layer=args.layer, force=args.force, progress=not args.quiet)
     print(f"wrote {report.path}: {report.points:,} points ({report.computed:,} computed), "
-          f"{report.files:,} files, {export_files.human(report.bytes)} ({report.bytes:,} bytes)")
+          f"{report.files:,} files, {export.export_files.human(report.bytes)} ({report.bytes:,} bytes)")
     print(f"serve it from any static file host, e.g. python -m http.server -d {report.path}")
     return 0
