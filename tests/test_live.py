@@ -110,3 +110,29 @@ def test_the_viewer_state_computes_a_fixed_factor_live(live, tmp_path):
     assert "outside its domain" in state.live_status and state.image() is None
     state.live_on = False
     assert np.array_equal(state.image(), stored_image)
+
+
+def test_an_overlay_sets_values_in_every_point_and_shares_the_engine(live):
+    """with_values: the point with the values set, the engine's own cache and bound."""
+    cat = live.with_values({"object": "cat"})
+    result, hit = cat.evaluate("m", OFF_GRID, MODELS)
+    assert cat.key(OFF_GRID, MODELS, [], {}, 224) == live.key({**OFF_GRID, "object": "cat"}, MODELS, [], {}, 224)
+    again, hit = live.evaluate("m", {**OFF_GRID, "object": "cat"}, MODELS)
+    assert hit and again is result  # one cache: the overlay's result is the engine's for the cat
+    dog, _ = live.evaluate("m", OFF_GRID, MODELS)
+    assert np.abs(dog.image.astype(int) - result.image.astype(int)).mean() > 3
+    key, future = cat.submit("n", {**OFF_GRID, "yaw": 80.0}, MODELS, [], {}, 224)
+    assert cat.result(key, future) is live.cached(live.key({**OFF_GRID, "yaw": 80.0, "object": "cat"}, MODELS, [], {}, 224))
+    assert cat.timeout == live.timeout and cat.running() == live.running() and cat.on_this_machine()
+
+
+def test_workers_of_a_scheduler_on_this_machine_can_read_its_files():
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        engine = LiveEngine(scheduler=cluster.scheduler_address)
+        try:
+            engine.client.wait_for_workers(1, timeout=30)
+            assert engine.on_this_machine()
+        finally:
+            engine.close()

@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
+import psutil
 import torch
 from distributed import Client
 
@@ -223,9 +224,8 @@ class LiveEngine(Work):
             return True
         try:
             hosts = {urlparse(address).hostname for address in self.client.scheduler_info()["workers"]}
-            name = socket.gethostname()
-            here = {"127.0.0.1", "::1", "localhost", name, *socket.gethostbyname_ex(name)[2]}
-        except Exception:  # the scheduler went away, or the name does not resolve: not known to be here
+            here = {"localhost", socket.gethostname(), *(a.address for addrs in psutil.net_if_addrs().values() for a in addrs)}
+        except Exception:  # the scheduler went away: not known to be here
             return False
         return bool(hosts) and hosts <= here
 
