@@ -149,7 +149,7 @@ class ClassField:
         p = obj.param[name]
         self.special, self.sets = tuple(p.special), bool(p.sets)
         self.input = pn.widgets.AutocompleteInput(
-            name=title, options=list(options(self.special, self.sets)), value=label(getattr(obj, name)),
+            label=title, options=list(options(self.special, self.sets)), value=label(getattr(obj, name)),
             case_sensitive=False, search_strategy="includes", restrict=False, min_characters=2, width=width,
             placeholder="type part of a class name", css_classes=["pt-class-field", *(css_classes or [])])
         self.message = pn.pane.HTML("", width=width, visible=False, css_classes=["pt-class-error"], margin=(0, 10))
