@@ -230,3 +230,22 @@ def test_site_says_not_computed_where_the_store_has_nothing(stores, tmp_path, pa
         assert page.inner_text("#image-missing") == "not computed"
         assert "not computed" in page.inner_text("#model-0")
         assert not page.errors, page.errors
+
+
+@pytest.mark.browser
+def test_a_store_without_images_or_activations_says_so(tmp_path, page):
+    bare = {"name": "bare", "cubes": {"views": {"axes": {"yaw": [0.0, 90.0]}, "models": ["efficientnet_lite0"], "images": False}}}
+    path = tmp_path / "bare.zarr"
+    run.precompute(spec.parse_spec(bare), str(path), scheduler="synchronous", progress=False)
+    site = tmp_path / "site"
+    report = export.export(str(path), site, progress=False)
+    assert (report.points, report.computed) == (2, 2)
+    assert not (site / "img").exists() or not any((site / "img").iterdir())
+    with _static(site) as base:
+        page.goto(base + "index.html")
+        page.wait_for_selector("body[data-shown='0']", timeout=30_000)  # yaw 0 and 90 are as near the canonical 45: the first
+        assert page.inner_text("#image-missing") == "images not stored"
+        assert page.inner_text("#maps") == "This store has no activations of efficientnet_lite0."
+        assert page.locator("#model-0 table.top5 tr").count() == 6  # the one model's top-5
+        assert page.locator("#model-1").count() == 0
+        assert not page.errors, page.errors

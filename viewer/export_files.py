@@ -75,14 +75,17 @@ def building(out: Path) -> Iterator[Path]:
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    moved = False
     try:
         yield tmp
-        os.chmod(tmp, 0o755)
         if out.exists():
             os.rename(out, old)
+            moved = True
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if moved and not out.exists():
+            os.rename(old, out)  # the earlier site back in place
         raise
     shutil.rmtree(old, ignore_errors=True)
 
