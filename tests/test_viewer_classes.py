@@ -245,6 +245,13 @@ def _wait_for_title(page, title, timeout=30):
         page.wait_for_timeout(200)
 
 
+def _open_tab(page, name):
+    """Open the page's tab ``name`` (a layout without tabs shows every section)."""
+    tab = page.locator(".bk-tab", has_text=name)
+    if tab.count():
+        tab.first.click()
+
+
 def _choose(page, field, text, pick=None):
     """Type ``text`` in a class field and take the list's entry ``pick`` (else press Enter)."""
     box = page.locator(f"{field} input")
@@ -277,6 +284,7 @@ def test_the_landscape_class_by_name(store, page):
 @pytest.mark.browser
 def test_the_pgd_target_by_name(store, page):
     with _served(page, store):
+        _open_tab(page, "Attack")
         page.wait_for_selector(".pt-pgd-target input", timeout=60_000)
         _choose(page, ".pt-pgd-target", "tabby", pick="tabby (281)")
         expect(page.locator(".pt-pgd-target input")).to_have_value("tabby (281)")
