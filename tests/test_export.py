@@ -201,6 +201,8 @@ def test_site_in_chromium_moves_to_the_stored_values_without_leaving_its_folder(
         for i in range(2):  # decoded by Chromium: a tile per stored neuron
             maps.nth(i).evaluate("img => img.complete || new Promise(r => { img.onload = r; })")
             assert maps.nth(i).evaluate("img => img.naturalWidth") == 4 * export.TILE
+        neurons = store.open_cube(str(stores[0]), "views", chunks=None)["neuron_efficientnet_lite1_head"].values
+        assert page.locator("#maps figure.maps").nth(1).locator(".labels span").all_inner_texts() == [f"#{n}" for n in neurons]
         # The curves along yaw: one solid and one dashed line per model; a click moves the point.
         assert page.locator("#curve-plot path.curve").count() == 4
         box = page.locator("#curve-plot svg").bounding_box()

@@ -277,7 +277,7 @@ def _write_points(sl: Slice, folder: Path, progress: bool) -> int:
         status.append(state)
         bar.update(1)
     bar.close()
-    start = [sl.held.get(a, canonical(a, sl.values[a])) for a in sl.axes]
+    start = [canonical(a, sl.values[a]) for a in sl.axes]
     index = {
         "generator": export_files.GENERATOR, "version": perturber.__version__,
         "store": Path(sl.store).name, "cube": sl.cube,
@@ -287,19 +287,15 @@ def _write_points(sl: Slice, folder: Path, progress: bool) -> int:
         "held": [{"name": a, "value": sl.values[a][i], "why": sl.why[a], "units": factors.get(a).units}
                  for a, i in sl.held.items()],
         "fixed": {k: v for k, v in an.fixed.items() if v != factors.get(k).default},  # what differs from the defaults
-        "models": sl.models, "layer": sl.layer, "neurons": [int(n) for n in _neuron_ids(ds, acts, sl)],
+        "models": sl.models, "layer": sl.layer,
+        "neurons": [[] if a is None else [int(n) for n in ds[a.neuron].values[sl.neurons[: ds.sizes[a.neuron]]]]
+                    for a in acts],  # channel indices, per model
         "status": status, "curves": curves, "classes": {str(k): v for k, v in sorted(used_classes.items())},
         "attributions": credits, "image_size": sl.image_size, "tile": TILE,
         "images": names.IMAGE in ds, "maps": [a is not None for a in acts],
     }
     (folder / "data" / "slice.json").write_text(json.dumps(index, separators=(",", ":"), allow_nan=False))
     return sum(s == "ok" for s in status)
-
-
-def _neuron_ids(ds: Any, acts: list, sl: Slice) -> list[int]:
-    """The channel indices of the shown neurons (the first model's with activations)."""
-    act = next((a for a in acts if a is not None), None)
-    return [] if act is None else [int(n) for n in ds[act.neuron].values[sl.neurons]]
 
 
 def _number(x: Any) -> float | None:

@@ -179,7 +179,7 @@
         box.appendChild(el("p", {"class": "missing", text: m + ": no activations of " + meta.layer + " stored"}));
         return;
       }
-      const labels = meta.neurons.map((n) => el("span", {text: "#" + n}));
+      const labels = meta.neurons[i].map((n) => el("span", {text: "#" + n}));
       labels.forEach((s) => { s.style.width = meta.tile + "px"; });
       box.appendChild(el("figure", {"class": "maps"}, [
         el("figcaption", {text: m + " · " + meta.layer + " (red positive, blue negative)"}),
@@ -263,7 +263,7 @@
       (h) => h.name + "=" + text(h.value) + (h.units ? " " + h.units : "") + " (" + (h.why === "canonical" ? "canonical" : "selected") + ")").join(", ") : "";
     $("models").textContent = "";
     meta.models.forEach((m, i) => $("models").appendChild(el("div", {"class": "model", id: "model-" + i})));
-    $("layer").textContent = meta.layer ? "· layer " + meta.layer + " · neurons " + meta.neurons.map((n) => "#" + n).join(" ") : "";
+    $("layer").textContent = meta.layer ? "· layer " + meta.layer + " · the first stored neurons" : "";
     const footer = $("footer");
     const fixed = Object.entries(meta.fixed).map(([k, v]) => k + "=" + text(v)).join(", ");
     footer.appendChild(el("p", {text: `Exported by ${meta.generator} ${meta.version} from ${meta.store}, cube ${meta.cube}` +
