@@ -269,7 +269,7 @@
     footer.appendChild(el("p", {text: `Exported by ${meta.generator} ${meta.version} from ${meta.store}, cube ${meta.cube}` +
       (fixed ? `; fixed in the cube: ${fixed}` : "") + ". Canonical: the grid value nearest the factor's default."}));
     if (meta.attributions.length) {
-      footer.appendChild(el("p", {text: "Assets (CC BY):"}));
+      footer.appendChild(el("p", {text: "Assets shown, with their authors and licences:"}));
       footer.appendChild(el("ul", {"class": "credits"}, meta.attributions.map((a) => el("li", {text: a}))));
     }
   }
