@@ -65,13 +65,14 @@ def fv_thumbnail(path: str, model: str, index: int, size: int = classes.THUMBNAI
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(), params[p]
 
 
-def _fv_models(path: str, model: str) -> list[str]:
+@functools.lru_cache(maxsize=64)
+def _fv_models(path: str, model: str) -> tuple[str, ...]:
     """``model``, then the store's other models with class-logit visualisations."""
     ds = stores.featureviz(path)
     if ds is None:
-        return []
+        return ()
     others = [str(v.attrs["model"]) for _, v in names.fv_variables(ds) if v.attrs.get("kind") == "logit"]
-    return list(dict.fromkeys([model, *others]))
+    return tuple(dict.fromkeys([model, *others]))
 
 
 class Top5Panel(html.HTMLPanel):
