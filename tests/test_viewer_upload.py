@@ -179,7 +179,7 @@ import panel as pn
 from perturber.viewer import html
 from perturber.viewer.live import LiveEngine
 from perturber.viewer.panels.model_input import InputPanel
-from perturber.viewer.panels.upload import UploadPanel
+from perturber.viewer.panels.upload import MAX_MESSAGE_BYTES, UploadPanel
 from perturber.viewer.state import CubeState
 
 engine = LiveEngine(timeout=120)
@@ -190,7 +190,8 @@ def page():
     return pn.Column(UploadPanel(state), notice, InputPanel(state))
 
 pn.serve({"/": page}, port=int(sys.argv[2]), address="127.0.0.1", show=False,
-         check_unused_sessions_milliseconds=300, unused_session_lifetime_milliseconds=300)
+         check_unused_sessions_milliseconds=300, unused_session_lifetime_milliseconds=300,
+         websocket_max_message_size=MAX_MESSAGE_BYTES)
 """
 
 
@@ -203,6 +204,8 @@ def test_upload_in_the_browser_and_the_folder_goes_with_the_session(cube, browse
     mesh.write_bytes(_exported("teapot", "ply"))
     broken = tmp_path / "broken.obj"
     broken.write_bytes(b"v 0 0 0\nv 1e308 0 0\nv 0 1 0\nf 1 2 3\n")
+    large = tmp_path / "large.ply"  # above Bokeh's default websocket message (20 MiB): it must arrive all the same
+    large.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 3\n" + b"\0" * (24 * 2**20))
     port = free_port()
     log = tmp_path / "server.log"
     env = {**os.environ, "TMPDIR": str(temp), "PYTHONUNBUFFERED": "1"}
@@ -226,6 +229,8 @@ def test_upload_in_the_browser_and_the_folder_goes_with_the_session(cube, browse
         chooser.set_input_files(str(broken))
         status = page.locator(".pt-upload-status")
         expect(status).to_contain_text("broken.obj: vertex coordinates reach 1e+308", timeout=60_000)
+        chooser.set_input_files(str(large))
+        expect(status).to_contain_text("large.ply: cannot read mesh", timeout=60_000)  # the reader's one line
         chooser.set_input_files(str(mesh))
         expect(page.locator(".pt-notice")).to_contain_text("Showing your mesh teapot.ply", timeout=120_000)
         expect(page.locator("img.pt-input")).not_to_have_attribute("src", grid, timeout=120_000)

@@ -13,6 +13,10 @@ Files are written only to the session's own temporary folder
 (``on_session_destroyed``), when the panel is garbage-collected or at the
 latest when the process exits (``weakref.finalize``).
 
+Served, an upload travels to the server in one websocket message (base64):
+the server must accept :data:`MAX_MESSAGE_BYTES` (Bokeh's default is 20 MiB,
+which drops a mesh above about 15 MiB without a word).
+
 A valid mesh is computed by the on-demand engine at every point the user
 visits: the session's engine becomes a :class:`~perturber.viewer.live.Overlay`
 that sets the object to the mesh's path, and live compute is turned on. While
@@ -41,10 +45,12 @@ from perturber.viewer import html, sessions
 from perturber.viewer.live import LOCAL, EngineError, Overlay
 from perturber.viewer.state import CubeState
 
-__all__ = ["UploadPanel", "check_upload", "write_upload", "UPLOAD_PREFIX", "ACCEPT"]
+__all__ = ["UploadPanel", "check_upload", "write_upload", "UPLOAD_PREFIX", "ACCEPT", "MAX_MESSAGE_BYTES"]
 
 #: The session folders' name prefix (in the system's temporary folder).
 UPLOAD_PREFIX = "perturber-upload-"
+#: The websocket message an upload of MAX_MESH_BYTES needs (base64, plus room for the message around it).
+MAX_MESSAGE_BYTES = meshes.MAX_MESH_BYTES * 4 // 3 + 2**20
 #: What the file dialog offers: the mesh formats and the files a mesh may refer to.
 ACCEPT = ",".join([*assets.MESH_SUFFIXES, ".mtl", ".bin", ".png", ".jpg", ".jpeg", ".bmp", ".tga", ".gif", ".webp"])
 
