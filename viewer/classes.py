@@ -38,6 +38,7 @@ from PIL import Image
 
 from perturber.pipeline import classes
 from perturber.pipeline.errors import PerturberError
+from perturber.viewer import html
 
 __all__ = ["TOP", "UNTARGETED", "SET_LABELS", "ClassChoice", "ClassField", "UnknownClassText", "ExampleFolderError",
            "parse", "label", "indices", "set_example_folder", "example_folder", "example", "Example"]
@@ -152,7 +153,7 @@ class ClassField:
             label=title, options=list(options(self.special, self.sets)), value=label(getattr(obj, name)),
             case_sensitive=False, search_strategy="includes", restrict=False, min_characters=2, width=width,
             placeholder="type part of a class name", css_classes=["pt-class-field", *(css_classes or [])])
-        self.message = pn.pane.HTML("", width=width, visible=False, css_classes=["pt-class-error"], margin=(0, 10))
+        self.message = html.pane("", width=width, visible=False, css_classes=["pt-class-error"], margin=(0, 10))
         self.input.param.watch(self._typed, "value")
         obj.param.watch(self._changed, name)
         self.view = pn.Column(self.input, self.message, margin=0)
