@@ -277,7 +277,7 @@ def test_the_landscape_class_by_name(store, page):
         assert "p(any cat) along yaw" in _wait_for_title(page, "p(any cat) along yaw")
         expect(page.locator(".pt-landscape-class input")).to_have_value("any cat (@cats)")
         _choose(page, ".pt-landscape-class", "zebrafish")
-        expect(page.locator(".pt-class-error")).to_contain_text("'zebrafish' is not an ImageNet class", timeout=30_000)
+        expect(page.locator(".pt-landscape-class-error")).to_contain_text("'zebrafish' is not an ImageNet class", timeout=30_000)
         assert "p(any cat) along yaw" in _wait_for_title(page, "p(any cat) along yaw", timeout=0)
 
 

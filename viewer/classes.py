@@ -153,7 +153,8 @@ class ClassField:
             label=title, options=list(options(self.special, self.sets)), value=label(getattr(obj, name)),
             case_sensitive=False, search_strategy="includes", restrict=False, min_characters=2, width=width,
             placeholder="type part of a class name", css_classes=["pt-class-field", *(css_classes or [])])
-        self.message = html.pane("", width=width, visible=False, css_classes=["pt-class-error"], margin=(0, 10))
+        self.message = html.pane("", width=width, visible=False, margin=(0, 10),
+                                 css_classes=["pt-class-error", *(f"{c}-error" for c in css_classes or [])])
         self.input.param.watch(self._typed, "value")
         obj.param.watch(self._changed, name)
         self.view = pn.Column(self.input, self.message, margin=0)
