@@ -5,6 +5,7 @@
     perturber predict --object dog --yaw 30 --hue 90 --models efficientnet_lite0,efficientnet_lite2
     perturber precompute workflows/demo.yaml --out data/generated/demo.zarr [--dry-run]
     perturber study yaw-fluctuation --store data/generated/studies.zarr [--models a,b]
+    perturber export data/generated/demo.zarr -o site/ [--select object=dog] [--axes yaw,pitch]
     perturber assets [--fetch]
     perturber --version
 
@@ -25,7 +26,7 @@ import sys
 from typing import Sequence
 
 import perturber
-from perturber.pipeline import config, factors, models_cli, plugins
+from perturber.pipeline import config, export_cli, factors, models_cli, plugins
 from perturber.pipeline.errors import PerturberError
 from perturber.pipeline.options import MAX_WORKERS, add_dask_options, names_option, output_option, text_option, whole_option
 from perturber.pipeline.searches import fool_cli, search_cli
@@ -159,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="open a browser")
     p.add_argument("--engine", metavar="local|ADDRESS", type=text_option,
                    help="live compute for points off the grid: 'local' starts a LocalCluster, or a Dask scheduler address")
+    p.add_argument("--imagenet-val", metavar="DIR", type=text_option,
+                   help="an ImageNet folder (class folders DIR/<wnid>/*.JPEG, or the flat validation folder with "
+                        "LOC_val_solution.csv): the top-5 shows the first image of each class")
 
     p = sub.add_parser("verify", help="read every done chunk of a store; report damaged ones (--repair: recompute them)",
                        description="Read every chunk marked done in every cube of a store and check it (Zarr crc32c "
@@ -194,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     fool_cli.add_parser(sub, [registries])
     finetune_cli.add_parser(sub, [registries])
     models_cli.add_parser(sub, [registries])
+    export_cli.add_parser(sub, [registries])
     _add_factor_options(search_cli.add_parser(sub, [registries]))  # the start scene
 
     p = sub.add_parser("assets", help="list built-in assets with status and licence")

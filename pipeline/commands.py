@@ -313,6 +313,10 @@ def cmd_view(args: argparse.Namespace) -> int:
     cube = args.cube or cubes[0]
     if cube not in cubes:
         raise CLIError(f"--cube {cube}: no such cube in {args.store} (it has: {', '.join(cubes)})")
+    if args.imagenet_val:
+        from perturber.viewer import classes
+
+        classes.set_example_folder(args.imagenet_val)  # a missing or foreign folder: one line, before serving
     from perturber.viewer import app
 
     print(f"serving {args.store} on http://{args.address}:{args.port}/ (Ctrl-C stops)")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from perturber.pipeline import export_cli, names, run, spec, store
+from perturber.pipeline import cli, export_cli, names, run, spec, store
 from perturber.pipeline.errors import PerturberError
 from perturber.viewer import export, export_files
 
@@ -251,3 +251,16 @@ def test_a_store_without_images_or_activations_says_so(tmp_path, page):
         assert page.locator("#model-0 table.top5 tr").count() == 6  # the one model's top-5
         assert page.locator("#model-1").count() == 0
         assert not page.errors, page.errors
+
+
+def test_the_perturber_command_exports_and_reports_the_size(stores, tmp_path, capsys):
+    """Through ``perturber``'s own parser (the registration in pipeline/cli.py):
+    the site's files and bytes are reported; a bad selection is one line, exit 2."""
+    out = tmp_path / "site"
+    assert cli.main(["export", str(stores[0]), "-o", str(out), "--axes", "yaw", "--quiet"]) == 0
+    files = [p for p in out.rglob("*") if p.is_file()]
+    said = capsys.readouterr().out
+    assert f"{len(files)} files" in said and (out / "index.html").is_file()
+    assert cli.main(["export", str(stores[0]), "-o", str(tmp_path / "other"), "--select", "yaw=33"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "perturber: error: --select yaw=33: not a value of yaw in this cube (values: 0, 60, 180)"
