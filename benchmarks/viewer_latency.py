@@ -157,7 +157,7 @@ def first_session(path: str) -> dict[str, float]:
                 return section.panel(viewer)
             finally:
                 lap(section.title.split(":")[0].split(" (")[0] or "saliency")
-        return app.Section(section.title, build)
+        return app.Section(section.title, build, section.tab)
 
     layout = app.build_app(path, "views", state=state, sections=[timed(section) for section in app.SECTIONS])
     clock[0] = time.perf_counter()

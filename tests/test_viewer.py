@@ -58,6 +58,11 @@ def _top5(page, which):
     return page.inner_text(f".pt-{which}")
 
 
+def _tab(page, name):
+    """Open the tab ``name`` (Explore, Neurons, Attack, Searches, Studies)."""
+    page.locator(".bk-tab", has_text=name).click()
+
+
 def _step_slider(page, index=0):
     """Press the right arrow on the ``index``-th slider of the controls (0: yaw,
     the first control of the Camera group)."""
@@ -101,6 +106,7 @@ def test_clicking_a_landscape_cell_moves_the_sliders(stores, page):
 @pytest.mark.browser
 def test_failure_finder_and_neuron_view(stores, page):
     with open_viewer(page, stores[0]):
+        _tab(page, "Neurons")
         expect(page.locator(".pt-neurons").first).to_be_visible(timeout=30_000)
         # Neurons 0 and 2 of Lite0 have feature visualisations beside their maps; Lite1's have none.
         left = page.locator(".pt-neurons").first
@@ -116,6 +122,7 @@ def test_failure_finder_and_neuron_view(stores, page):
         groups.select_option("most active for dog")
         expect(left.locator("figcaption")).to_have_text([f"#{n}" for n in order], timeout=30_000)
         assert order != sorted(order)  # not the stored order: the selection did change the view
+        _tab(page, "Explore")
         expect(page.locator(".pt-sensitivity")).to_be_visible(timeout=60_000)
         failure = page.locator(".pt-failure button").first
         label = failure.inner_text()  # e.g. "yaw=180 → rotisserie (0.08)"
@@ -214,6 +221,7 @@ def test_without_an_engine_live_compute_says_why(stores, page):
 @pytest.mark.browser
 def test_pgd_in_the_viewer_fools_the_attacked_model_and_alpha_fades_it(stores, page):
     with open_viewer(page, stores[0], "--engine", "local"):
+        _tab(page, "Attack")
         page.locator(".pt-pgd-run button").click()  # 10 steps of eps/8 at eps = 8/255, L-infinity, on Lite0
         expect(page.locator(".pt-attack-status")).to_contain_text("10 step(s) on the engine", timeout=120_000)
         row = page.locator(".pt-transfer-efficientnet_lite0 td")
@@ -351,6 +359,7 @@ def test_a_long_pgd_run_does_not_hold_up_other_sessions(stores, page):
     """500 PGD steps in the viewer's process (seconds); meanwhile another
     client's page load is served, and the attacked session keeps running."""
     with open_viewer(page, stores[0]):
+        _tab(page, "Attack")
         steps = page.locator(".pt-pgd-n input")
         steps.fill("500")
         steps.press("Enter")

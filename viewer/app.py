@@ -1,22 +1,29 @@
 """The viewer's layout: the panels of :mod:`perturber.viewer.panels`, assembled.
 
-The top row mirrors the original tool (controls; the model input; the top-5
-of two models side by side); below it come the :data:`SECTIONS`, each a title
-and a panel built from the :class:`Viewer` context. A new panel is a class in
-its own module of ``viewer/panels/`` plus one line in :data:`SECTIONS` (or in
-the ``sections`` a caller passes to :func:`build_app`).
+Served, the page is a Panel template (:data:`TEMPLATE`): the controls in its
+sidebar; in its main area the model input, large, with the top-5 of two
+models beside it (as in the original tool), and below them the tabs of
+:data:`TABS`, each holding :data:`SECTIONS` (a title, a panel built from the
+:class:`Viewer` context, the tab). A new panel is a class in its own module of
+``viewer/panels/`` plus one line in :data:`SECTIONS` (or in the ``sections`` a
+caller passes to :func:`build_app`). Every control and the tab are in the
+page's URL (:func:`share`), so a link reopens the same view.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 from dataclasses import dataclass
 from html import escape
 from typing import Any, Callable, Sequence
+from urllib.parse import urlencode
 
+import numpy as np
 import panel as pn
+import param
 
-from perturber.viewer import html, security, sessions, stores
+from perturber.viewer import html, security, sessions, stores, widgets
 from perturber.viewer.live import LiveEngine
 from perturber.viewer.panels.attack import AttackPanel
 from perturber.viewer.panels.controls import ControlsPanel
@@ -31,9 +38,15 @@ from perturber.viewer.panels.searches import SearchesPanel
 from perturber.viewer.panels.sensitivity import SensitivityPanel
 from perturber.viewer.panels.studies import StudiesPanel
 from perturber.viewer.panels.top5 import Top5Panel
+from perturber.viewer.panels.upload import UploadPanel
 from perturber.viewer.state import CubeState, Settled
 
-__all__ = ["Viewer", "Section", "SECTIONS", "PointView", "build_app", "serve"]
+
+__all__ = ["Viewer", "Section", "SECTIONS", "TABS", "TEMPLATE", "PointView", "Page", "build_app", "build_page", "share",
+           "serve"]
+
+#: The tabs below the model input, in order; the first is open unless a link says otherwise.
+TABS = ["Explore", "Neurons", "Attack", "Searches", "Studies"]
 
 
 @dataclass
@@ -47,25 +60,37 @@ class Viewer:
 
 @dataclass(frozen=True)
 class Section:
-    """A heading (empty: none) and how to build its panel."""
+    """A heading (empty: none), how to build its panel, and the tab it goes in (one of :data:`TABS`)."""
 
     title: str
     panel: Callable[[Viewer], Any]
+    tab: str = "Explore"
 
 
-SECTIONS: list[Section] = [
+SECTIONS: list[Section] = [  # in the order a session builds them (the open tab's first), as before the tabs
     Section("Response landscape", lambda v: LandscapePanel(v.state, v.settled)),
-    Section("Neuron activations", lambda v: NeuronPanel(v.state)),
-    Section("", lambda v: SaliencyPanel(v.state)),
-    Section("Feature visualisations", lambda v: GalleryPanel(v.path)),
-    Section("Adversarial (PGD): attack one model, see whether the others are fooled too", lambda v: AttackPanel(v.state)),
-    Section("Failure finder", lambda v: FailurePanel(v.state, v.settled)),
+    Section("Neuron activations", lambda v: NeuronPanel(v.state), "Neurons"),
+    Section("Saliency: the input gradient of each model's top class", lambda v: SaliencyPanel(v.state), "Attack"),
+    Section("Feature visualisations", lambda v: GalleryPanel(v.path), "Neurons"),
+    Section("Adversarial (PGD): attack one model, see whether the others are fooled too", lambda v: AttackPanel(v.state),
+            "Attack"),
+    Section("Failure finder: the nearest grid points the left model misreads", lambda v: FailurePanel(v.state, v.settled)),
     Section("Sensitivity: how much each axis moves each model", lambda v: SensitivityPanel(v.state)),
     Section("Model against model (every sample, counted per pixel)", lambda v: ScatterPanel(v.state, v.settled)),
-    Section("Studies: findings computed into this store (`perturber study`)", lambda v: StudiesPanel(v.path, v.state)),
+    Section("Studies: findings computed into this store (`perturber study`)", lambda v: StudiesPanel(v.path, v.state),
+            "Studies"),
     Section("Searches: fooling images (`perturber fool`) and failures off the grid (`perturber search`)",
-            lambda v: SearchesPanel(v.path, v.state)),
+            lambda v: SearchesPanel(v.path, v.state), "Searches"),
 ]
+
+#: The served page's template (Panel serves its resources itself: the page needs no CDN).
+TEMPLATE = pn.template.BootstrapTemplate
+
+
+class Page(param.Parameterized):
+    """What the page shows besides the state: the open tab (a name of :data:`TABS`)."""
+
+    tab = param.Selector(default=TABS[0], objects=TABS)
 
 
 class PointView(html.Strip):
@@ -74,7 +99,7 @@ class PointView(html.Strip):
 
     def __init__(self, state: CubeState):
         super().__init__(state, InputPanel(state), Top5Panel(state, "model_a"), Top5Panel(state, "model_b"))
-        state.param.watch(self.redraw, ["notice"])
+        state.param.watch(self.redraw, ["notice", "render_on"])
 
     def html(self) -> str:
         state = self.state
@@ -86,44 +111,104 @@ class PointView(html.Strip):
 
 
 def build_app(path: str, cube: str, state: CubeState | None = None, engine: Any = None,
-              sections: Sequence[Section] = SECTIONS) -> pn.Row | pn.Column:
-    """The viewer for one cube of a store (``state``: an existing state of that
-    cube to drive; ``engine``: a :class:`~perturber.viewer.live.LiveEngine` for
-    live compute; ``sections``: the panels below the top row). Served, the
-    sections are built after the first paint (:func:`perturber.viewer.sessions.defer`).
-    Never raises: a store it cannot show, or a failure, is one line on the page."""
+              sections: Sequence[Section] = SECTIONS) -> pn.Row:
+    """The viewer for one cube of a store as one layout, the controls beside the main
+    area (``state``: an existing state of that cube to drive; ``engine``: a
+    :class:`~perturber.viewer.live.LiveEngine` for live compute; ``sections``: the
+    panels of the tabs). Served, the sections are built after the first paint
+    (:func:`perturber.viewer.sessions.defer`). Never raises: a store it cannot
+    show, or a failure, is one line on the page."""
+    return pn.Row(*_parts(path, cube, state, engine, sections))
+
+
+def build_page(path: str, cube: str, engine: Any = None, sections: Sequence[Section] = SECTIONS) -> Any:
+    """The served page: :func:`build_app`'s controls in the sidebar of a :data:`TEMPLATE`, the rest in its main area."""
+    sidebar, main = _parts(path, cube, None, engine, sections)
+    return TEMPLATE(title="Perturber", sidebar=[sidebar], main=[main], sidebar_width=340, header_background="#2c3e50")
+
+
+def _parts(path: str, cube: str, state: CubeState | None, engine: Any, sections: Sequence[Section]) -> tuple[Any, Any]:
+    """(sidebar, main); a failure is one line in main."""
     try:
         return _build(path, cube, state, engine, sections)
     except Exception as exc:
-        return pn.Column(pn.pane.Alert(f"Cannot show this store: {sessions.failure('building the page', exc)}",
-                                       alert_type="danger"))
+        return pn.Column(), pn.Column(pn.pane.Alert(f"Cannot show this store: {sessions.failure('building the page', exc)}",
+                                                    alert_type="danger"))
 
 
-def _build(path: str, cube: str, state: CubeState | None, engine: Any, sections: Sequence[Section]) -> pn.Row:
+def _build(path: str, cube: str, state: CubeState | None, engine: Any,
+           sections: Sequence[Section]) -> tuple[ControlsPanel, pn.Column]:
     state = state or CubeState(path, cube, engine=engine)
     viewer = Viewer(path, state, Settled(state))
     sessions.register_notice(lambda line: setattr(state, "notice", line))
-    # Served, what is built here is the first paint: one pane, the controls, two layouts.
-    main = pn.Column(PointView(state))
+    # Served, what is built here is the first paint: the controls, the model input with the top-5, the empty tabs.
+    page = Page()
+    share(state, page)  # a link's values, before anything is drawn
+    columns = {name: pn.Column(sizing_mode="stretch_width") for name in TABS}
+    tabs = pn.Tabs(*columns.items(), dynamic=False, active=TABS.index(page.tab), sizing_mode="stretch_width")
+    widgets.link(tabs, page, "tab", to_widget=TABS.index, from_widget=lambda i: TABS[i], prop="active")
+    render = widgets.checkbox(state, "render_on", "show the render before the image factors", css_classes=["pt-render-toggle"])
+    main = pn.Column(PointView(state), render, tabs, sizing_mode="stretch_width")
     footnote = Section("", lambda v: html.markdown("Points off the grid and factors the cube holds fixed: *Live (off the "
                                                    "grid)* among the controls computes them with the on-demand engine "
                                                    "(`--engine`).", "pt-small"))
-    for rank, section in enumerate([*sections, footnote]):  # a session builds them in this order
-        sessions.defer(rank, lambda section=section: _add(main, section, viewer))
-    layout = pn.Row(ControlsPanel(state), main)
+    # A session builds them in this order (a link to another tab: that tab's sections first).
+    ordered = sorted([*sections, footnote], key=lambda section: page.tab != TABS[0] and section.tab != page.tab)
+    for rank, section in enumerate(ordered):
+        sessions.defer(rank, lambda section=section: _add(columns.get(section.tab, columns[TABS[0]]), section, viewer))
+    controls = ControlsPanel(state)  # live compute's controls follow the first paint, then a mesh upload below them
+    sessions.defer(-1, lambda: _add(controls.view, Section("", lambda v: UploadPanel(v.state)), viewer))
     if sessions.served() is not None:
         sessions.BACKLOG.arrived(sessions.served())
-    return layout
+    return controls, main
 
 
-def _add(main: pn.Column, section: Section, viewer: Viewer) -> None:
-    """Build one section at the end of ``main``; a failure is one line there."""
-    title = [pn.pane.Markdown(f"### {section.title}")] if section.title else []
-    before = list(main.objects)
+def _add(column: pn.Column, section: Section, viewer: Viewer) -> None:
+    """Build one section at the end of its tab's ``column``; a failure is one line there."""
+    title = [html.markdown(f"### {section.title}", "pt-section")] if section.title else []
+    before = list(column.objects)
     try:
-        main.extend(title + [section.panel(viewer)])  # served, Panel renders it here
+        column.extend(title + [section.panel(viewer)])  # served, Panel renders it here
     except Exception as exc:
-        main.objects = before + title + [pn.pane.Alert(sessions.failure(section.title or "a view", exc), alert_type="warning")]
+        column.objects = before + title + [pn.pane.Alert(sessions.failure(section.title or "a view", exc),
+                                                         alert_type="warning")]
+
+
+#: The state's parameters a link holds (with the open tab): every control of the page.
+SHARED = ["model_a", "model_b", "score", "render_on", "live_on", "live_factor", "live_value"]
+
+
+def share(state: CubeState, page: Page) -> None:
+    """Served, keep every control (the axes, the models, the score, the render
+    toggle, live compute) and the open tab in the page's URL query, both ways:
+    a link reopens the same view. A link's value the cube cannot take (not a
+    grid value, an unknown model) is left out, and the page says so in one line."""
+    location = pn.state.location if sessions.served() is not None else None
+    if location is None:
+        return
+    shared = [*state.axes, *SHARED]
+    query, bad = location.query_params, []
+    for name, value in query.items():
+        target = page if name == "tab" else state if name in shared else None
+        if target is not None and not _valid(target, name, value):
+            bad.append(f"{name}={value}")
+    if bad:
+        location.search = "?" + urlencode({k: json.dumps(v) if not isinstance(v, str) else v for k, v in query.items()
+                                            if f"{k}={v}" not in bad})
+    location.sync(state, shared)
+    location.sync(page, ["tab"])
+    if bad:  # after the link's other values (a change clears the notice)
+        state.notice = f"this link's {', '.join(bad)} cannot be shown here (not a value of this cube); left as it was"
+
+
+def _valid(obj: param.Parameterized, name: str, value: Any) -> bool:
+    """Whether ``obj.<name> = value`` would be accepted (a link's value, parsed by Panel)."""
+    kind = obj.param[name]
+    if isinstance(kind, param.Selector):
+        return any(value == v and type(value) is not bool for v in kind.objects)
+    if isinstance(kind, param.Boolean):
+        return isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def serve(path: str, cube: str | None = None, port: int = 5006, address: str = "127.0.0.1", show: bool = False,
@@ -152,7 +237,7 @@ def serve(path: str, cube: str | None = None, port: int = 5006, address: str = "
         live = LiveEngine(scheduler=None if engine == "local" else engine)
         print(f"live compute on {live.where}")
     try:
-        pn.serve({"/": lambda: build_app(path, name, engine=live)}, port=port, address=address, show=show and token is None,
+        pn.serve({"/": lambda: build_page(path, name, engine=live)}, port=port, address=address, show=show and token is None,
                  websocket_origin=allowed, title="Perturber", **extra)
     finally:
         if live is not None:

@@ -18,10 +18,10 @@ __all__ = ["link", "select", "radio", "int_input", "float_input", "checkbox", "g
 
 
 def link(widget: Any, obj: Any, name: str, to_widget: Callable[[Any], Any] = lambda v: v,
-         from_widget: Callable[[Any], Any] = lambda v: v) -> Any:
-    """Keep ``widget.value`` and ``obj.<name>`` equal (through the two conversions); returns ``widget``."""
-    widget.param.watch(lambda e: setattr(obj, name, from_widget(e.new)), "value")
-    obj.param.watch(lambda e: setattr(widget, "value", to_widget(e.new)), name)
+         from_widget: Callable[[Any], Any] = lambda v: v, prop: str = "value") -> Any:
+    """Keep ``widget.<prop>`` and ``obj.<name>`` equal (through the two conversions); returns ``widget``."""
+    widget.param.watch(lambda e: setattr(obj, name, from_widget(e.new)), prop)
+    obj.param.watch(lambda e: setattr(widget, prop, to_widget(e.new)), name)
     return widget
 
 

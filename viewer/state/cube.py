@@ -2,7 +2,9 @@
 
 :class:`CubeState` holds one parameter per axis of the cube, named as the
 factor (the same name as in the spec and the store), the two models being
-compared, and live compute off the grid. Whatever changes what the views
+compared, and live compute off the grid. A new state starts at the canonical
+view (:func:`canonical`: every axis at its factor's default, or the grid
+value nearest to it). Whatever changes what the views
 show bumps one event, :attr:`CubeState.changed` ("the point changed"); every
 panel depends on it rather than on a list of parameters. :class:`Settled`
 ticks shortly after, for the slower views.
@@ -28,11 +30,21 @@ from perturber.pipeline.store import task_shape
 from perturber.viewer import html, stores
 from perturber.viewer.live import EngineError
 
-__all__ = ["CubeState", "Settled", "NOT_COMPUTED", "DAMAGED", "SETTLE_MS"]
+__all__ = ["CubeState", "Settled", "canonical", "NOT_COMPUTED", "DAMAGED", "SETTLE_MS"]
 
 NOT_COMPUTED = "not computed"
 DAMAGED = "damaged chunk"
 SETTLE_MS = 20  # the slower views start this long after the quick ones were sent
+
+
+def canonical(axis: str, values: list[Any]) -> Any:
+    """Where a new view starts along ``axis``: its factor's default (the camera's is the
+    canonical three-quarter view, yaw 45, pitch 10) or the grid value nearest to it
+    (the first of two as near); a categorical default off the grid: the first value."""
+    default = factors.get(axis).default
+    if factors.get(axis).numeric:
+        return min(values, key=lambda v: abs(float(v) - float(default)))
+    return default if default in values else values[0]
 
 
 class CubeState(param.Parameterized):
@@ -41,6 +53,8 @@ class CubeState(param.Parameterized):
     model_a = param.Selector(doc="Left model")
     model_b = param.Selector(doc="Right model")
     score = param.Selector(default="probability", objects=["probability", "logit"], doc="What the top-5 shows")
+    render_on = param.Boolean(default=False, doc="Show the render before the image factors (the stored image at this "
+                                                 "scene point with every image factor at its default)")
     live_on = param.Boolean(default=False, doc="Compute the point live (off the grid) instead of reading the store")
     live_factor = param.Selector(doc="The factor set off the grid")
     live_value = param.Number(default=0.0, doc="Its value")
@@ -72,7 +86,8 @@ class CubeState(param.Parameterized):
             values = self.analysis.axis_values(axis)
             self._position[axis] = {v: i for i, v in enumerate(values)}
             f = factors.get(axis)
-            self.param.add_parameter(axis, param.Selector(default=values[0], objects=values, doc=f.doc, label=axis))
+            self.param.add_parameter(axis, param.Selector(default=canonical(axis, values), objects=values, doc=f.doc,
+                                                          label=axis))
         self.param.model_a.objects = models
         self.param.model_b.objects = models
         self.model_a = models[0]
@@ -85,9 +100,9 @@ class CubeState(param.Parameterized):
         self.param.live_factor.objects = numeric
         self.live_factor = next((a for a in self.axes if a in numeric), numeric[0])
         self.live_value = float(self.point()[self.live_factor])
-        # A new live factor starts from its value at the current point; then
-        # the live request (if any) and the one 'changed' event.
-        self.param.watch(self._factor_changed, ["live_factor"])
+        # A new live factor starts from its value at the current point (unless a
+        # value comes with it: a link); then the live request (if any) and the one 'changed' event.
+        self.param.watch(self._factor_changed, ["live_factor", "live_value"])
         self._live_before = False  # live_on before a live point was loaded (restored when a grid control clears it)
         self.param.watch(self._on_change, ["live_on", "live_factor", "live_value", "live_point", "model_a", "model_b",
                                            "score", *self.axes])
@@ -121,9 +136,9 @@ class CubeState(param.Parameterized):
         """Identifies the model input shown: the grid index, or the live result."""
         return ("live", id(self.live_result)) if self.live_on else ("grid", self.index())
 
-    def computed(self) -> bool:
-        """Whether the current point's task has been written."""
-        task = tuple(i // c for i, c in zip(self.index(), self.task_shape))
+    def computed(self, index: tuple[int, ...] | None = None) -> bool:
+        """Whether the task of the current point (or grid ``index``) has been written."""
+        task = tuple(i // c for i, c in zip(self.index() if index is None else index, self.task_shape))
         return bool(self.done[task])
 
     def _sel(self) -> dict[str, Any]:
@@ -183,6 +198,30 @@ class CubeState(param.Parameterized):
             return None
         return html.png(image) if self.live_on else stores.point_png(self.path, self.cube, tuple(sorted(self._sel().items())))
 
+    def render_png(self) -> tuple[str | None, str]:
+        """(PNG data URI, '') of the render before the image factors at the current
+        grid point: the stored image at the same scene point with every image
+        factor at its default; (None, why) when the cube holds no such point."""
+        if self.live_on:
+            return None, "live: the render before the image factors is shown for grid points only"
+        sel, off = {}, [n for n, v in self.fixed.items() if factors.get(n).kind == "image" and v != factors.get(n).default]
+        for axis in self.axes:
+            f = factors.get(axis)
+            value = f.default if f.kind == "image" else getattr(self, axis)
+            if value not in self._position[axis]:
+                off.append(axis)
+            else:
+                sel[axis] = self._position[axis][value]
+        if off:
+            return None, f"not in this cube: {', '.join(off)} never at {'its' if len(off) == 1 else 'their'} default"
+        index = tuple(sel[axis] for axis in self.axes)
+        if names.IMAGE not in self.ds or not self.computed(index):
+            return None, NOT_COMPUTED
+        try:
+            return stores.point_png(self.path, self.cube, tuple(sorted(sel.items()))), ""
+        except Exception:  # a damaged chunk (the image view says so too)
+            return None, DAMAGED
+
     def top5(self, model: str) -> list[tuple[str, float, float]] | None:
         """(class name, probability, logit) for the top classes of ``model``; None if not computed."""
         if self.live_on:
@@ -238,11 +277,14 @@ class CubeState(param.Parameterized):
 
     # ------------------------------------------------------------------ live compute
 
-    def _factor_changed(self, event):
+    def _factor_changed(self, *events):
+        moved = {event.name: event.new for event in events}
+        if "live_factor" not in moved or "live_value" in moved:
+            return  # a value came with the factor (a link): it stays
         on = self.live_on
         with param.parameterized.discard_events(self):  # no request (nor 'changed') for the old value on the new factor
             self.live_on = False
-            self.live_value = float(self.point()[event.new])  # its value on the grid
+            self.live_value = float(self.point()[moved["live_factor"]])  # its value on the grid
             self.live_on = on
 
     def load_point(self, values: dict[str, Any], **params: Any) -> None:
