@@ -58,7 +58,7 @@ def test_show_builds_every_pane_without_a_server(store):
     for name, column in zip(names, tabs[0].objects):
         assert len(column.objects) > 0, f"the {name} tab is empty"
     assert "Response landscape" in text and "Neuron activations" in text and "Adversarial (PGD)" in text
-    assert "Upload a mesh" in text
+    assert "Your mesh" in text  # the upload, below live compute in the sidebar
 
 
 def test_it_renders_as_jupyter_displays_it(store, tmp_path):

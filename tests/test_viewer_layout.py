@@ -10,13 +10,14 @@ import re
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
+import panel as pn
 import pytest
 from conftest import serve_viewer
 from PIL import Image
 
 from perturber.pipeline import factors, run, spec
 from perturber.viewer import stores as viewer_stores
-from perturber.viewer.app import TABS
+from perturber.viewer.app import SECTIONS, TABS, build_app
 from perturber.viewer.state import CubeState
 from perturber.viewer.state.cube import canonical
 
@@ -203,3 +204,51 @@ LIVE_JS = """([lo, hi, text]) => {
   return h !== null && h.getAttribute('aria-valuemin') === lo && h.getAttribute('aria-valuemax') === hi
     && h.getAttribute('aria-valuetext') === text;
 }"""
+
+
+@pytest.mark.browser
+def test_a_link_holds_the_landscape_class_and_the_pgd_target(store, page):
+    """The panels' own controls are in the link too: the landscape's class (a
+    set here) and PGD's target."""
+    with open_viewer(page, store, query="?class=%40cats&pgd_target=281&curve=pitch"):
+        expect(page.locator(".pt-landscape-class input")).to_have_value("any cat (@cats)", timeout=60_000)
+        _tab(page, "Attack").click()
+        expect(page.locator(".pt-pgd-target input")).to_have_value(re.compile(r"tabby.*\(281\)"), timeout=60_000)
+        _tab(page, "Explore").click()
+        page.locator(".pt-landscape-class input").fill("golden retriever (207)")
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => location.search.includes('class=207')", timeout=30_000)
+
+
+@pytest.mark.browser
+def test_a_link_with_a_class_that_names_nothing_says_so_in_one_line(store, page):
+    with open_viewer(page, store, query="?class=1234"):
+        expect(page.locator(".pt-notice")).to_have_text("this link's class=1234 cannot be shown here; left as it was",
+                                                        timeout=60_000)
+
+
+def test_grid_views_say_they_do_not_apply_to_an_uploaded_mesh(store):
+    """Built without a server (every section at once): the landscape, failure
+    finder, sensitivity and scatter carry a line that is empty until a mesh
+    from the browser is shown, and then names it."""
+    state = CubeState(store, "views")
+    assert {s.tab for s in SECTIONS if s.grid} == {"Explore"}
+    state.uploaded = "teapot.ply"
+    app = build_app(store, "views", state=state)
+    notes = [p.object for p in app.select(pn.pane.HTML) if "Not for your mesh" in str(p.object)]
+    assert len(notes) == sum(s.grid for s in SECTIONS) == 4
+    assert all("teapot.ply" in n for n in notes)
+    assert state.attributions() == ["your mesh teapot.ply"]
+
+
+@pytest.mark.browser
+def test_view_tab_opens_that_tab_unless_the_link_names_another(store, page):
+    with open_viewer(page, store, "--tab", "Studies"):
+        expect(_tab(page, "Studies")).to_have_class(re.compile("bk-active"), timeout=60_000)
+        expect(page.locator(".pt-notice")).to_have_count(0)
+
+
+@pytest.mark.browser
+def test_a_link_s_tab_wins_over_view_tab(store, page):
+    with open_viewer(page, store, "--tab", "Studies", query="?tab=Neurons"):
+        expect(_tab(page, "Neurons")).to_have_class(re.compile("bk-active"), timeout=60_000)

@@ -234,7 +234,9 @@ def test_no_searches_is_one_line_and_damaged_groups_are_one_line_each(stores):
 @pytest.mark.browser
 def test_the_gallery_and_a_failure_computed_live_in_a_browser(stores, page):
     expect = pytest.importorskip("playwright.sync_api").expect
-    with open_viewer(page, stores[1], "--engine", "local", ready=".pt-fool-gallery"):  # the last section
+    with open_viewer(page, stores[1], "--engine", "local"):
+        page.locator(".bk-tab", has_text="Searches").click()
+        page.wait_for_selector(".pt-fool-gallery", timeout=60_000)  # built after the first paint
         expect(page.locator(".pt-fool-gallery figure")).to_have_count(4, timeout=120_000)
         expect(page.locator(".pt-fool-gallery")).to_contain_text(f"{LITE1}: ")  # the other model's verdicts
         failure = page.locator(".pt-search-failure button").nth(1)  # yaw 12.5 (the start's), pitch 60

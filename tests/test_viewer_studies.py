@@ -11,7 +11,7 @@ from conftest import FRAMES_JS, open_viewer
 
 from perturber.pipeline import spec, studies
 from perturber.pipeline.studies import synthetic, write_table
-from perturber.viewer.app import SECTIONS, Section, build_app
+from perturber.viewer.app import SECTIONS, TABS, Section, build_app
 from perturber.viewer.panels.controls import ControlsPanel
 from perturber.viewer.panels.studies import CHOOSE, StudiesPanel
 from perturber.viewer.state import CubeState
@@ -122,9 +122,10 @@ def test_a_damaged_study_is_one_line_and_the_rest_keeps_working(stores):
     studies_section = next(s for s in SECTIONS if s.title.startswith("Studies"))  # the viewer's own section
     made = []
     page = build_app(str(stores[1]), "views", sections=[
-        Section(studies_section.title, lambda v: made.append(studies_section.panel(v)) or made[-1])])
+        Section(studies_section.title, lambda v: made.append(studies_section.panel(v)) or made[-1], studies_section.tab)])
     (panel,) = made
-    assert isinstance(panel, StudiesPanel) and "Studies" in page.objects[1].objects[1].object
+    tab = page.objects[1].objects[-1].objects[TABS.index("Studies")]  # the main column's last row: the tabs
+    assert isinstance(panel, StudiesPanel) and "Studies" in tab.objects[0].object
     panel.select.value = "damaged"
     (line,) = panel.body.objects
     assert line.object == ("<p class='pt-failed'>study &#x27;damaged&#x27; cannot be read (JSONDecodeError); "
@@ -153,8 +154,10 @@ def test_a_study_s_own_figure_is_used(stores, monkeypatch):
 @pytest.mark.browser
 def test_the_studies_section_shows_the_figure_and_table_and_a_click_moves_the_explorer(stores, page):
     expect = pytest.importorskip("playwright.sync_api").expect
-    # the Studies section is the last one, built after the first paint
-    with open_viewer(page, stores[1], ready=".pt-study-select select"):
+    # the Studies tab's section is built after the first paint
+    with open_viewer(page, stores[1], ready=".bk-tab"):  # this cube stores no images: no img.pt-input
+        page.locator(".bk-tab", has_text="Studies").click()
+        page.wait_for_selector(".pt-study-select select", timeout=60_000)
         choose = page.locator(".pt-study-select select")
         choose.select_option("yaw-test")
         table = page.locator(".pt-study-table")

@@ -38,7 +38,7 @@ from perturber.viewer.panels.searches import SearchesPanel
 from perturber.viewer.panels.sensitivity import SensitivityPanel
 from perturber.viewer.panels.studies import StudiesPanel
 from perturber.viewer.panels.top5 import Top5Panel
-from perturber.viewer.panels.upload import UploadPanel
+from perturber.viewer.panels.upload import MAX_MESSAGE_BYTES, UploadPanel
 from perturber.viewer.state import CubeState, Settled
 
 
@@ -60,23 +60,28 @@ class Viewer:
 
 @dataclass(frozen=True)
 class Section:
-    """A heading (empty: none), how to build its panel, and the tab it goes in (one of :data:`TABS`)."""
+    """A heading (empty: none), how to build its panel, the tab it goes in (one of
+    :data:`TABS`), and whether it reads the cube's grid (``grid``: it says so
+    while a mesh uploaded in the browser is shown)."""
 
     title: str
     panel: Callable[[Viewer], Any]
     tab: str = "Explore"
+    grid: bool = False
 
 
 SECTIONS: list[Section] = [  # in the order a session builds them (the open tab's first), as before the tabs
-    Section("Response landscape", lambda v: LandscapePanel(v.state, v.settled)),
+    Section("Response landscape", lambda v: LandscapePanel(v.state, v.settled), grid=True),
     Section("Neuron activations", lambda v: NeuronPanel(v.state), "Neurons"),
     Section("Saliency: the input gradient of each model's top class", lambda v: SaliencyPanel(v.state), "Attack"),
     Section("Feature visualisations", lambda v: GalleryPanel(v.path), "Neurons"),
     Section("Adversarial (PGD): attack one model, see whether the others are fooled too", lambda v: AttackPanel(v.state),
             "Attack"),
-    Section("Failure finder: the nearest grid points the left model misreads", lambda v: FailurePanel(v.state, v.settled)),
-    Section("Sensitivity: how much each axis moves each model", lambda v: SensitivityPanel(v.state)),
-    Section("Model against model (every sample, counted per pixel)", lambda v: ScatterPanel(v.state, v.settled)),
+    Section("Failure finder: the nearest grid points the left model misreads", lambda v: FailurePanel(v.state, v.settled),
+            grid=True),
+    Section("Sensitivity: how much each axis moves each model", lambda v: SensitivityPanel(v.state), grid=True),
+    Section("Model against model (every sample, counted per pixel)", lambda v: ScatterPanel(v.state, v.settled),
+            grid=True),
     Section("Studies: findings computed into this store (`perturber study`)", lambda v: StudiesPanel(v.path, v.state),
             "Studies"),
     Section("Searches: fooling images (`perturber fool`) and failures off the grid (`perturber search`)",
@@ -121,28 +126,29 @@ def build_app(path: str, cube: str, state: CubeState | None = None, engine: Any 
     return pn.Row(*_parts(path, cube, state, engine, sections))
 
 
-def build_page(path: str, cube: str, engine: Any = None, sections: Sequence[Section] = SECTIONS) -> Any:
+def build_page(path: str, cube: str, engine: Any = None, sections: Sequence[Section] = SECTIONS, tab: str | None = None) -> Any:
     """The served page: :func:`build_app`'s controls in the sidebar of a :data:`TEMPLATE`, the rest in its main area."""
-    sidebar, main = _parts(path, cube, None, engine, sections)
+    sidebar, main = _parts(path, cube, None, engine, sections, tab)
     return TEMPLATE(title="Perturber", sidebar=[sidebar], main=[main], sidebar_width=340, header_background="#2c3e50")
 
 
-def _parts(path: str, cube: str, state: CubeState | None, engine: Any, sections: Sequence[Section]) -> tuple[Any, Any]:
+def _parts(path: str, cube: str, state: CubeState | None, engine: Any, sections: Sequence[Section],
+           tab: str | None = None) -> tuple[Any, Any]:
     """(sidebar, main); a failure is one line in main."""
     try:
-        return _build(path, cube, state, engine, sections)
+        return _build(path, cube, state, engine, sections, tab)
     except Exception as exc:
         return pn.Column(), pn.Column(pn.pane.Alert(f"Cannot show this store: {sessions.failure('building the page', exc)}",
                                                     alert_type="danger"))
 
 
 def _build(path: str, cube: str, state: CubeState | None, engine: Any,
-           sections: Sequence[Section]) -> tuple[ControlsPanel, pn.Column]:
+           sections: Sequence[Section], tab: str | None = None) -> tuple[ControlsPanel, pn.Column]:
     state = state or CubeState(path, cube, engine=engine)
     viewer = Viewer(path, state, Settled(state))
     sessions.register_notice(lambda line: setattr(state, "notice", line))
     # Served, what is built here is the first paint: the controls, the model input with the top-5, the empty tabs.
-    page = Page()
+    page = Page(tab=tab or TABS[0])  # a link's tab overrides it
     share(state, page)  # a link's values, before anything is drawn
     columns = {name: pn.Column(sizing_mode="stretch_width") for name in TABS}
     tabs = pn.Tabs(*columns.items(), dynamic=False, active=TABS.index(page.tab), sizing_mode="stretch_width")
@@ -168,7 +174,12 @@ def _add(column: pn.Column, section: Section, viewer: Viewer) -> None:
     title = [html.markdown(f"### {section.title}", "pt-section")] if section.title else []
     before = list(column.objects)
     try:
-        column.extend(title + [section.panel(viewer)])  # served, Panel renders it here
+        panel = section.panel(viewer)
+        for obj, names in getattr(panel, "shared", lambda: [])():  # the panel's own controls in the page's URL
+            share_panel(viewer.state, obj, names)
+        if section.grid:
+            panel = pn.Column(html.pane(pn.bind(_not_for_uploads, viewer.state.param.uploaded)), panel)
+        column.extend(title + [panel])  # served, Panel renders it here
     except Exception as exc:
         column.objects = before + title + [pn.pane.Alert(sessions.failure(section.title or "a view", exc),
                                                          alert_type="warning")]
@@ -201,9 +212,36 @@ def share(state: CubeState, page: Page) -> None:
         state.notice = f"this link's {', '.join(bad)} cannot be shown here (not a value of this cube); left as it was"
 
 
+def share_panel(state: CubeState, obj: param.Parameterized, names: dict[str, str]) -> None:
+    """Served, keep a panel's own controls (``names``: parameter → query name) in
+    the page's URL as :func:`share` does; a link's value they cannot take is one line."""
+    location = pn.state.location if sessions.served() is not None else None
+    if location is None:
+        return
+    query = location.query_params
+    bad = [f"{q}={query[q]}" for p, q in names.items() if q in query and not _valid(obj, p, query[q])]
+    if bad:
+        location.search = "?" + urlencode({k: json.dumps(v) if not isinstance(v, str) else v for k, v in query.items()
+                                            if f"{k}={v}" not in bad})
+    location.sync(obj, names)
+    if bad:
+        state.notice = f"this link's {', '.join(bad)} cannot be shown here; left as it was"
+
+
+def _not_for_uploads(name: str) -> str:
+    return (f"<div class='pt-small'>Not for your mesh {escape(name)}: this view reads the cube's grid.</div>"
+            if name else "")
+
+
 def _valid(obj: param.Parameterized, name: str, value: Any) -> bool:
     """Whether ``obj.<name> = value`` would be accepted (a link's value, parsed by Panel)."""
     kind = obj.param[name]
+    if not isinstance(kind, (param.Selector, param.Boolean, param.Number)):  # e.g. a class choice: its own check
+        try:
+            kind._validate(value)
+        except Exception:
+            return False
+        return True
     if isinstance(kind, param.Selector):
         return any(value == v and type(value) is not bool for v in kind.objects)
     if isinstance(kind, param.Boolean):
@@ -212,10 +250,11 @@ def _valid(obj: param.Parameterized, name: str, value: Any) -> bool:
 
 
 def serve(path: str, cube: str | None = None, port: int = 5006, address: str = "127.0.0.1", show: bool = False,
-          engine: str | None = None, origins: Sequence[str] = ()):
+          engine: str | None = None, origins: Sequence[str] = (), tab: str | None = None):
     """Serve the viewer with Panel's server (blocking). ``engine``: None (grid
     points only), 'local' (start a LocalCluster) or a Dask scheduler address;
-    ``origins``: more ``host:port`` websocket origins to allow (a proxy's).
+    ``origins``: more ``host:port`` websocket origins to allow (a proxy's);
+    ``tab``: the tab a page without one in its link opens on (one of :data:`TABS`).
     Exposed (``address`` not local), the page and its websocket need a token
     (:mod:`perturber.viewer.security`)."""
     name = cube or stores.cube_names(path)[0]
@@ -237,8 +276,9 @@ def serve(path: str, cube: str | None = None, port: int = 5006, address: str = "
         live = LiveEngine(scheduler=None if engine == "local" else engine)
         print(f"live compute on {live.where}")
     try:
-        pn.serve({"/": lambda: build_page(path, name, engine=live)}, port=port, address=address, show=show and token is None,
-                 websocket_origin=allowed, title="Perturber", **extra)
+        pn.serve({"/": lambda: build_page(path, name, engine=live, tab=tab)}, port=port, address=address, show=show and token is None,
+                 websocket_origin=allowed, title="Perturber",
+                 websocket_max_message_size=MAX_MESSAGE_BYTES, **extra)
     finally:
         if live is not None:
             live.close()

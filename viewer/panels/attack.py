@@ -43,6 +43,10 @@ class AttackPanel:
         attack.param.watch(self._update, ["done", "alpha", "delta_only", "status"])
         self.view = pn.Column(controls, pn.Row(step, run, reset, self.progress), blend, self.pane)
 
+
+    def shared(self) -> list[tuple[AttackState, dict[str, str]]]:
+        """The controls a link holds (:func:`perturber.viewer.app.share_panel`): parameter → URL query name."""
+        return [(self.attack, {"model": "pgd_model", "target": "pgd_target", "eps": "pgd_eps", "norm": "pgd_norm"})]
     def __panel__(self) -> pn.Column:
         return self.view
 

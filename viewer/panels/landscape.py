@@ -61,6 +61,10 @@ class LandscapePanel:
         self.curves.css_classes, self.heat.css_classes = ["pt-curves"], ["pt-heatmap"]  # on the figures' own elements
         self.view = pn.Column(controls, pn.Row(pn.pane.Bokeh(self.curves), pn.pane.Bokeh(self.heat)))
 
+
+    def shared(self) -> list[tuple[Landscape, dict[str, str]]]:
+        """The controls a link holds (:func:`perturber.viewer.app.share_panel`): parameter → URL query name."""
+        return [(self.land, {"target": "class", "axis": "curve", "x": "heat_x", "y": "heat_y"})]
     def __panel__(self) -> pn.Column:
         return self.view
 

@@ -26,15 +26,6 @@ __all__ = ["Top5Panel", "fv_thumbnail"]
 
 log = logging.getLogger(__name__)
 
-#: Rules of this panel (its own classes; to move into viewer/style.css).
-STYLE = """<style>
-.pt-top5 progress.pt-bar { width: 70px; height: 10px; vertical-align: middle; margin-right: 4px; }
-.pt-top5 tr.pt-correct td.pt-class { font-weight: bold; }
-.pt-top5 .pt-mark { color: #1a7f37; font-weight: bold; }
-.pt-top5 .pt-index { color: #777; font-size: smaller; }
-.pt-top5 img.pt-example, .pt-top5 .pt-example-blank { width: 48px; height: 48px; object-fit: cover; display: block; }
-.pt-top5 .pt-example-blank { background: #eee; }
-</style>"""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -93,6 +84,8 @@ class Top5Panel(html.HTMLPanel):
 
     def expected(self) -> frozenset[int]:
         """The classes of the object at the current point (none for a mesh file)."""
+        if self.state.uploaded:  # a mesh from the browser: no ImageNet class is its own
+            return frozenset()
         obj = str(self.state.point().get("object", ""))
         if obj not in self._expected:
             self._expected[obj] = frozenset(class_indices(obj) or ())
@@ -137,4 +130,4 @@ class Top5Panel(html.HTMLPanel):
                              f"{f'{l:.2f}' if logit else f'{p:.3f}'}</td>{self.example(index, model)}</tr>")
             table = (f"<table class='pt-top5'><tr><th>#</th><th>class</th><th>{state.score}</th><th></th></tr>"
                      f"{''.join(items)}</table>")
-        return f"{STYLE}<div class='pt-model pt-{self.which}'><b>{model}</b>{table}</div>"
+        return f"<div class='pt-model pt-{self.which}'><b>{model}</b>{table}</div>"

@@ -64,6 +64,8 @@ class CubeState(param.Parameterized):
     live_status = param.String(default="", doc="What live compute did last")
     live_result = param.Parameter(default=None, doc="The last live result (perturber.viewer.live.LiveResult)")
     live_cancelled = param.Integer(default=0, doc="Stale live requests cancelled in this session")
+    uploaded = param.String(default="", doc="The file name of a mesh uploaded in the browser while it is shown "
+                                            "(viewer.panels.upload): every point is computed live with it as the object")
     notice = param.String(default="", doc="One line the page shows above the views (a damaged chunk, a failure)")
     changed = param.Integer(default=0, doc="The 'point changed' event: bumped once whatever the views show has changed "
                                            "(the point, a model, the score, a live result)")
@@ -126,11 +128,12 @@ class CubeState(param.Parameterized):
     def live_where(self) -> str:
         """What live compute sets off the grid: ``yaw = 1.08``, or a live point's
         factors that differ from the grid point (``yaw = 37.5, pitch = 12``)."""
+        mesh = f"{self.uploaded}, " if self.uploaded else ""
         if not self.live_point:
-            return f"{self.live_factor} = {self.live_value:g}"
+            return f"{mesh}{self.live_factor} = {self.live_value:g}"
         grid = {**self.fixed, **{axis: getattr(self, axis) for axis in self.axes}}
         moved = [(k, v) for k, v in self.live_point.items() if grid.get(k) != v]
-        return ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in moved) or "the grid point"
+        return mesh + (", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in moved) or "the grid point")
 
     def image_key(self) -> tuple:
         """Identifies the model input shown: the grid index, or the live result."""
@@ -272,8 +275,8 @@ class CubeState(param.Parameterized):
         return None if values is None else values[positions].astype(np.float32)
 
     def attributions(self) -> list[str]:
-        """Attributions of the assets at the current point (CC-BY)."""
-        return assets.attributions(self.point())
+        """Attributions of the assets at the current point (CC-BY); an uploaded mesh is the user's own."""
+        return [f"your mesh {self.uploaded}"] if self.uploaded else assets.attributions(self.point())
 
     # ------------------------------------------------------------------ live compute
 
