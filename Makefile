@@ -11,7 +11,7 @@ setup:
 # cubes, the metric with bootstrap intervals, a figure and a report each), a
 # short CPPN fooling run and a search for the dog's nearest failure (the
 # viewer's Searches tab), then the viewer on it, opened on its Studies tab
-# (the two studies) at http://127.0.0.1:5006/?tab=Studies (Ctrl-C stops it).
+# (the two studies) at http://127.0.0.1:5006/ (Ctrl-C stops it).
 # A second run finds every task done and goes straight to the analyses and the viewer.
 DEMO_MODELS = efficientnet_lite0,efficientnet_lite2
 
@@ -23,8 +23,7 @@ demo: setup
 	.venv/bin/perturber fool --model efficientnet_lite0 --method cppn --generations 10 --population 50 \
 		--transfer efficientnet_lite2 --store data/generated/demo.zarr
 	.venv/bin/perturber search --object dog --yaw 120 --factors yaw,pitch,distance --budget 40 --store data/generated/demo.zarr
-	@echo "demo: the viewer follows; the demo's studies are on its Studies tab: http://127.0.0.1:5006/?tab=Studies"
-	.venv/bin/perturber view data/generated/demo.zarr --engine local
+	.venv/bin/perturber view data/generated/demo.zarr --engine local --tab Studies
 
 # Tests: everything but the GPU tests (slow and browser tests included).
 test: setup

@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="open a browser")
     p.add_argument("--engine", metavar="local|ADDRESS", type=text_option,
                    help="live compute for points off the grid: 'local' starts a LocalCluster, or a Dask scheduler address")
+    p.add_argument("--tab", type=text_option, help="the tab the page opens on: Explore (default), Neurons, Attack, Searches "
+                                                  "or Studies (a link's tab= wins)")
     p.add_argument("--imagenet-val", metavar="DIR", type=text_option,
                    help="an ImageNet folder (class folders DIR/<wnid>/*.JPEG, or the flat validation folder with "
                         "LOC_val_solution.csv): the top-5 shows the first image of each class")

@@ -319,8 +319,10 @@ def cmd_view(args: argparse.Namespace) -> int:
         classes.set_example_folder(args.imagenet_val)  # a missing or foreign folder: one line, before serving
     from perturber.viewer import app
 
+    if args.tab is not None and args.tab not in app.TABS:
+        raise CLIError(f"--tab {args.tab}: no such tab (tabs: {', '.join(app.TABS)})")
     print(f"serving {args.store} on http://{args.address}:{args.port}/ (Ctrl-C stops)")
-    app.serve(args.store, cube, port=args.port, address=args.address, show=args.show, engine=args.engine)
+    app.serve(args.store, cube, port=args.port, address=args.address, show=args.show, engine=args.engine, tab=args.tab)
     return 0
 
 

@@ -259,6 +259,7 @@ CASES = [
     Case("view-address-not-an-address", "viewer", cli("view", "{store}", "--address", "not an address!"), ("address",), **VIEW),
     Case("view-engine-bad-address", "viewer", cli("view", "{store}", "--engine", "nonsense://x"), ("engine", "address"), **VIEW),
     Case("view-models-file-missing", "viewer", cli("view", "{store}", "--models-file", "{tmp}/missing.yaml"), ("no such", "missing.yaml"), **VIEW),
+    Case("view-tab-unknown", "viewer", cli("view", "{store}", "--tab", "Nope"), ("--tab", "no such tab", "Studies"), **VIEW),
     Case("view-imagenet-val-missing", "viewer", cli("view", "{store}", "--imagenet-val", "{tmp}/nope"), ("imagenet-val", "no such folder"), **VIEW),
     Case("view-imagenet-val-not-imagenet", "viewer", cli("view", "{store}", "--imagenet-val", "{tmp}/photos",
                                                          prepare=write("photos/cat.txt", "not a class folder")),
