@@ -129,7 +129,7 @@ class LandscapePanel:
 
     def _heatmap_figure(self) -> tuple[Any, ColumnDataSource]:
         source = ColumnDataSource({"hx": [], "hy": [], "probability": []})
-        fig = figure(width=460, height=280, x_range=FactorRange(), y_range=FactorRange(), tools="save,reset")
+        fig = figure(width=560, height=280, x_range=FactorRange(), y_range=FactorRange(), tools="save,reset")
         mapper = LinearColorMapper(palette=Viridis256, low=0, high=1, nan_color="rgba(0, 0, 0, 0)")
         fig.rect("hx", "hy", 1, 1, source=source, fill_color={"field": "probability", "transform": mapper},
                  line_color=None, nonselection_fill_alpha=1.0)
