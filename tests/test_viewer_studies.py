@@ -13,8 +13,10 @@ from perturber.pipeline import spec, studies
 from perturber.pipeline.studies import synthetic, write_table
 from perturber.viewer.app import SECTIONS, TABS, Section, build_app
 from perturber.viewer.panels.controls import ControlsPanel
+from perturber.viewer.panels.model_input import NO_IMAGES, InputPanel
 from perturber.viewer.panels.studies import CHOOSE, StudiesPanel
 from perturber.viewer.state import CubeState
+from perturber.viewer import stores as viewer_stores
 from perturber.viewer.state.studies import read_table, study_names
 
 pytestmark = pytest.mark.slow  # the store takes a few seconds to write
@@ -170,3 +172,26 @@ def test_the_studies_section_shows_the_figure_and_table_and_a_click_moves_the_ex
         page.mouse.click(x, frame["top"] + frame["height"] / 2)
         expect(page.get_by_text("yaw: -23.3", exact=True)).to_be_visible(timeout=30_000)
         expect(page.locator(".pt-study-note").last).to_contain_text("explorer moved to yaw = -23.3")
+
+
+def test_the_viewer_opens_the_sweep_s_cube_not_a_study_s(tmp_path):
+    """A study writes its own cube into the store (``patch_shuffle`` sorts before
+    ``views``): the cube a viewer, a notebook or an export opens by default is
+    the sweep's own; the studies' cubes come after it."""
+    path = str(tmp_path / "s.zarr")
+    sweep = spec.parse_spec({"cubes": {"views": CUBE["cubes"]["views"],
+                                       "patch_shuffle": CUBE["cubes"]["views"]}})
+    for cube in sweep.cubes:
+        synthetic.write_store(cube, path, lambda sl, rng: rng.normal(size=(*(s.stop - s.start for s in sl), 2, 1000)))
+    assert viewer_stores.cube_names(path) == ["patch_shuffle", "views"]  # no study yet: by name
+    write_table(_table({"yaw": np.array([-70.0, 0.0])}, cube="patch_shuffle"), path, "patch-shuffle")
+    assert viewer_stores.cube_names(path) == ["views", "patch_shuffle"]
+    (tmp_path / "s.zarr" / "studies" / "patch-shuffle" / "zarr.json").write_text("{not json")
+    assert sorted(viewer_stores.cube_names(path)) == ["patch_shuffle", "views"]  # a damaged table: listed by name, no error
+
+
+def test_a_cube_without_images_says_so_where_the_input_would_be(stores):
+    """Not "not computed": the point is computed, its spec stores no images."""
+    state = CubeState(str(stores[0]), "views")
+    shown = InputPanel(state).html()
+    assert NO_IMAGES in shown and "not computed" not in shown

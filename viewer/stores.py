@@ -214,7 +214,9 @@ def point_png(path: str, cube: str, sel: tuple[tuple[str, Any], ...]) -> str:
 
 
 def cube_names(path: str) -> list[str]:
-    """The cube groups of a store (not its feature visualisations, studies, ...)."""
+    """The cube groups of a store (not its feature visualisations, studies, ...):
+    the sweep's own first, then the cubes studies wrote (named by a study
+    table's ``cube``), each by name. The first is what a viewer opens by default."""
     try:
         group = zarr.open_group(path, mode="r")
     except Exception as exc:
@@ -222,7 +224,23 @@ def cube_names(path: str) -> list[str]:
     found = [name for name, _ in group.groups() if name not in names.NOT_CUBES]
     if not found:
         raise StoreError(f"{path}: the store holds no cube")
-    return sorted(found)
+    of_studies = _study_cubes(group)
+    return sorted(found, key=lambda name: (name in of_studies, name))
+
+
+def _study_cubes(group: zarr.Group) -> set[str]:
+    """The cubes the store's study tables name (a damaged table names none)."""
+    try:
+        tables = group[names.STUDIES]
+    except KeyError:
+        return set()
+    found = set()
+    for _, table in tables.groups():
+        try:
+            found.update(c for c in str(table.attrs.get("cube", "")).split(",") if c)
+        except Exception:  # a damaged table: the studies view says so
+            continue
+    return found
 
 
 @functools.lru_cache(maxsize=8)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from html import escape
 
+from perturber.pipeline import names
 from perturber.viewer import html
 from perturber.viewer.state import CubeState
+
+#: What the model input says for a cube whose spec stores no images (the top-5 and the views still work).
+NO_IMAGES = "no images stored in this cube (its spec says images: false); live compute renders them"
 
 __all__ = ["InputPanel", "MIN_PX", "shown_size"]
 
@@ -43,7 +47,8 @@ class InputPanel(html.HTMLPanel):
                 return f"{label}<div class='pt-input pt-missing pt-render-missing' {box}>{escape(why)}</div>{credits}"
             return f"{label}<img class='pt-input pt-render' src='{src}' width='{px}' height='{px}'>{credits}"
         if image is None:
-            body = f"<div class='pt-input pt-missing pt-missing-input' {box}>{state.missing()}</div>"
+            why = state.missing() if names.IMAGE in state.ds else NO_IMAGES
+            body = f"<div class='pt-input pt-missing pt-missing-input' {box}>{why}</div>"
         else:
             body = f"<img class='pt-input' src='{state.image_png()}' width='{px}' height='{px}'>"
         return f"<div>{body}{credits}</div>"
