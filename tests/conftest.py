@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
@@ -19,6 +20,17 @@ import pytest
 
 from perturber.pipeline import factors
 from perturber.pipeline.scene import default_renderer
+
+
+@pytest.fixture(scope="session")
+def format1_store(tmp_path_factory) -> Path:
+    """A store written before sharding (store format 1; tests/data/README.md),
+    unpacked from tests/data/format1.zarr.zip into a temporary folder: a test
+    may copy or read it, never change the repository's copy."""
+    folder = tmp_path_factory.mktemp("format1")
+    with zipfile.ZipFile(Path(__file__).parent / "data" / "format1.zarr.zip") as z:
+        z.extractall(folder)
+    return folder / "format1.zarr"
 
 
 @pytest.fixture(scope="session")

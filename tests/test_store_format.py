@@ -17,8 +17,6 @@ import zarr
 from perturber.pipeline import analysis, names, run, shards, spec, store, summaries, verify
 from perturber.pipeline.store import StoreError
 
-ROOT = Path(__file__).resolve().parents[1]
-FORMAT1 = ROOT / "tests" / "data" / "format1.zarr"
 
 
 def _spec(shard_yaw: int) -> spec.SweepSpec:
@@ -181,8 +179,8 @@ def test_verify_finds_a_damaged_summary_chunk_and_repair_clears_its_tasks(sharde
 # ------------------------------------------------------------------ stores written before sharding
 
 
-def test_a_format1_store_still_opens_for_reading():
-    ds = store.open_cube(str(FORMAT1), "views")
+def test_a_format1_store_still_opens_for_reading(format1_store):
+    ds = store.open_cube(str(format1_store), "views")
     assert ds.attrs["perturber_format"] == 1 and names.TOP1_CLASS not in ds
     cube = analysis.Cube(ds)
     top, prob = cube.top1
@@ -191,9 +189,9 @@ def test_a_format1_store_still_opens_for_reading():
     assert [row.samples for row in cube.summary()] == [6, 6]
 
 
-def test_precompute_refuses_a_format1_store_and_migrate_rewrites_it(tmp_path):
+def test_precompute_refuses_a_format1_store_and_migrate_rewrites_it(tmp_path, format1_store):
     old = tmp_path / "old.zarr"
-    shutil.copytree(FORMAT1, old)
+    shutil.copytree(format1_store, old)
     sweep = spec.parse_spec({"name": "format1", "cubes": {"views": {
         "axes": {"object": ["dog", "cat"], "yaw": [0, 90, 180], "hue": [0, 90]},
         "models": ["efficientnet_lite0"], "layers": ["head"], "neurons": {"head": 4}, "images": True, "size": 32}}})

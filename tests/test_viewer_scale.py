@@ -181,11 +181,11 @@ def _selections(ds, variable):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("store_of", ["format 2", "format 1"])
-def test_chunks_read_directly_equal_zarrs(real_store, store_of):
+def test_chunks_read_directly_equal_zarrs(real_store, store_of, format1_store):
     from perturber.viewer import chunks
     from perturber.viewer import stores as viewer_stores
 
-    path = real_store if store_of == "format 2" else str(Path(__file__).parent / "data" / "format1.zarr")
+    path = real_store if store_of == "format 2" else str(format1_store)
     ds = viewer_stores.open_store(path, "views")
     for variable in ("logits", "top_class", "top_prob", "image", "act_efficientnet_lite0_head"):
         assert chunks.reader(path, "views", variable).sharded == (store_of == "format 2")
