@@ -33,7 +33,7 @@ A plugin's op takes a free ``order`` between these (see CONTRIBUTING.md).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -352,21 +352,34 @@ def apply_image_factors(rgba: torch.Tensor, params: Sequence[Mapping[str, Any]])
     rgba (B, 4, H, W) float in [0, 1], straight alpha; ``params`` B validated
     factor dicts (:func:`perturber.pipeline.factors.validate`). Returns
     (B, 4, H, W): RGB after all ops; alpha 1 except where the background is 'none'.
+
+    An op runs only on the rows it changes (:meth:`perturber.pipeline.implementations.ImageOp.acting`), so a
+    sample's result never depends on the other samples of its batch.
     """
     images, rgb, alpha = rgba, None, None  # RGBA until an RGB op splits off the alpha (no copy)
     for op in registered_ops():
-        if op.at_identity(params):
+        rows = op.acting(params)
+        if not rows:
             continue
-        args = [_argument(name, params) for name in op.factors]
+        args = [_argument(name, [params[i] for i in rows]) for name in op.factors]
         if op.rgba:
             if rgb is not None:
                 images, rgb = torch.cat([rgb, alpha], dim=1), None
-            images = op.fn(images, *args)
+            images = _on_rows(op.fn, images, rows, args)
         else:
             if rgb is None:
                 rgb, alpha = images[:, :3], images[:, 3:]
-            rgb = op.fn(rgb, *args)
+            rgb = _on_rows(op.fn, rgb, rows, args)
     return images if rgb is None else torch.cat([rgb, alpha], dim=1)
+
+
+def _on_rows(fn: Callable, images: torch.Tensor, rows: list[int], args: list) -> torch.Tensor:
+    """``fn(images[rows], *args)`` put back into a copy of ``images`` (B, C, H, W); the other rows unchanged."""
+    if len(rows) == images.shape[0]:
+        return fn(images, *args)
+    index = torch.tensor(rows, device=images.device)
+    changed = fn(images[index], *args)
+    return images.index_copy(0, index, changed.to(images.dtype))
 
 
 def _argument(name: str, params: Sequence[Mapping[str, Any]]) -> torch.Tensor | list[str]:

@@ -38,12 +38,17 @@ class ImageOp:
     rgba: bool = False  # takes and returns (B, 4, H, W) straight-alpha images instead of RGB
     skip_at_default: bool = True  # False: the defaults are not the identity (the background is painted)
 
+    def acting(self, params: Sequence[Mapping[str, Any]]) -> list[int]:
+        """The rows of a batch of validated factor values that the op changes
+        (every row when its defaults are not the identity)."""
+        if not self.skip_at_default:
+            return list(range(len(params)))
+        acting = [name for name in self.factors if name not in self.seeds]
+        return [i for i, p in enumerate(params) if any(p[name] != factors.get(name).default for name in acting)]
+
     def at_identity(self, params: Sequence[Mapping[str, Any]]) -> bool:
         """Whether the op can be skipped for this batch of validated factor values."""
-        if not self.skip_at_default:
-            return False
-        acting = [name for name in self.factors if name not in self.seeds]
-        return all(p[name] == factors.get(name).default for p in params for name in acting)
+        return not self.acting(params)
 
 
 _OPS: list[ImageOp] = []

@@ -174,6 +174,21 @@ def test_apply_image_factors_order_and_identity():
     assert torch.allclose(out[1, :3], expected1[0], atol=1e-6)
 
 
+def test_a_sample_does_not_depend_on_its_batch_mates():
+    # A sample at an op's identity is left exactly as it is, whatever the other
+    # samples of its batch ask for: a mixed batch once sent every row through
+    # the HSV round trip, which moved a hue-0 pixel by up to 7e-7, so a point's
+    # stored logits depended on which points shared its task.
+    rgba = torch.rand(3, 4, 32, 32, generator=torch.Generator().manual_seed(2))
+    rgba[:, 3] = 1.0
+    params = [factors.validate({"hue": 0, "saturation": 1.0}), factors.validate({"hue": 90}),
+              factors.validate({"saturation": 0.5, "hue": 0})]
+    batched = imageops.apply_image_factors(rgba, params)
+    for i, p in enumerate(params):
+        assert torch.equal(batched[i : i + 1], imageops.apply_image_factors(rgba[i : i + 1], [p])), p
+    assert torch.equal(batched[0], rgba[0])
+
+
 def test_background_none_keeps_alpha_through_ops():
     rgba = torch.rand(1, 4, 16, 16)
     out = imageops.apply_image_factors(rgba, [factors.validate({"background": "none", "hue": 45})])
