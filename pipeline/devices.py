@@ -103,9 +103,11 @@ class Settings:
     batch_sizes: dict[str, int]
 
 
-def settings(names: Sequence[str], device: str | torch.device, reference: Callable[[], torch.Tensor]) -> Settings:
+def settings(names: Sequence[str], device: str | torch.device, reference: Callable[[], torch.Tensor],
+             threads: int | None = None) -> Settings:
     """Each model's precision (:func:`choose`) and batch size in it on ``device``;
-    ``reference()`` gives the reference images, rendered once if a GPU needs them."""
+    ``reference()`` gives the reference images, rendered once if a GPU needs them.
+    ``threads``: the torch CPU threads the tasks will run on (default: this process's)."""
     device = torch.device(device)
     images: list[torch.Tensor] = []
 
@@ -115,5 +117,5 @@ def settings(names: Sequence[str], device: str | torch.device, reference: Callab
         return images[0]
 
     precision = {name: choose(name, device, once) for name in names}
-    sizes = {name: inference.tuned_batch_size(name, str(device), precision=precision[name]) for name in names}
-    return Settings(device=inference.device_label(device), precision=precision, batch_sizes=sizes)
+    sizes = {name: inference.tuned_batch_size(name, str(device), precision=precision[name], threads=threads) for name in names}
+    return Settings(device=inference.device_label(device, threads), precision=precision, batch_sizes=sizes)

@@ -300,9 +300,11 @@ def reference_images(size: int = 224) -> torch.Tensor:
     return model_input(imageops.apply_image_factors(rgba, params))
 
 
-def device_settings(model_names: Sequence[str], device: str | torch.device | None = None) -> devices.Settings:
+def device_settings(model_names: Sequence[str], device: str | torch.device | None = None,
+                    threads: int | None = None) -> devices.Settings:
     """Each model's precision and batch size on ``device`` (default: the best
-    here), the GPU's precision checked on :func:`reference_images`
+    here) for tasks on ``threads`` torch CPU threads (default: this process's),
+    the GPU's precision checked on :func:`reference_images`
     (:func:`perturber.pipeline.devices.settings`); what a store records."""
     device = torch.device(device) if device is not None else models.best_device()
-    return devices.settings(model_names, device, reference_images)
+    return devices.settings(model_names, device, reference_images, threads)

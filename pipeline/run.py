@@ -25,7 +25,7 @@ from tqdm import tqdm
 from perturber.pipeline import analysis, factors, names, shards, summaries
 from perturber.pipeline import store as zstore
 from perturber.pipeline.spec import CubeSpec, SweepSpec
-from perturber.pipeline.tasks import run_tasks, use_threads
+from perturber.pipeline.tasks import run_tasks, task_threads, use_threads
 
 __all__ = ["compute_task", "run_task", "points_of", "precompute", "dry_run", "summary", "RunReport", "estimate"]
 
@@ -174,11 +174,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _device_settings(cube: CubeSpec):
-    """Each model's precision and batch size on this process's best device (what a new template records)."""
+def _device_settings(cube: CubeSpec, threads: int | None = None):
+    """Each model's precision and batch size on this process's best device, for
+    tasks on ``threads`` torch CPU threads (what a new template records)."""
     from perturber.pipeline import engine  # reference renders on a GPU: the renderer loads only to write a template
 
-    return engine.device_settings(list(cube.models))
+    return engine.device_settings(list(cube.models), threads=threads)
 
 
 def run_task(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_options: Mapping | None = None) -> int:
@@ -213,9 +214,10 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
     storage_options = zstore.default_options(out, storage_options)
     report = RunReport()
     plans = []
+    threads = task_threads(scheduler, workers)  # batch sizes are tuned where the tasks will run
     for cube in spec.cubes:
         zstore.create_or_check(cube, out, overwrite=overwrite, storage_options=storage_options,
-                               settings=functools.partial(_device_settings, cube))
+                               settings=functools.partial(_device_settings, cube, threads))
         tasks = zstore.tasks(cube, out, storage_options)
         done = zstore.done_mask(cube, out, storage_options)
         report.written[cube.name] = int((~done).sum())

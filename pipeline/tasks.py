@@ -33,8 +33,8 @@ from distributed.worker_memory import parse_memory_limit
 from perturber.pipeline.errors import PerturberError, one_line
 
 __all__ = ["SchedulerError", "use_threads", "start_local_cluster", "connect", "check_scheduler", "run_tasks",
-           "run_windowed", "CONNECT_TIMEOUT", "WorkerPlan", "plan_workers", "visible_devices", "start_workers",
-           "window_size"]
+           "run_windowed", "CONNECT_TIMEOUT", "WorkerPlan", "plan_workers", "task_threads", "visible_devices",
+           "start_workers", "window_size"]
 
 #: Seconds to wait for a Dask scheduler to answer.
 CONNECT_TIMEOUT = 10.0
@@ -118,6 +118,19 @@ def plan_workers(cpus: int, devices: Sequence[str] = (), dask_cuda: bool = False
         return WorkerPlan("dask-cuda" if dask_cuda else "devices", len(chosen), max(1, cpus // len(chosen)), chosen)
     n = workers or max(1, min(cpus, cpus if tasks is None else tasks))
     return WorkerPlan("cpu", n, max(1, cpus // n))
+
+
+def task_threads(scheduler: str | None, workers: int | None = None) -> int | None:
+    """The torch CPU threads the tasks of :func:`run_tasks` will run on:
+    this process's in-process, a local cluster worker's share of the cores
+    (:func:`plan_workers`, for more tasks than cores), None for a running
+    scheduler's workers (unknown here)."""
+    if scheduler == "synchronous":
+        return sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+    if scheduler is None:
+        devices = visible_devices()
+        return plan_workers(os.cpu_count() or 1, devices, importlib.util.find_spec("dask_cuda") is not None, workers).threads
+    return None
 
 
 def visible_devices() -> tuple[str, ...]:

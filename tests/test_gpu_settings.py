@@ -7,6 +7,7 @@ Real renders, real models, real torch.compile (inductor, with the machine's C
 compiler). GPU-only checks are in tests/test_gpu.py.
 """
 
+import json
 import threading
 
 import numpy as np
@@ -138,6 +139,24 @@ def test_on_the_cpu_no_check_runs_and_models_keep_channels_last():
     assert settings.precision == {LITE0: "channels_last"}
     assert settings.batch_sizes == {LITE0: inference.tuned_batch_size(LITE0, "cpu")}
     assert settings.device.startswith("cpu-")
+
+
+def test_batch_sizes_are_tuned_at_the_threads_the_tasks_run_on(tmp_path, monkeypatch):
+    # A Dask worker on a 2-core machine runs on one torch thread: its batch
+    # sizes are measured on one thread, in interleaved rounds, whatever this
+    # process runs on. A bare number in the cache was measured in one pass
+    # (load could skew it: EfficientNet-Lite2 got 16, twice as slow as 2) and
+    # is measured again.
+    monkeypatch.setenv("PERTURBER_CACHE", str(tmp_path))
+    key = f"{LITE0}|cpu-1threads|1,2"
+    (tmp_path / "batch-sizes.json").write_text(json.dumps({key: 2}))
+    before = torch.get_num_threads()
+    best = inference.tuned_batch_size(LITE0, "cpu", candidates=(1, 2), threads=1)
+    assert torch.get_num_threads() == before
+    entry = json.loads((tmp_path / "batch-sizes.json").read_text())[key]
+    assert entry["rounds"] == inference.TUNING_ROUNDS and set(entry["images_per_s"]) == {"1", "2"}
+    assert entry["batch"] == best and entry["images_per_s"][str(best)] == max(entry["images_per_s"].values())
+    assert inference.device_label("cpu", 1) == "cpu-1threads"
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from perturber.pipeline import clusters, run, spec, store
+from perturber.pipeline import clusters, run, spec, store, tasks
 from perturber.pipeline.store import StoreError
 
 pytestmark = pytest.mark.slow
@@ -246,5 +246,8 @@ def test_a_local_cluster_run_counts_its_samples_and_leaves_this_process_alone(sm
     environ, threads = {k: os.environ.get(k) for k in watched}, torch.get_num_threads()
     report = run.precompute(small_spec, str(tmp_path / "lc.zarr"), workers=2, progress=False, echo=lambda _: None)
     assert report.samples == sum(c.samples for c in small_spec.cubes)
+    # the batch sizes are tuned on the threads a worker runs on, not on this process's
+    worker_threads = tasks.plan_workers(os.cpu_count() or 1, workers=2).threads
+    assert {xr.open_zarr(tmp_path / "lc.zarr", group=c.name).attrs["device"] for c in small_spec.cubes} == {f"cpu-{worker_threads}threads"}
     # Dask sets these to 1 (and 65536) in the starting process unless put back
     assert {k: os.environ.get(k) for k in watched} == environ and torch.get_num_threads() == threads
