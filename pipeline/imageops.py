@@ -409,8 +409,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def background_batch(names: Sequence[str], size: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Backgrounds for factor values ``names``: ((B, 3, size, size) in [0, 1], opaque (B,) bool)."""
-    images = [assets.load_background(n, size) for n in names]
-    opaque = torch.tensor([im is not None for im in images], device=device)
+    distinct = {n: assets.load_background(n, size) for n in names}  # each converted once, then repeated
+    opaque = torch.tensor([distinct[n] is not None for n in names], device=device)
     blank = np.zeros((size, size, 3), np.uint8)
-    stacked = to_tensor([blank if im is None else im for im in images], device)
-    return stacked, opaque
+    stacked = to_tensor([blank if im is None else im for im in distinct.values()], device)
+    position = {n: i for i, n in enumerate(distinct)}
+    return stacked[torch.tensor([position[n] for n in names], device=device)], opaque
