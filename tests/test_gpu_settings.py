@@ -39,11 +39,15 @@ def _render_threads_alive() -> list[threading.Thread]:
 
 
 def test_group_size_is_a_multiple_of_every_batch_size():
-    assert engine.group_size([4]) == 64
-    assert engine.group_size([2, 8]) == 64
-    assert engine.group_size([256, 128]) == 256
-    assert engine.group_size([3, 5]) == 75  # 15 x 5
-    assert engine.group_size([1000, 999]) == 1000  # lcm over 4096: the largest
+    assert engine.group_size([4], "cuda") == 64
+    assert engine.group_size([2, 8], "cuda") == 64
+    assert engine.group_size([256, 128], "cuda") == 256
+    assert engine.group_size([3, 5], "cuda") == 75  # 15 x 5
+    assert engine.group_size([1000, 999], "cuda") == 1000  # lcm over 4096: the largest
+    # a CPU's groups are small, so their images stay in its caches
+    assert engine.group_size([4], "cpu") == 16
+    assert engine.group_size([3, 5], "cpu") == 30
+    assert engine.group_size([2, 32], "cpu") == 32
 
 
 def test_the_gpu_batch_size_range_goes_to_256():
