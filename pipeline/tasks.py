@@ -161,7 +161,8 @@ def start_workers(plan: WorkerPlan):
                 "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": str(1 << 25),
                 "distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": str(plan.threads),
                 "distributed.nanny.pre-spawn-environ.OMP_WAIT_POLICY": "PASSIVE",
-                "distributed.nanny.pre-spawn-environ.PYOPENGL_PLATFORM": "egl"}
+                "distributed.nanny.pre-spawn-environ.PYOPENGL_PLATFORM": "egl",
+                "distributed.worker.profile.enabled": False}
     with dask.config.set(settings):
         if plan.kind == "cpu":
             return start_local_cluster(n_workers=plan.workers, threads_per_worker=1)
