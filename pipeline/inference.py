@@ -22,6 +22,7 @@ import contextlib
 import copy
 import functools
 import json
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -61,9 +62,10 @@ def preprocess(images: torch.Tensor, s: models.ModelSpec, resize: bool = True) -
 def capture(model: torch.nn.Module, paths: Sequence[str], detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
     """Record the outputs of modules ``paths`` during forward passes in the block.
 
-    Yields a dict path → tensor, filled by each forward pass. The tensor is a
-    copy (an in-place op later in the network cannot change it). A module that
-    runs several times per pass must be named ``path@k`` (k-th call, from 0).
+    Yields a dict path → tensor, filled by each forward pass that this thread
+    runs (another thread may run the same model at the same time). The tensor
+    is a copy (an in-place op later in the network cannot change it). A module
+    that runs several times per pass must be named ``path@k`` (k-th call, from 0).
     """
     modules = dict(model.named_modules())
     wanted: dict[str, dict[int | None, str]] = {}
@@ -78,8 +80,12 @@ def capture(model: torch.nn.Module, paths: Sequence[str], detach: bool = True) -
     calls: dict[str, int] = {}
     handles = []
 
+    owner = threading.get_ident()
+
     def hook_for(base: str):
         def hook(module, inputs, output):
+            if threading.get_ident() != owner:
+                return
             k = calls.get(base, 0)
             calls[base] = k + 1
             t = output.detach() if detach else output
@@ -93,7 +99,7 @@ def capture(model: torch.nn.Module, paths: Sequence[str], detach: bool = True) -
 
     for base in wanted:
         handles.append(modules[base].register_forward_hook(hook_for(base)))
-    pre = model.register_forward_pre_hook(lambda *_: calls.clear())
+    pre = model.register_forward_pre_hook(lambda *_: calls.clear() if threading.get_ident() == owner else None)
     try:
         yield out
     finally:

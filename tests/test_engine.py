@@ -94,3 +94,37 @@ def test_predict_command(tmp_path):
     for name in ("efficientnet_lite0", "efficientnet_lite2"):
         assert (tmp_path / f"act-{name}.png").stat().st_size > 10_000
     assert cli.main(["predict", "--models", "nosuchnet"]) == 2
+
+
+def test_threads_sharing_a_model_each_capture_their_own_activations():
+    # Two threads run the same cached model at once (a precompute's task
+    # threads, two viewer sessions): each capture records only the forward
+    # passes of its own thread. Hooks once fired for every thread's pass, so
+    # one thread's activations could be another's.
+    import threading
+
+    from perturber.pipeline import inference
+
+    name = "efficientnet_lite0"
+    inputs = [torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    alone = [inference.run_models(x, [name], layers=["stage4"], device="cpu", batch_size=1)[name].activations["stage4"]
+             for x in inputs]
+    start, wrong = threading.Barrier(2), []
+
+    def run(i: int) -> None:
+        start.wait()
+        for _ in range(4):
+            try:
+                got = inference.run_models(inputs[i], [name], layers=["stage4"], device="cpu", batch_size=1)[name]
+            except ModelError as exc:  # another thread's pass counted as a second call of the layer
+                wrong.append((i, str(exc)))
+                continue
+            if not torch.equal(got.activations["stage4"], alone[i]):
+                wrong.append((i, "another thread's activations"))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong, wrong[:2]
