@@ -25,7 +25,7 @@ from tqdm import tqdm
 from perturber.pipeline import analysis, factors, names, shards, summaries
 from perturber.pipeline import store as zstore
 from perturber.pipeline.spec import CubeSpec, SweepSpec
-from perturber.pipeline.tasks import run_tasks, task_threads, use_threads
+from perturber.pipeline.tasks import WorkerPlan, in_process_plan, run_in_threads, run_tasks, task_threads, use_threads
 
 __all__ = ["compute_task", "run_task", "points_of", "precompute", "dry_run", "summary", "RunReport", "estimate"]
 
@@ -183,16 +183,23 @@ def _device_settings(cube: CubeSpec, threads: int | None = None):
 
 
 def run_task(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_options: Mapping | None = None) -> int:
-    """Compute, write and mark one task of a cube whose template is in ``out``
-    (in this process: what a precompute killed after that task leaves); returns its samples."""
+    """Compute, write and mark one task of a cube in ``out`` as an in-process
+    precompute does (its template written first if missing; the task on an
+    in-process task thread's torch threads): what a precompute killed after
+    that task leaves. Returns its samples."""
+    plan = in_process_plan()
+    zstore.create_or_check(cube, out, storage_options=storage_options,
+                           settings=functools.partial(_device_settings, cube, plan.threads))
     tasks = zstore.tasks(cube, out, storage_options)
     writer = summaries.SummaryWriter(cube, out, tasks, zstore.done_mask(cube, out, storage_options), storage_options)
-    _, _, n, result = compute_task(cube, tuple(index), tasks.region(tuple(index)), out, storage_options,
-                                   batch_sizes=zstore.batch_sizes(cube, out, storage_options),
-                                   precision=zstore.precision(cube, out, storage_options))
-    writer.add(tuple(index), result)
+    task = functools.partial(compute_task, batch_sizes=zstore.batch_sizes(cube, out, storage_options),
+                             precision=zstore.precision(cube, out, storage_options))
+    results: list = []
+    run_in_threads([("task", task, (cube, tuple(index), tasks.region(tuple(index)), out, storage_options))],
+                   WorkerPlan("threads", 1, plan.threads), lambda r: results.append(r) or r[2])
+    writer.add(tuple(index), results[0][3])
     writer.close()
-    return n
+    return results[0][2]
 
 
 def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers: int | None = None,
@@ -201,7 +208,9 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
     """Compute every missing task of every cube of ``spec`` into the store ``out``.
 
     ``scheduler``: None starts a LocalCluster sized to the machine (``workers``
-    processes, one thread each); 'synchronous' runs in this process (no Dask);
+    processes, one thread each); 'synchronous' runs in this process, without
+    Dask (``workers`` task threads sharing the loaded models, default one per
+    core without a GPU: :func:`perturber.pipeline.tasks.in_process_plan`);
     anything else is the address of a running Dask scheduler. ``compile``: the
     models through torch.compile (once per worker and model);
     ``render_threads``: threads per worker rendering ahead of the models
@@ -247,25 +256,20 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
         bar.update(n)
         return n
 
+    # A generator: the tasks are read as they finish (a bounded window of them in flight).
+    calls = ((f"task-{cube.name}-{'-'.join(map(str, index))}", functools.partial(compute_task, **sizes),
+              (cube, index, region, out, storage_options)) for cube, index, region, sizes in jobs())
     try:
         if scheduler == "synchronous":
-            for cube, index, region, sizes in jobs():
-                report.samples += finished(compute_task(cube, index, region, out, storage_options, **sizes))
+            report.samples = run_in_threads(calls, in_process_plan(workers), finished)
         else:
-            report.samples = _run_dask(jobs(), out, storage_options, scheduler, workers, finished, echo)
+            report.samples = run_tasks(calls, scheduler, workers, finished, echo)
     finally:
         for writer in writers.values():
             writer.close()
         bar.close()
     report.seconds = time.perf_counter() - start
     return report
-
-
-def _run_dask(jobs, out, storage_options, scheduler, workers, finished, echo) -> int:
-    # A generator: run_tasks reads it as tasks finish (a bounded window of futures).
-    calls = ((f"task-{cube.name}-{'-'.join(map(str, index))}", functools.partial(compute_task, **sizes),
-              (cube, index, region, out, storage_options)) for cube, index, region, sizes in jobs)
-    return run_tasks(calls, scheduler, workers, finished, echo)
 
 
 def summary(spec: SweepSpec, out: Any, storage_options: Mapping | None = None) -> str:

@@ -119,7 +119,7 @@ def test_threads_sharing_a_model_each_capture_their_own_activations():
             except ModelError as exc:  # another thread's pass counted as a second call of the layer
                 wrong.append((i, str(exc)))
                 continue
-            if not torch.equal(got.activations["stage4"], alone[i]):
+            if not torch.allclose(got.activations["stage4"], alone[i], atol=1e-4):  # threads may round differently
                 wrong.append((i, "another thread's activations"))
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]

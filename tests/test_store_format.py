@@ -112,8 +112,7 @@ def test_tensorstore_reads_the_sharded_arrays(sharded):
 def test_a_run_killed_after_a_task_resumes_to_the_same_store(sharded, tmp_path):
     path = str(tmp_path / "resumed.zarr")
     sweep = _spec(3)
-    store.create_or_check(sweep.cubes[0], path)
-    run.run_task(sweep.cubes[0], (1, 0, 0), path)  # what a kill after the first task leaves
+    run.run_task(sweep.cubes[0], (1, 0, 0), path)  # what a kill after the first task leaves (template included)
     marks = xr.open_zarr(path, group="views")[names.DONE].values
     assert marks.sum() == 1 and marks[1, 0, 0] == 1
     report = run.precompute(sweep, path, scheduler="synchronous", progress=False, echo=lambda _: None)

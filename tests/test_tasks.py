@@ -138,3 +138,45 @@ def test_visible_devices_are_the_cuda_devices():
     import torch
 
     assert len(tasks.visible_devices()) == torch.cuda.device_count() > 0
+
+
+def test_in_process_tasks_run_in_threads_each_on_its_share_of_the_cores():
+    import threading
+
+    import torch
+
+    before = torch.get_num_threads()
+    both_running = threading.Barrier(2, timeout=30)  # passes only if two calls run at the same time
+    seen = []
+
+    def meet(i, threads=None):
+        torch.set_num_threads(threads)  # what a task's use_threads does
+        both_running.wait()
+        return threading.current_thread().name, torch.get_num_threads()
+
+    plan = tasks.WorkerPlan("threads", 2, 1)
+    total = tasks.run_in_threads(((f"meet-{i}", meet, (i,)) for i in range(4)), plan,
+                                 lambda r: seen.append((r, threading.current_thread())) or 1)
+    assert total == 4
+    assert {name.startswith("perturber-task") for (name, _), _ in seen} == {True}
+    assert {threads for (_, threads), _ in seen} == {1}
+    assert {t for _, t in seen} == {threading.main_thread()}  # results are handled in the calling thread
+    assert torch.get_num_threads() == before  # put back for this process
+    cpus = os.cpu_count() or 1
+    if not tasks.visible_devices():  # without a GPU: a task thread per core, each on one torch thread
+        assert tasks.in_process_plan() == tasks.WorkerPlan("threads", cpus, 1)
+        assert tasks.in_process_plan(1) == tasks.WorkerPlan("threads", 1, cpus)
+        assert tasks.task_threads("synchronous") == 1
+
+
+def test_an_exception_in_an_in_process_task_stops_the_run():
+    pulled = []
+
+    def calls():
+        for i in range(1000):
+            pulled.append(i)
+            yield f"fail-{i}", _fail_at, (i, 5)
+
+    with pytest.raises(ValueError, match="task 5 failed"):
+        tasks.run_in_threads(calls(), tasks.WorkerPlan("threads", 2, 1), lambda r: 1)
+    assert len(pulled) < 20  # a few queued per thread, then the run stopped
