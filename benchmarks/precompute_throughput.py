@@ -2,19 +2,21 @@
 
     python benchmarks/precompute_throughput.py [--write docs/benchmarks.md]
 
-The sweep: four objects from 12 yaws x 4 pitches (192 renders) x 3 hues x 3
-backgrounds, so image factors multiply each render 9x: 1,728 samples;
+The sweep: four objects from 24 yaws x 4 pitches (384 renders) x 3 hues x 3
+backgrounds, so image factors multiply each render 9x: 3,456 samples;
 EfficientNet-Lite0 and Lite2, no activations, no images. Measured in one run:
 
 - the models' own best: the rate at which both models classify the same
-  images with nothing else to do, each at its best batch size (searched) in
-  channels_last, both in one process on every core and in one process per
-  core (one torch thread each; the better of the two counts); measured before
-  and after each precompute run, which is compared with the mean of the two;
-- precompute samples/s in-process, on the LocalCluster ``perturber
-  precompute`` starts by default, and on a LocalCluster of 1 worker (wall
-  time of the whole job: cluster start, model loading and store writes
-  included);
+  224-pixel images with nothing else to do (each model's own preprocessing,
+  the resize to its input size and the normalisation, and its forward pass),
+  each at its best batch size (searched) in channels_last, both in one
+  process on every core and in one process per core (one torch thread each;
+  the better of the two counts); measured before and after each precompute
+  run, which is compared with the mean of the two;
+- precompute samples/s in-process (its default: a task thread per core), on
+  the LocalCluster ``perturber precompute`` starts by default, and on a
+  LocalCluster of 1 worker (wall time of the whole job: cluster start,
+  model loading and store writes included);
 - a naive per-sample loop: render every sample, apply its ops, run each model
   at batch 1.
 
@@ -50,7 +52,7 @@ SWEEP = {
         "bench": {
             "axes": {
                 "object": ["dog", "cat", "sports_car", "fire_truck"],
-                "yaw": [0, 30, 60, 90, 120, 150, 180, -150, -120, -90, -60, -30],
+                "yaw": list(range(-180, 180, 15)),
                 "pitch": [-20, 0, 20, 40],
                 "hue": [0, 90, 180],
                 "background": ["white", "meadow", "road"],
@@ -98,21 +100,20 @@ def best_batches(rounds: int = 3) -> dict[str, int]:
 
 @torch.no_grad()
 def both_models_rate(batches: dict[str, int], seconds: float = 4.0) -> float:
-    """Samples/s of every model on the same images at its batch size, nothing
-    else running in this process: the ideal pipeline's rate."""
+    """Samples/s of every model on the same 224-pixel images at its batch size
+    (its preprocessing and forward pass), nothing else running in this
+    process: the ideal pipeline's rate."""
     nets = []
     for name, bs in batches.items():
-        s = models.spec(name)
-        x = inference.preprocess(torch.rand(bs, 3, s.input_size, s.input_size), s)
-        nets.append((models.load_model(name, "cpu"), x, bs))
-    for net, x, _ in nets:
-        net(x)
+        nets.append((models.load_model(name, "cpu"), models.spec(name), torch.rand(bs, 3, 224, 224), bs))
+    for net, s, x, _ in nets:
+        net(inference.preprocess(x, s))
     unit = math.lcm(*batches.values())  # samples per round, whole batches of every model
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        for net, x, bs in nets:
+        for net, s, x, bs in nets:
             for _ in range(unit // bs):
-                net(x)
+                net(inference.preprocess(x, s))
         done += unit
     return done / (time.perf_counter() - start)
 
@@ -177,8 +178,10 @@ def main() -> None:
     helpers = Processes(cpus)
     naive = naive_rate(sweep)
     plan = tasks.plan_workers(cpus)  # a cube of more tasks than cores
+    threads = tasks.in_process_plan()
     runs = {
-        "in-process (synchronous)": {"scheduler": "synchronous"},
+        f"in-process ({threads.workers} task thread{'s' if threads.workers > 1 else ''} x {threads.threads} torch thread"
+        f"{'s' if threads.threads > 1 else ''})": {"scheduler": "synchronous"},
         f"LocalCluster, default ({plan.workers} x {plan.threads} thread{'s' if plan.threads > 1 else ''})": {},
         "LocalCluster, 1 worker": {"workers": 1},
     }
@@ -206,7 +209,8 @@ def main() -> None:
         "wall time of the whole job (cluster start and model loading included); "
         f"load average {load[0]:.1f} before, {load[1]:.1f} after.",
         "",
-        "The models' own best: both models on the same images at their best batch sizes "
+        "The models' own best: both models on the same 224-pixel images (each model's resize and normalisation, "
+        "then its forward pass) at their best batch sizes "
         f"({', '.join(f'{k} {v}' for k, v in batches.items())} in one process), channels_last, nothing else running; "
         "samples/s, the best and worst of the measurements around the runs.",
         "",
