@@ -12,7 +12,7 @@ EfficientNet-Lite0 and Lite2, no activations, no images. Measured in one run:
   each at its best batch size (searched) in channels_last, both in one
   process on every core and in one process per core (one torch thread each;
   the better of the two counts); measured before and after each precompute
-  run, which is compared with the mean of the two;
+  run (each the median of three), which is compared with the mean of the two;
 - precompute samples/s in-process (its default: a task thread per core), on
   the LocalCluster ``perturber precompute`` starts by default, and on a
   LocalCluster of 1 worker (wall time of the whole job: cluster start,
@@ -30,6 +30,7 @@ import argparse
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -189,12 +190,17 @@ def main() -> None:
     # core), is measured before and after each run: a run is compared with the
     # better way's mean of the two, so a change in the machine's load between
     # runs falls on both sides of its ratio.
-    around = [(both_models_rate(batches), helpers.rate())]
+    def measured() -> tuple[float, float]:
+        """Both ways, each the median of three interleaved 4-s measurements (this VM's speed drifts by 20%)."""
+        rates = [(both_models_rate(batches), helpers.rate()) for _ in range(3)]
+        return statistics.median(a for a, _ in rates), statistics.median(b for _, b in rates)
+
+    around = [measured()]
     rates, ideals = {}, {}
     try:
         for label, kwargs in runs.items():
             rates[label] = precompute_rate(sweep, **kwargs)
-            around.append((both_models_rate(batches), helpers.rate()))
+            around.append(measured())
             ideals[label] = max((a + b) / 2 for a, b in zip(around[-2], around[-1]))
     finally:
         helpers.close()
@@ -212,7 +218,7 @@ def main() -> None:
         "The models' own best: both models on the same 224-pixel images (each model's resize and normalisation, "
         "then its forward pass) at their best batch sizes "
         f"({', '.join(f'{k} {v}' for k, v in batches.items())} in one process), channels_last, nothing else running; "
-        "samples/s, the best and worst of the measurements around the runs.",
+        "samples/s, each measurement the median of three 4-s measurements; the best and worst of the measurements around the runs.",
         "",
         "| models alone | best | worst |",
         "| --- | ---: | ---: |",
