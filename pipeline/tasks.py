@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -292,6 +293,19 @@ def run_windowed(client: Client, calls: Iterable[Call], on_result: Callable[[Any
     return total
 
 
+_task_pools: dict[int, ThreadPoolExecutor] = {}
+_task_pools_lock = threading.Lock()
+
+
+def _task_pool(threads: int) -> ThreadPoolExecutor:
+    """This process's pool of ``threads`` task threads, kept between runs: each
+    thread keeps its renderer (an OpenGL context, meshes and textures uploaded)."""
+    with _task_pools_lock:
+        if threads not in _task_pools:
+            _task_pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="perturber-task")
+        return _task_pools[threads]
+
+
 def run_in_threads(calls: Iterable[Call], plan: WorkerPlan, on_result: Callable[[Any], int]) -> int:
     """Run ``(key, function, args)`` calls in this process, ``plan.workers`` at a
     time in threads, each function given ``threads=plan.threads``; the sum of
@@ -308,20 +322,20 @@ def run_in_threads(calls: Iterable[Call], plan: WorkerPlan, on_result: Callable[
     try:
         if plan.workers <= 1:
             return sum(on_result(fn(*args, threads=plan.threads)) for _, fn, args in calls)
-        total, pending = 0, set()
-        with ThreadPoolExecutor(plan.workers, thread_name_prefix="perturber-task") as pool:
-            try:
-                while True:
-                    for _, fn, args in itertools.islice(calls, max(0, WINDOW_PER_THREAD * plan.workers - len(pending))):
-                        pending.add(pool.submit(fn, *args, threads=plan.threads))
-                    if not pending:
-                        return total
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        total += on_result(future.result())
-            finally:
-                for future in pending:
-                    future.cancel()
+        total, pending, pool = 0, set(), _task_pool(plan.workers)
+        try:
+            while True:
+                for _, fn, args in itertools.islice(calls, max(0, WINDOW_PER_THREAD * plan.workers - len(pending))):
+                    pending.add(pool.submit(fn, *args, threads=plan.threads))
+                if not pending:
+                    return total
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    total += on_result(future.result())
+        finally:
+            for future in pending:
+                future.cancel()
+            wait(pending)  # no call is left running when this returns or raises
     finally:
         torch = sys.modules.get("torch")
         if saved is not None and torch.get_num_threads() != saved:

@@ -162,6 +162,17 @@ def test_in_process_tasks_run_in_threads_each_on_its_share_of_the_cores():
     assert {threads for (_, threads), _ in seen} == {1}
     assert {t for _, t in seen} == {threading.main_thread()}  # results are handled in the calling thread
     assert torch.get_num_threads() == before  # put back for this process
+    # The task threads stay for the next run (each keeps its renderer: an OpenGL context, meshes uploaded)
+    def ident(i, threads=None):
+        both_running.wait()
+        return threading.get_ident()
+
+    runs = []
+    for _ in range(2):
+        got = []
+        tasks.run_in_threads(((f"id-{i}", ident, (i,)) for i in range(2)), plan, lambda r: got.append(r) or 1)
+        runs.append(set(got))
+    assert runs[0] == runs[1] and len(runs[0]) == 2
     cpus = os.cpu_count() or 1
     if not tasks.visible_devices():  # without a GPU: a task thread per core, each on one torch thread
         assert tasks.in_process_plan() == tasks.WorkerPlan("threads", cpus, 1)
