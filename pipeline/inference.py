@@ -67,6 +67,9 @@ def capture(model: torch.nn.Module, paths: Sequence[str], detach: bool = True) -
     is a copy (an in-place op later in the network cannot change it). A module
     that runs several times per pass must be named ``path@k`` (k-th call, from 0).
     """
+    if not paths:  # nothing to record: no hooks (torch.compile then traces the model whole)
+        yield {}
+        return
     modules = dict(model.named_modules())
     wanted: dict[str, dict[int | None, str]] = {}
     for p in paths:
@@ -82,9 +85,15 @@ def capture(model: torch.nn.Module, paths: Sequence[str], detach: bool = True) -
 
     owner = threading.get_ident()
 
+    def mine() -> bool:
+        # Inside torch.compile the check is left out: tracing threading.get_ident would split the
+        # graph (and let another instance of the model reuse the pieces), so a compiled model's
+        # captures are for one thread at a time.
+        return torch.compiler.is_compiling() or threading.get_ident() == owner
+
     def hook_for(base: str):
         def hook(module, inputs, output):
-            if threading.get_ident() != owner:
+            if not mine():
                 return
             k = calls.get(base, 0)
             calls[base] = k + 1
@@ -99,7 +108,7 @@ def capture(model: torch.nn.Module, paths: Sequence[str], detach: bool = True) -
 
     for base in wanted:
         handles.append(modules[base].register_forward_hook(hook_for(base)))
-    pre = model.register_forward_pre_hook(lambda *_: calls.clear() if threading.get_ident() == owner else None)
+    pre = model.register_forward_pre_hook(lambda *_: calls.clear() if mine() else None)
     try:
         yield out
     finally:
