@@ -42,29 +42,10 @@ import torch.nn.functional as F
 from perturber.pipeline import assets, expression, factors
 from perturber.pipeline.implementations import image_op, registered_ops
 
-__all__ = [
-    "composite",
-    "fade",
-    "brightness",
-    "contrast",
-    "saturation",
-    "hue_shift",
-    "gamma",
-    "colour_expression",
-    "laplacian_pyramid",
-    "collapse_pyramid",
-    "band_gains",
-    "gaussian_blur",
-    "patch_shuffle",
-    "uniform_noise",
-    "gaussian_noise",
-    "salt_and_pepper",
-    "background",
-    "apply_image_factors",
-    "to_tensor",
-    "to_uint8",
-    "background_batch",
-]
+__all__ = ["composite", "fade", "brightness", "contrast", "saturation", "hue_shift", "gamma", "colour_expression",
+           "laplacian_pyramid", "collapse_pyramid", "band_gains", "gaussian_blur", "patch_shuffle", "uniform_noise",
+           "gaussian_noise", "salt_and_pepper", "background", "apply_image_factors", "to_tensor", "to_uint8",
+           "background_batch"]
 
 
 def _per_sample(value: torch.Tensor | float, images: torch.Tensor) -> torch.Tensor:
@@ -129,8 +110,8 @@ def gamma(images: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
 
 
 def _rgb_to_hsv(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, 3, H, W) RGB → hue in turns [0, 1), saturation, value; each (B, H, W)."""
-    # Elementwise maximum and masked_fill: the values of max(1) and where, at a fraction of the time on a CPU.
+    """(B, 3, H, W) RGB → hue in turns [0, 1), saturation, value; each (B, H, W). (Elementwise maximum and
+    masked_fill give the values of max(1) and where, in a fraction of the time on a CPU.)"""
     r, g, b = rgb.unbind(1)
     value = torch.maximum(torch.maximum(r, g), b)
     delta = value - torch.minimum(torch.minimum(r, g), b)
