@@ -75,28 +75,11 @@ def precompute_rate(sweep: spec.SweepSpec, **kwargs) -> float:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@torch.no_grad()
-def best_batches(rounds: int = 3) -> dict[str, int]:
-    """Each model's fastest batch size here (1..32, channels_last): the best
-    of ``rounds`` interleaved passes over 32 images per size (a busy moment
-    then falls on every size, not on one)."""
-    out = {}
-    for name in MODELS:
-        s = models.spec(name)
-        net = models.load_model(name, "cpu")
-        x = inference.preprocess(torch.rand(32, 3, s.input_size, s.input_size), s)
-        sizes = (1, 2, 4, 8, 16, 32)
-        rates = dict.fromkeys(sizes, 0.0)
-        for bs in sizes:
-            net(x[:bs])
-        for _ in range(rounds):
-            for bs in sizes:
-                start = time.perf_counter()
-                for i in range(0, 32, bs):
-                    net(x[i : i + bs])
-                rates[bs] = max(rates[bs], 32 / (time.perf_counter() - start))
-        out[name] = max(sizes, key=rates.get)
-    return out
+def best_batches() -> dict[str, int]:
+    """Each model's fastest batch size here, 1..32 in channels_last, timed as the
+    pipeline tunes it (:func:`perturber.pipeline.inference.batch_rates`)."""
+    rates = {name: inference.batch_rates(name, torch.device("cpu"), (1, 2, 4, 8, 16, 32)) for name in MODELS}
+    return {name: max(r, key=r.get) for name, r in rates.items()}
 
 
 @torch.no_grad()
@@ -178,7 +161,7 @@ def main() -> None:
     batches = best_batches()
     helpers = Processes(cpus)
     naive = naive_rate(sweep)
-    plan = tasks.plan_workers(cpus)  # a cube of more tasks than cores
+    plan = tasks.local_plan()  # a cube of more tasks than cores
     threads = tasks.in_process_plan()
     runs = {
         f"in-process ({threads.workers} task thread{'s' if threads.workers > 1 else ''} x {threads.threads} torch thread"

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from perturber.pipeline import devices, factors, imageops, inference, models, plugins, scene
+from perturber.pipeline.pools import kept_pool
 
 __all__ = ["Evaluation", "evaluate", "evaluate_batches", "model_input", "group_size", "reference_images", "device_settings"]
 
@@ -101,18 +101,6 @@ def _scenes(params: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]
     return first, which
 
 
-_pools: dict[int, ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
-
-
-def _render_pool(threads: int) -> ThreadPoolExecutor:
-    """This process's pool of ``threads`` render threads, kept between calls: each
-    thread keeps its renderer (:func:`perturber.pipeline.scene.default_renderer`),
-    so meshes and textures stay uploaded."""
-    with _pools_lock:
-        if threads not in _pools:
-            _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="perturber-render")
-        return _pools[threads]
 
 
 def _render(p: Mapping[str, Any], size: int) -> np.ndarray:
@@ -127,7 +115,7 @@ class _Renders:
 
     def __init__(self, scenes: Sequence[Mapping[str, Any]], size: int, threads: int):
         self.scenes, self.size = scenes, size
-        self.pool = _render_pool(threads) if threads > 0 else None
+        self.pool = kept_pool("render", threads) if threads > 0 else None
         self.futures: dict[int, Future] = {}
         self.submitted = 0
 

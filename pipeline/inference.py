@@ -35,7 +35,7 @@ import torch
 from perturber.pipeline import atomic, config, models
 from perturber.pipeline.errors import one_line
 
-__all__ = ["preprocess", "capture", "Outputs", "run_models", "layer_shapes", "tuned_batch_size", "batch_sizes",
+__all__ = ["preprocess", "capture", "Outputs", "run_models", "layer_shapes", "tuned_batch_size", "batch_rates", "batch_sizes",
            "classify", "network", "precision_context", "PRECISIONS", "DEFAULT_PRECISION", "compiled_models"]
 
 #: The precisions a model can run in, from exact to fast (module docstring);
@@ -330,7 +330,7 @@ def _tuned_batch_size(name: str, device: str, label: str, candidates: tuple[int,
     if threads and threads != saved:
         torch.set_num_threads(threads)
     try:
-        rates = _batch_rates(name, torch.device(device), candidates, precision)
+        rates = batch_rates(name, torch.device(device), candidates, precision)
     finally:
         if torch.get_num_threads() != saved:
             torch.set_num_threads(saved)
@@ -346,7 +346,7 @@ def _tuned_batch_size(name: str, device: str, label: str, candidates: tuple[int,
 
 
 @torch.no_grad()
-def _batch_rates(name: str, dev: torch.device, candidates: tuple[int, ...], precision: str) -> dict[int, float]:
+def batch_rates(name: str, dev: torch.device, candidates: tuple[int, ...], precision: str = DEFAULT_PRECISION) -> dict[int, float]:
     """Batch size → the best images/s of :data:`TUNING_ROUNDS` interleaved passes over as many images as the largest batch."""
     s = models.spec(name)
     net, _ = network(name, dev, precision)

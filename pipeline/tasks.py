@@ -16,26 +16,27 @@ starts: one worker per GPU where CUDA devices are visible (dask-cuda's
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import logging
 import os
 import socket
 import sys
-import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import dask
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, as_completed
 from distributed.worker_memory import parse_memory_limit
 
 from perturber.pipeline.errors import PerturberError, one_line
+from perturber.pipeline.pools import kept_pool
 
 __all__ = ["SchedulerError", "use_threads", "start_local_cluster", "connect", "check_scheduler", "run_tasks",
-           "run_windowed", "run_in_threads", "CONNECT_TIMEOUT", "WorkerPlan", "plan_workers", "in_process_plan",
+           "run_windowed", "run_in_threads", "keeping_torch_threads", "CONNECT_TIMEOUT", "WorkerPlan", "plan_workers", "local_plan", "in_process_plan",
            "task_threads", "visible_devices", "start_workers", "window_size"]
 
 #: Seconds to wait for a Dask scheduler to answer.
@@ -147,9 +148,14 @@ def task_threads(scheduler: str | None, workers: int | None = None) -> int | Non
     if scheduler == "synchronous":
         return in_process_plan(workers).threads
     if scheduler is None:
-        devices = visible_devices()
-        return plan_workers(os.cpu_count() or 1, devices, importlib.util.find_spec("dask_cuda") is not None, workers).threads
+        return local_plan(workers).threads
     return None
+
+
+def local_plan(workers: int | None = None, tasks: int | None = None) -> WorkerPlan:
+    """The local cluster :func:`run_tasks` starts on this machine (:func:`plan_workers`)."""
+    dask_cuda = importlib.util.find_spec("dask_cuda") is not None
+    return plan_workers(os.cpu_count() or 1, visible_devices(), dask_cuda, workers, tasks)
 
 
 def visible_devices() -> tuple[str, ...]:
@@ -249,10 +255,8 @@ def run_tasks(calls: Iterable[Call], scheduler: str | None, workers: int | None,
         return sum(on_result(fn(*args)) for _, fn, args in calls)
     threads = None
     if scheduler is None:
-        cpus = os.cpu_count() or 1
-        first = list(itertools.islice(calls, cpus))  # fewer tasks than cores: fewer, wider workers
-        devices = visible_devices()
-        plan = plan_workers(cpus, devices, importlib.util.find_spec("dask_cuda") is not None, workers, len(first))
+        first = list(itertools.islice(calls, os.cpu_count() or 1))  # fewer tasks than cores: fewer, wider workers
+        plan = local_plan(workers, len(first))
         calls, threads = itertools.chain(first, calls), plan.threads
         cluster = start_workers(plan)
         client = Client(cluster)
@@ -293,17 +297,6 @@ def run_windowed(client: Client, calls: Iterable[Call], on_result: Callable[[Any
     return total
 
 
-_task_pools: dict[int, ThreadPoolExecutor] = {}
-_task_pools_lock = threading.Lock()
-
-
-def _task_pool(threads: int) -> ThreadPoolExecutor:
-    """This process's pool of ``threads`` task threads, kept between runs: each
-    thread keeps its renderer (an OpenGL context, meshes and textures uploaded)."""
-    with _task_pools_lock:
-        if threads not in _task_pools:
-            _task_pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="perturber-task")
-        return _task_pools[threads]
 
 
 def run_in_threads(calls: Iterable[Call], plan: WorkerPlan, on_result: Callable[[Any], int]) -> int:
@@ -317,12 +310,10 @@ def run_in_threads(calls: Iterable[Call], plan: WorkerPlan, on_result: Callable[
     afterwards (a task thread's setting is also the default of new threads).
     """
     calls = iter(calls)
-    torch = sys.modules.get("torch")
-    saved = torch.get_num_threads() if torch else None
-    try:
+    with keeping_torch_threads():
         if plan.workers <= 1:
             return sum(on_result(fn(*args, threads=plan.threads)) for _, fn, args in calls)
-        total, pending, pool = 0, set(), _task_pool(plan.workers)
+        total, pending, pool = 0, set(), kept_pool("task", plan.workers)
         try:
             while True:
                 for _, fn, args in itertools.islice(calls, max(0, WINDOW_PER_THREAD * plan.workers - len(pending))):
@@ -336,7 +327,17 @@ def run_in_threads(calls: Iterable[Call], plan: WorkerPlan, on_result: Callable[
             for future in pending:
                 future.cancel()
             wait(pending)  # no call is left running when this returns or raises
+
+
+@contextlib.contextmanager
+def keeping_torch_threads() -> Iterator[None]:
+    """Put this process's torch CPU threads back as they were when the block
+    ends (the tasks in it set their own: :func:`use_threads`)."""
+    torch = sys.modules.get("torch")
+    saved = torch.get_num_threads() if torch else None
+    try:
+        yield
     finally:
         torch = sys.modules.get("torch")
-        if saved is not None and torch.get_num_threads() != saved:
+        if torch is not None and saved is not None and torch.get_num_threads() != saved:
             torch.set_num_threads(saved)
