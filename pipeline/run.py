@@ -210,7 +210,7 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
     ``scheduler``: None starts a LocalCluster sized to the machine (``workers``
     processes, one thread each); 'synchronous' runs in this process, without
     Dask (``workers`` task threads sharing the loaded models, default one per
-    core without a GPU: :func:`perturber.pipeline.tasks.in_process_plan`);
+    core without a GPU, one with ``compile``: :func:`perturber.pipeline.tasks.in_process_plan`);
     anything else is the address of a running Dask scheduler. ``compile``: the
     models through torch.compile (once per worker and model);
     ``render_threads``: threads per worker rendering ahead of the models
@@ -223,7 +223,7 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
     storage_options = zstore.default_options(out, storage_options)
     report = RunReport()
     plans = []
-    threads = task_threads(scheduler, workers)  # batch sizes are tuned where the tasks will run
+    threads = task_threads(scheduler, workers, compile)  # batch sizes are tuned where the tasks will run
     for cube in spec.cubes:
         zstore.create_or_check(cube, out, overwrite=overwrite, storage_options=storage_options,
                                settings=functools.partial(_device_settings, cube, threads))
@@ -261,7 +261,7 @@ def precompute(spec: SweepSpec, out: Any, scheduler: str | None = None, workers:
               (cube, index, region, out, storage_options)) for cube, index, region, sizes in jobs())
     try:
         if scheduler == "synchronous":
-            report.samples = run_in_threads(calls, in_process_plan(workers), finished)
+            report.samples = run_in_threads(calls, in_process_plan(workers, compile), finished)
         else:
             report.samples = run_tasks(calls, scheduler, workers, finished, echo)
     finally:

@@ -124,29 +124,31 @@ def plan_workers(cpus: int, devices: Sequence[str] = (), dask_cuda: bool = False
     return WorkerPlan("cpu", n, max(1, cpus // n))
 
 
-def in_process_plan(workers: int | None = None) -> WorkerPlan:
+def in_process_plan(workers: int | None = None, compile: bool = False) -> WorkerPlan:
     """How :func:`run_in_threads` shares this machine: without a GPU, ``workers``
     task threads (default: one per core) on the cores shared out as torch
     threads; with one, a single task on every core (the tasks share the GPU
-    through its own batching).
+    through its own batching). With ``compile``, a single task too: a compiled
+    model's activation captures cannot tell threads apart
+    (:func:`perturber.pipeline.inference.capture`).
 
     Two tasks on one torch thread each beat one task on two (EfficientNet-Lite
     benchmark sweep on 2 cores: 22-26 against 19-20 samples/s): half of a
     task's time is in operations too small to split across cores well."""
     cpus = os.cpu_count() or 1
-    if visible_devices():
+    if compile or visible_devices():
         return WorkerPlan("threads", 1, cpus)
     n = max(1, min(cpus, workers or cpus))
     return WorkerPlan("threads", n, max(1, cpus // n))
 
 
-def task_threads(scheduler: str | None, workers: int | None = None) -> int | None:
+def task_threads(scheduler: str | None, workers: int | None = None, compile: bool = False) -> int | None:
     """The torch CPU threads each task runs on: in-process, a task thread's
     share (:func:`in_process_plan`); on a local cluster, a worker's share
     (:func:`plan_workers`, for more tasks than cores); None for a running
     scheduler's workers (unknown here)."""
     if scheduler == "synchronous":
-        return in_process_plan(workers).threads
+        return in_process_plan(workers, compile).threads
     if scheduler is None:
         return local_plan(workers).threads
     return None

@@ -184,3 +184,6 @@ def test_in_process_tasks_run_in_threads_each_on_its_share_of_the_cores():
         assert tasks.in_process_plan() == tasks.WorkerPlan("threads", cpus, 1)
         assert tasks.in_process_plan(1) == tasks.WorkerPlan("threads", 1, cpus)
         assert tasks.task_threads("synchronous") == 1
+        # compiled models: one task thread (a compiled model's captures cannot tell threads apart)
+        assert tasks.in_process_plan(compile=True) == tasks.in_process_plan(2, compile=True) == tasks.WorkerPlan("threads", 1, cpus)
+        assert tasks.task_threads("synchronous", compile=True) == cpus
