@@ -164,10 +164,10 @@ def main() -> None:
     helpers = Processes(cpus)
     naive = naive_rate(sweep)
     plan = tasks.local_plan()  # a cube of more tasks than cores
-    threads = tasks.in_process_plan()
+    in_process = tasks.in_process_plan()
     runs = {
-        f"in-process ({threads.workers} task thread{'s' if threads.workers > 1 else ''} x {threads.threads} torch thread"
-        f"{'s' if threads.threads > 1 else ''})": {"scheduler": "synchronous"},
+        f"in-process ({in_process.workers} task thread{'s' if in_process.workers > 1 else ''} x {in_process.threads} torch "
+        f"thread{'s' if in_process.threads > 1 else ''})": {"scheduler": "synchronous"},
         f"LocalCluster, default ({plan.workers} x {plan.threads} thread{'s' if plan.threads > 1 else ''})": {},
         "LocalCluster, 1 worker": {"workers": 1},
     }

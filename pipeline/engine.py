@@ -101,8 +101,6 @@ def _scenes(params: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]
     return first, which
 
 
-
-
 def _render(p: Mapping[str, Any], size: int) -> np.ndarray:
     """(S, S, 4) uint8 RGBA of the scene of validated factors ``p``, by this thread's renderer."""
     return scene.default_renderer().render(p, size).rgba

@@ -34,9 +34,10 @@ import torch
 
 from perturber.pipeline import atomic, config, models
 from perturber.pipeline.errors import one_line
+from perturber.pipeline.pools import torch_threads
 
-__all__ = ["preprocess", "capture", "Outputs", "run_models", "layer_shapes", "tuned_batch_size", "batch_rates", "batch_sizes",
-           "classify", "network", "precision_context", "PRECISIONS", "DEFAULT_PRECISION", "compiled_models"]
+__all__ = ["preprocess", "capture", "Outputs", "run_models", "layer_shapes", "tuned_batch_size", "batch_rates",
+           "batch_sizes", "classify", "network", "precision_context", "PRECISIONS", "DEFAULT_PRECISION", "compiled_models"]
 
 #: The precisions a model can run in, from exact to fast (module docstring);
 #: bf16 and fp16 are equally fast on a GPU, and fp16 keeps 3 more bits of mantissa.
@@ -326,14 +327,8 @@ def _tuned_batch_size(name: str, device: str, label: str, candidates: tuple[int,
         known = {}
     if isinstance(known.get(key), dict) and known[key].get("rounds") == TUNING_ROUNDS:
         return int(known[key]["batch"])  # a bare number was measured in one pass, which load could skew: measured again
-    saved = torch.get_num_threads()
-    if threads and threads != saved:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         rates = batch_rates(name, torch.device(device), candidates, precision)
-    finally:
-        if torch.get_num_threads() != saved:
-            torch.set_num_threads(saved)
     best = max(candidates, key=lambda bs: rates[bs])
     try:
         known = json.loads(path.read_text())  # another process may have added its own since

@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from perturber.pipeline import analysis, factors, names, shards, summaries
 from perturber.pipeline import store as zstore
+from perturber.pipeline.pools import torch_threads
 from perturber.pipeline.spec import CubeSpec, SweepSpec
-from perturber.pipeline.tasks import (in_process_plan, keeping_torch_threads, run_in_threads, run_tasks, task_threads,
-                                      use_threads)
+from perturber.pipeline.tasks import in_process_plan, run_in_threads, run_tasks, task_threads, use_threads
 
 __all__ = ["compute_task", "run_task", "points_of", "precompute", "dry_run", "summary", "RunReport", "estimate"]
 
@@ -193,7 +193,7 @@ def run_task(cube: CubeSpec, index: tuple[int, ...], out: Any, storage_options: 
                            settings=functools.partial(_device_settings, cube, plan.threads))
     tasks = zstore.tasks(cube, out, storage_options)
     writer = summaries.SummaryWriter(cube, out, tasks, zstore.done_mask(cube, out, storage_options), storage_options)
-    with keeping_torch_threads():
+    with torch_threads():
         _, _, samples, values = compute_task(cube, tuple(index), tasks.region(tuple(index)), out, storage_options,
                                              batch_sizes=zstore.batch_sizes(cube, out, storage_options),
                                              precision=zstore.precision(cube, out, storage_options), threads=plan.threads)

@@ -16,28 +16,26 @@ starts: one worker per GPU where CUDA devices are visible (dask-cuda's
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import itertools
 import logging
 import os
 import socket
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import dask
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, as_completed
 from distributed.worker_memory import parse_memory_limit
 
 from perturber.pipeline.errors import PerturberError, one_line
-from perturber.pipeline.pools import kept_pool
+from perturber.pipeline.pools import kept_pool, torch_threads
 
 __all__ = ["SchedulerError", "use_threads", "start_local_cluster", "connect", "check_scheduler", "run_tasks",
-           "run_windowed", "run_in_threads", "keeping_torch_threads", "CONNECT_TIMEOUT", "WorkerPlan", "plan_workers", "local_plan", "in_process_plan",
-           "task_threads", "visible_devices", "start_workers", "window_size"]
+           "run_windowed", "run_in_threads", "CONNECT_TIMEOUT", "WorkerPlan", "plan_workers", "local_plan",
+           "in_process_plan", "task_threads", "visible_devices", "start_workers", "window_size"]
 
 #: Seconds to wait for a Dask scheduler to answer.
 CONNECT_TIMEOUT = 10.0
@@ -71,14 +69,12 @@ def _preserving_environment(start: Callable[[], Any]) -> Any:
     from here, would then run single-threaded and round differently.
     """
     saved = dict(os.environ)
-    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     try:
-        return start()
+        with torch_threads():
+            return start()
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        if threads is not None:
-            sys.modules["torch"].set_num_threads(threads)
 
 
 def start_local_cluster(**kwargs: Any):
@@ -299,8 +295,6 @@ def run_windowed(client: Client, calls: Iterable[Call], on_result: Callable[[Any
     return total
 
 
-
-
 def run_in_threads(calls: Iterable[Call], plan: WorkerPlan, on_result: Callable[[Any], int]) -> int:
     """Run ``(key, function, args)`` calls in this process, ``plan.workers`` at a
     time in threads, each function given ``threads=plan.threads``; the sum of
@@ -312,7 +306,7 @@ def run_in_threads(calls: Iterable[Call], plan: WorkerPlan, on_result: Callable[
     afterwards (a task thread's setting is also the default of new threads).
     """
     calls = iter(calls)
-    with keeping_torch_threads():
+    with torch_threads():
         if plan.workers <= 1:
             return sum(on_result(fn(*args, threads=plan.threads)) for _, fn, args in calls)
         total, pending, pool = 0, set(), kept_pool("task", plan.workers)
@@ -329,17 +323,3 @@ def run_in_threads(calls: Iterable[Call], plan: WorkerPlan, on_result: Callable[
             for future in pending:
                 future.cancel()
             wait(pending)  # no call is left running when this returns or raises
-
-
-@contextlib.contextmanager
-def keeping_torch_threads() -> Iterator[None]:
-    """Put this process's torch CPU threads back as they were when the block
-    ends (the tasks in it set their own: :func:`use_threads`)."""
-    torch = sys.modules.get("torch")
-    saved = torch.get_num_threads() if torch else None
-    try:
-        yield
-    finally:
-        torch = sys.modules.get("torch")
-        if torch is not None and saved is not None and torch.get_num_threads() != saved:
-            torch.set_num_threads(saved)
